@@ -1,0 +1,44 @@
+"""Building blocks shared by the victim networks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Per-channel mean and standard deviation of the CIFAR-10 training images, in
+# 0..255 pixel units: the models take raw pixels and normalise inside.
+CIFAR10_MEAN = (125.3, 123.0, 113.9)
+CIFAR10_STD = (63.0, 62.1, 66.7)
+
+
+def normalize(images: jax.Array, dtype) -> jax.Array:
+    """Raw pixels float [B, H, W, 3] in 0..255 -> standardised `dtype` [B, H, W, 3]."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected [B, H, W, 3] pixels in 0..255, got shape {images.shape}")
+    mean = jnp.asarray(CIFAR10_MEAN, jnp.float32)
+    std = jnp.asarray(CIFAR10_STD, jnp.float32)
+    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+class ConvBN(nnx.Module):
+    """Convolution (no bias: batch norm has one) -> batch norm -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, *, rngs: nnx.Rngs,
+                 stride: int = 1, padding: str = "SAME", dtype=jnp.float32):
+        self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding,
+                             use_bias=False, dtype=dtype, rngs=rngs,
+                             kernel_init=nnx.initializers.he_normal())
+        # momentum 0.9: running statistics settle within a short run too.
+        self.bn = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(self.bn(self.conv(x)))
+
+
+def max_pool(x: jax.Array, window: int = 2, stride: int = 2) -> jax.Array:
+    return nnx.max_pool(x, (window, window), strides=(stride, stride), padding="SAME")
+
+
+def avg_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    return nnx.avg_pool(x, (window, window), strides=(stride, stride), padding="SAME")
