@@ -285,6 +285,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
                 ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"),
+                ("numpy._core.numeric", "_frombuffer"),
                 ("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module, name):
@@ -418,8 +420,8 @@ def _decode_all(items, size: tuple[int, int] | None) -> np.ndarray:
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         odd = next(name for (name, _), a in zip(items, arrays) if a.shape != arrays[0].shape)
-        raise ValueError(f"images differ in size ({arrays[0].shape} vs. a different one at "
-                         f"{odd}); pass size=(height, width) to resize them")
+        raise ValueError(f"images differ in size: {items[0][0]} is {arrays[0].shape}, {odd} "
+                         "is not; pass size=(height, width) to resize them")
     return np.stack(arrays)
 
 
