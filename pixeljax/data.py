@@ -283,7 +283,8 @@ def _load_image_tar(path: pathlib.Path, split: str) -> Dataset:
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles CIFAR-10 batches, refusing any class but numpy's array parts."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+    _ALLOWED = {("_codecs", "encode"),  # how Python 3 writes bytes in protocol 2
+                ("numpy.core.multiarray", "_reconstruct"),
                 ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy.core.numeric", "_frombuffer"),
                 ("numpy._core.numeric", "_frombuffer"),
