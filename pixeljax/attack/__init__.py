@@ -1,0 +1,1 @@
+"""The attack engine: knows nothing of Flax, data sets or files."""

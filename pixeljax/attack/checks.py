@@ -1,0 +1,133 @@
+"""Checks on ``batched_attack``'s arguments, run before anything compiles.
+
+Each failure raises a ``ValueError`` or ``TypeError`` that names the argument,
+what was expected and what came.
+"""
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _describe(value) -> str:
+  if hasattr(value, "shape") and hasattr(value, "dtype"):
+    return f"array of shape {tuple(value.shape)} and dtype {value.dtype}"
+  return f"{type(value).__name__} {value!r}"
+
+
+def check_int(name: str, value, *, minimum: int, maximum: int | None = None):
+  """Returns ``value`` as int if it is an integer in [minimum, maximum]."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an int, got {_describe(value)}")
+  if value < minimum or (maximum is not None and value > maximum):
+    upper = "" if maximum is None else f" and at most {maximum}"
+    raise ValueError(f"{name} must be at least {minimum}{upper}, got {value}")
+  return int(value)
+
+
+def check_float(name: str, value, *, minimum: float, maximum: float,
+                allow_minimum: bool = True) -> float:
+  """Returns ``value`` as float if it is a finite number in range."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a float, got {_describe(value)}")
+  low_ok = value >= minimum if allow_minimum else value > minimum
+  if not (np.isfinite(value) and low_ok and value <= maximum):
+    low = "[" if allow_minimum else "("
+    raise ValueError(
+        f"{name} must be in {low}{minimum}, {maximum}], got {value}")
+  return float(value)
+
+
+def check_images(images) -> np.ndarray:
+  """uint8 [N, H, W, C] from uint8 or integral float images in 0..255."""
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"images must be an array [N, H, W, C], got "
+                    f"{_describe(images)}")
+  images = np.asarray(images)
+  if images.ndim != 4 or 0 in images.shape:
+    raise ValueError(f"images must be a non-empty array [N, H, W, C], got "
+                     f"shape {images.shape}")
+  if images.dtype == np.uint8:
+    return images
+  if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(
+      images.dtype, np.integer):
+    raise TypeError(f"images must be uint8 or hold integers 0..255, got dtype "
+                    f"{images.dtype}")
+  if not np.all(np.isfinite(images)):
+    raise ValueError("images must hold integers 0..255, got NaN or inf")
+  if (images.min() < 0 or images.max() > 255
+      or not np.array_equal(images, np.round(images))):
+    raise ValueError(
+        f"images must hold integers 0..255 (the model contract takes raw "
+        f"pixel values), got values in [{images.min()}, {images.max()}]"
+        f"{'' if np.array_equal(images, np.round(images)) else ' with fractions'}")
+  return images.astype(np.uint8)
+
+
+def check_classes(name: str, values, count: int, num_classes: int):
+  """int32 [count] class indices in [0, num_classes)."""
+  array = np.asarray(values)
+  if not np.issubdtype(array.dtype, np.integer):
+    raise TypeError(f"{name} must hold integer class indices, got "
+                    f"{_describe(values)}")
+  if array.shape != (count,):
+    raise ValueError(f"{name} must have shape ({count},), one per image, got "
+                     f"{array.shape}")
+  bad = (array < 0) | (array >= num_classes)
+  if np.any(bad):
+    raise ValueError(f"{name} must be in [0, {num_classes}) (the model has "
+                     f"{num_classes} classes), got {array[bad][:5].tolist()}")
+  return array.astype(np.int32)
+
+
+def check_image_ids(image_ids, count: int):
+  """int32 [count] non-negative ids that seed each image's random stream."""
+  if image_ids is None:
+    return np.arange(count, dtype=np.int32)
+  array = np.asarray(image_ids)
+  if not np.issubdtype(array.dtype, np.integer) or array.shape != (count,):
+    raise ValueError(f"image_ids must be integers of shape ({count},), got "
+                     f"{_describe(image_ids)}")
+  if np.any(array < 0) or np.any(array >= 2**31):
+    raise ValueError("image_ids must be in [0, 2**31), got "
+                     f"[{array.min()}, {array.max()}]")
+  return array.astype(np.int32)
+
+
+def check_key(key):
+  """A JAX PRNG key: a typed key or a raw uint32 [2] one."""
+  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype,
+                                                   jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
+    return key
+  array = np.asarray(key) if key is not None else None
+  if array is None or array.dtype != np.uint32 or array.shape != (2,):
+    raise TypeError("key must be a PRNG key (jax.random.key(seed) or "
+                    f"jax.random.PRNGKey(seed)), got {_describe(key)}")
+  return jnp.asarray(array)
+
+
+def check_predict(predict, image_shape, batch_size: int) -> int:
+  """Checks that ``predict`` maps float32 [B, H, W, C] to float [B, K].
+
+  Uses ``jax.eval_shape``, so nothing is compiled or run. Returns K.
+  """
+  if not callable(predict):
+    raise TypeError(f"predict must be callable, got {_describe(predict)}")
+  probe = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+  try:
+    out = jax.eval_shape(predict, probe)
+  except Exception as error:  # any tracing failure is the model's
+    raise ValueError(
+        f"predict could not be traced on float32 images of shape "
+        f"{probe.shape}: {type(error).__name__}: {error}") from error
+  if (not hasattr(out, "shape") or len(out.shape) != 2
+      or out.shape[0] != batch_size or out.shape[1] < 2
+      or not jnp.issubdtype(out.dtype, jnp.floating)):
+    raise ValueError(
+        f"predict must return float logits of shape [{batch_size}, K] with "
+        f"K >= 2 for images of shape {probe.shape}, got {_describe(out)}")
+  return int(out.shape[1])

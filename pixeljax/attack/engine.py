@@ -1,0 +1,301 @@
+"""``batched_attack``: the paper's few-pixel DE on many images in one jit.
+
+The whole attack (initial population, mutation, crossover, pixel injection,
+the model's forward pass, selection and the final re-check) is one
+``jax.jit``-compiled function. A ``lax.while_loop`` runs rounds over all
+images until every image is done; per-image population arithmetic is
+``vmap``-ed, while the loop over model chunks stays at the top level so that
+finished images are skipped rather than masked (see ``evaluate``).
+Round 0 scores the initial population; rounds 1..maxiter are generations.
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pixeljax.attack import checks
+from pixeljax.attack import criteria
+from pixeljax.attack import de
+from pixeljax.attack import evaluate
+from pixeljax.attack import pixels as pixels_lib
+from pixeljax.attack.result import AttackResult
+
+# Candidate images per model call when batch_size is None: about 16 MiB of
+# float32 input per chunk, a power of two, at most 1024.
+_DEFAULT_CHUNK_BYTES = 2**24
+
+
+class DEState(NamedTuple):
+  """Search state, one row per image slot (N slots, P members, L genes).
+
+  Attributes:
+    population: float32 [N, P, L].
+    fitness: float32 [N, P]; +inf before the first round.
+    rounds: int32 [N]; rounds run (the first is the initial population).
+    done: bool [N].
+    queries: int32 [N]; candidates evaluated.
+    best: float32 [N, L]; the preferred candidate seen so far: a success
+      before a failure, then the lower fitness.
+    best_fitness: float32 [N].
+    best_success: bool [N].
+  """
+  population: jax.Array
+  fitness: jax.Array
+  rounds: jax.Array
+  done: jax.Array
+  queries: jax.Array
+  best: jax.Array
+  best_fitness: jax.Array
+  best_success: jax.Array
+
+
+class DEConfig(NamedTuple):
+  """Static settings of a DE run (hashable: part of the compiled function)."""
+  predict: object
+  pixels: int
+  popsize: int
+  early_stop: bool
+  use_crossover: bool
+  batch_size: int
+
+
+def default_batch_size(image_shape, popsize: int, num_images: int) -> int:
+  """Candidates per model call when the caller gives none.
+
+  About 16 MiB of float32 input per chunk, at most 1024 candidates, and a
+  multiple or a divisor of ``popsize``, so that chunks hold whole populations
+  (or split them evenly) and little of the last chunk of a round is padding.
+  """
+  per_image = 4 * int(np.prod(image_shape))
+  cap = max(1, min(_DEFAULT_CHUNK_BYTES // per_image, 1024))
+  if cap >= popsize:
+    return min(cap // popsize, num_images) * popsize
+  return max(d for d in range(1, cap + 1) if popsize % d == 0)
+
+
+def initial_state(num_images: int, popsize: int, length: int) -> DEState:
+  """A state whose every slot is about to score its initial population."""
+  return DEState(
+      population=jnp.zeros((num_images, popsize, length), jnp.float32),
+      fitness=jnp.full((num_images, popsize), jnp.inf, jnp.float32),
+      rounds=jnp.zeros((num_images,), jnp.int32),
+      done=jnp.zeros((num_images,), bool),
+      queries=jnp.zeros((num_images,), jnp.int32),
+      best=jnp.zeros((num_images, length), jnp.float32),
+      best_fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
+      best_success=jnp.zeros((num_images,), bool))
+
+
+def _children(config, shape, image_key, rounds, population, mutation,
+              crossover):
+  """One image's candidates for this round: float32 [P, L]."""
+  height, width, channels = shape
+  key = jax.random.fold_in(image_key, rounds)
+  key_init, key_mutate, key_cross = jax.random.split(key, 3)
+  start = pixels_lib.sample_initial(key_init, config.popsize, config.pixels,
+                                    height, width, channels)
+  child = de.mutate_rand1(key_mutate, population, mutation)
+  if config.use_crossover:
+    child = de.binomial_crossover(key_cross, population, child, crossover)
+  child = pixels_lib.clip_to_bounds(child, height, width, channels)
+  return jnp.where(rounds == 0, start, child)
+
+
+def _prefer(candidate_success, candidate_fitness, success, fitness):
+  """Whether a candidate beats the incumbent: success first, then fitness."""
+  return (candidate_success & ~success) | (
+      (candidate_success == success) & (candidate_fitness < fitness))
+
+
+def de_round(config: DEConfig, state: DEState, images, labels, targets,
+             image_keys, maxiter, mutation, crossover) -> DEState:
+  """Advances every unfinished image by one round (init or generation)."""
+  shape = images.shape[1:]
+  active = ~state.done
+  children = jax.vmap(
+      functools.partial(_children, config, shape),
+      in_axes=(0, 0, 0, None, None))(image_keys, state.rounds,
+                                     state.population, mutation, crossover)
+  child_fitness, child_success = evaluate.score_candidates(
+      config.predict, images, labels, targets, children, active,
+      config.batch_size)
+
+  population, fitness = jax.vmap(de.select)(state.population, state.fitness,
+                                            children, child_fitness)
+  # Round 0 adopts the initial population whatever its fitness.
+  first = state.rounds == 0
+  population = jnp.where(first[:, None, None], children, population)
+  fitness = jnp.where(first[:, None], child_fitness, fitness)
+
+  # Each image's preferred child this round, against its incumbent.
+  # Fitness lies in [0, 1] or is +inf, so "- 2 * success" ranks successes first.
+  top = jnp.argmin(child_fitness - 2.0 * child_success, axis=-1)
+  top_success = jnp.take_along_axis(child_success, top[:, None], 1)[:, 0]
+  top_fitness = jnp.take_along_axis(child_fitness, top[:, None], 1)[:, 0]
+  improve = active & _prefer(top_success, top_fitness, state.best_success,
+                             state.best_fitness)
+  rounds = state.rounds + active
+  finished = rounds > maxiter
+  best_success = jnp.where(improve, top_success, state.best_success)
+  if config.early_stop:
+    finished = finished | best_success
+  keep = active[:, None]
+  return DEState(
+      population=jnp.where(keep[..., None], population, state.population),
+      fitness=jnp.where(keep, fitness, state.fitness),
+      rounds=rounds,
+      done=state.done | (active & finished),
+      queries=state.queries + active * config.popsize,
+      best=jnp.where(improve[:, None], children[jnp.arange(len(top)), top],
+                     state.best),
+      best_fitness=jnp.where(improve, top_fitness, state.best_fitness),
+      best_success=best_success)
+
+
+def run_rounds(config: DEConfig, state: DEState, images, labels, targets,
+               image_keys, maxiter, mutation, crossover,
+               max_rounds=None) -> DEState:
+  """Runs rounds until every image is done (or ``max_rounds`` more rounds)."""
+  limit = jnp.iinfo(jnp.int32).max if max_rounds is None else max_rounds
+
+  def unfinished(carry):
+    step, state = carry
+    return jnp.any(~state.done) & (step < limit)
+
+  def advance(carry):
+    step, state = carry
+    return step + 1, de_round(config, state, images, labels, targets,
+                              image_keys, maxiter, mutation, crossover)
+
+  _, state = jax.lax.while_loop(unfinished, advance, (0, state))
+  return state
+
+
+def finalize(config: DEConfig, state: DEState, images, labels, targets):
+  """Decodes each image's chosen candidate and re-checks it on the model.
+
+  Returns a dict of the ``AttackResult`` fields except ``clean_label``.
+  """
+  height, width, channels = images.shape[1:]
+  perturbation = pixels_lib.decode(state.best, height, width, channels)
+  adv_images = pixels_lib.inject(images, perturbation)
+  probs = evaluate.predict_in_chunks(
+      config.predict, adv_images.astype(jnp.float32),
+      min(config.batch_size, images.shape[0]))
+  adv_label = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  success = criteria.is_success(adv_label, labels, targets) & jnp.all(
+      jnp.isfinite(probs), axis=-1)
+  take = lambda cls: jnp.take_along_axis(probs, cls[:, None], 1)[:, 0]
+  return dict(success=success, adv_images=adv_images,
+              perturbation=perturbation, adv_label=adv_label,
+              adv_prob=take(adv_label), true_prob=take(labels),
+              queries=state.queries,
+              generations=jnp.maximum(state.rounds - 1, 0))
+
+
+def image_keys_for(key, image_ids):
+  """Each image's key, ``fold_in(key, image_id)``: independent of its batch."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, image_ids)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _attack(config: DEConfig, images, labels, targets, image_ids, key,
+            maxiter, mutation, crossover):
+  """The whole attack, compiled once per config and shapes."""
+  length = pixels_lib.candidate_length(config.pixels, images.shape[-1])
+  state = initial_state(images.shape[0], config.popsize, length)
+  state = run_rounds(config, state, images, labels, targets,
+                     image_keys_for(key, image_ids), maxiter, mutation,
+                     crossover)
+  return finalize(config, state, images, labels, targets)
+
+
+@functools.partial(jax.jit, static_argnames=("predict", "batch_size"))
+def _clean_logits(predict, images, batch_size):
+  """Logits of the unperturbed images, float32 [N, K], chunk by chunk."""
+  num_images = images.shape[0]
+  padded = -(-num_images // batch_size) * batch_size
+  images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
+  chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
+  logits = jax.lax.map(lambda c: predict(c.astype(jnp.float32)), chunks)
+  return logits.reshape(padded, -1)[:num_images].astype(jnp.float32)
+
+
+def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
+                   popsize=400, maxiter=100, mutation=0.5, crossover=None,
+                   early_stop=True, batch_size=None,
+                   image_ids=None) -> AttackResult:
+  """Attacks N images at once with the paper's few-pixel differential evolution.
+
+  Args:
+    predict: pure jittable ``predict(images) -> logits``; images float32
+      [B, H, W, C] holding raw pixel values 0..255, logits float [B, K].
+      Compiled code is cached per ``predict`` object: pass the same function
+      again to avoid recompiling.
+    images: uint8 [N, H, W, C], or floats holding integers 0..255.
+    labels: int [N] true classes.
+    key: a JAX PRNG key.
+    targets: int [N] target classes for a targeted attack; None for a
+      non-targeted one.
+    pixels: d, the number of pixels changed per image.
+    popsize: DE population per image (at least 4).
+    maxiter: at most this many generations after the initial population.
+    mutation: the DE scale factor F.
+    crossover: binomial crossover rate in [0, 1], or None for none (the paper).
+    early_stop: stop each image as soon as it succeeds.
+    batch_size: candidate images per model call; chosen from the image size
+      when None. Peak memory grows with it, results do not change with it.
+    image_ids: int [N] ids that seed each image's random stream
+      (``fold_in(key, id)``); defaults to 0..N-1. An image attacked with the
+      same key and id gets the same result whatever else shares its batch.
+
+  Returns:
+    An ``AttackResult`` of NumPy arrays, one entry per image.
+  """
+  images = checks.check_images(images)
+  num_images, height, width, channels = images.shape
+  pixels = checks.check_int("pixels", pixels, minimum=1,
+                            maximum=height * width)
+  popsize = checks.check_int("popsize", popsize, minimum=4)
+  maxiter = checks.check_int("maxiter", maxiter, minimum=0)
+  mutation = checks.check_float("mutation", mutation, minimum=0.0,
+                                maximum=2.0, allow_minimum=False)
+  if crossover is not None:
+    crossover = checks.check_float("crossover", crossover, minimum=0.0,
+                                   maximum=1.0)
+  if not isinstance(early_stop, bool):
+    raise TypeError(f"early_stop must be a bool, got {early_stop!r}")
+  if batch_size is None:
+    batch_size = default_batch_size(images.shape[1:], popsize, num_images)
+  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
+  key = checks.check_key(key)
+  num_classes = checks.check_predict(predict, images.shape[1:], batch_size)
+  labels = checks.check_classes("labels", labels, num_images, num_classes)
+  if targets is not None:
+    targets = checks.check_classes("targets", targets, num_images,
+                                   num_classes)
+    same = np.flatnonzero(targets == labels)
+    if same.size:
+      raise ValueError(f"targets must differ from labels, but they are equal "
+                       f"for images {same[:5].tolist()}")
+  image_ids = checks.check_image_ids(image_ids, num_images)
+
+  clean_logits = np.asarray(
+      _clean_logits(predict, images, min(batch_size, num_images)))
+  if not np.all(np.isfinite(clean_logits)):
+    bad = np.flatnonzero(~np.all(np.isfinite(clean_logits), axis=-1))
+    raise ValueError(f"predict returned NaN or inf logits for the clean "
+                     f"images {bad[:5].tolist()}")
+
+  config = DEConfig(predict=predict, pixels=pixels, popsize=popsize,
+                    early_stop=early_stop, use_crossover=crossover is not None,
+                    batch_size=batch_size)
+  fields = _attack(config, images, labels, targets, image_ids, key,
+                   maxiter, mutation, 0.0 if crossover is None else crossover)
+  fields = jax.device_get(fields)
+  return AttackResult(clean_label=np.argmax(clean_logits, -1).astype(np.int32),
+                      **{name: np.asarray(value)
+                         for name, value in fields.items()})

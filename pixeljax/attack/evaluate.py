@@ -1,0 +1,83 @@
+"""Scoring candidates with the model, in fixed-size chunks, active images only.
+
+The candidates of all images are laid out as one flat list with the images
+that still need work gathered to the front; a loop over chunks of
+``batch_size`` candidates builds each chunk's perturbed images on the fly and
+runs the model on them. Peak memory follows the chunk, not N x P x H x W x C,
+and images that are done cost nothing: the loop stops after the last chunk
+that holds an active image's candidate.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from pixeljax.attack import criteria
+from pixeljax.attack import pixels as pixels_lib
+
+
+def probabilities(predict, images):
+  """Softmax probabilities float32 [B, K] of float32 [B, H, W, C] images."""
+  logits = predict(images).astype(jnp.float32)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def score_candidates(predict, images, labels, targets, candidates, active,
+                     batch_size: int):
+  """Fitness and success of every candidate of every active image.
+
+  Args:
+    predict: the model, float32 [B, H, W, C] -> logits [B, K].
+    images: uint8 [N, H, W, C] clean images.
+    labels: int32 [N] true classes.
+    targets: int32 [N] target classes, or None for a non-targeted attack.
+    candidates: float32 [N, P, L] candidate vectors.
+    active: bool [N]; candidates of inactive images are not evaluated.
+    batch_size: candidates per model call (static).
+
+  Returns:
+    fitness float32 [N, P] (+inf where not evaluated) and success bool [N, P]
+    (False where not evaluated).
+  """
+  num_images, popsize, _ = candidates.shape
+  _, height, width, channels = images.shape
+  # Stable sort: active images first, in their original order.
+  order = jnp.argsort(~active, stable=True)
+  total = jnp.sum(active) * popsize
+  num_chunks = (total + batch_size - 1) // batch_size
+  flat_candidates = candidates.reshape(num_images * popsize, -1)
+
+  def score_chunk(chunk, carry):
+    fitness_out, success_out = carry
+    position = chunk * batch_size + jnp.arange(batch_size)
+    valid = position < total
+    position = jnp.minimum(position, total - 1)
+    image = order[position // popsize]
+    flat = image * popsize + position % popsize
+    perturbation = pixels_lib.decode(flat_candidates[flat], height, width,
+                                     channels)
+    perturbed = pixels_lib.inject(images[image], perturbation)
+    probs = probabilities(predict, perturbed.astype(jnp.float32))
+    chunk_targets = None if targets is None else targets[image]
+    fitness = criteria.fitness(probs, labels[image], chunk_targets)
+    success = criteria.is_success(jnp.argmax(probs, axis=-1), labels[image],
+                                  chunk_targets) & jnp.isfinite(fitness)
+    # Padding at the end of the last chunk writes out of range: dropped.
+    flat = jnp.where(valid, flat, num_images * popsize)
+    return (fitness_out.at[flat].set(fitness, mode="drop"),
+            success_out.at[flat].set(success, mode="drop"))
+
+  init = (jnp.full((num_images * popsize,), jnp.inf, jnp.float32),
+          jnp.zeros((num_images * popsize,), bool))
+  fitness, success = jax.lax.fori_loop(0, num_chunks, score_chunk, init)
+  return (fitness.reshape(num_images, popsize),
+          success.reshape(num_images, popsize))
+
+
+def predict_in_chunks(predict, images, batch_size: int):
+  """Probabilities float32 [N, K] of float32 [N, H, W, C] images, chunk by chunk."""
+  num_images = images.shape[0]
+  padded = -(-num_images // batch_size) * batch_size
+  images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
+  chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
+  probs = jax.lax.map(lambda chunk: probabilities(predict, chunk), chunks)
+  return probs.reshape(padded, -1)[:num_images]
