@@ -1,0 +1,110 @@
+"""Training: a few steps lower the loss; a run checkpoints, resumes exactly,
+and writes its weights and card."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from pixeljax import train as T
+from pixeljax.models import create_model
+
+
+# VGG16 (20M parameters, dropout 0.5) needs a gentler rate on a batch of 8.
+@pytest.mark.parametrize("name,lr", [("smallcnn", 0.05), ("allconv", 0.05), ("nin", 0.05),
+                                     ("vgg16", 0.005)])
+def test_steps_lower_the_loss_on_a_fixed_batch(name, lr):
+    steps = 4
+    model = create_model(name, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cfg = T.TrainConfig(model=name, epochs=1, lr=lr, schedule="cosine",
+                        warmup_epochs=0).resolved()
+    tx = T.make_optimizer(cfg, steps_per_epoch=steps + 1)
+    train_step, _ = T.make_steps(graphdef, tx, seed=0, do_augment=False)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(8, dtype=np.int64) % 10
+    idx = np.arange(8, dtype=np.int32)
+    state, losses = (params, rest, tx.init(params)), []
+    for step in range(steps):
+        *state, loss, _ = train_step(*state, images, labels, idx, step)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_augment_crops_and_flips_on_device():
+    x = jnp.arange(2 * 32 * 32 * 3, dtype=jnp.float32).reshape(2, 32, 32, 3)
+    out = T.augment(jax.random.key(1), x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not jnp.array_equal(out, x)
+    # Every output row holds a shifted (maybe flipped) window of an input row or zeros.
+    assert set(np.unique(out[0]).tolist()) <= set(np.unique(x[0]).tolist()) | {0.0}
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path, monkeypatch):
+    """A 10-class image-folder tree: 48 train and 20 test images."""
+    monkeypatch.setenv("PIXELJAX_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("test", 20)):
+        for i in range(n):
+            c = i % 10
+            d = tmp_path / "data" / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            img = np.clip(rng.normal(25 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i:04d}.png")
+    return str(tmp_path / "data")
+
+
+def _config(data, out, **kw):
+    return T.TrainConfig(model="smallcnn", out=str(out), data=data, batch_size=16,
+                         progress=False, **kw)
+
+
+def test_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
+    straight = T.train(_config(tiny_cifar, tmp_path / "a", epochs=2))
+
+    save = T.save_checkpoint
+
+    def save_then_die(*args):
+        save(*args)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_config(tiny_cifar, tmp_path / "b", epochs=2))
+    monkeypatch.setattr(T, "save_checkpoint", save)
+    meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert meta["epoch"] == 1 and meta["step"] == 3 and meta["rng"]["seed"] == 0
+
+    resumed = T.train(_config(tiny_cifar, tmp_path / "b", epochs=2, resume=True))
+    timing = ("seconds", "images_per_s")
+    strip = lambda h: {k: v for k, v in h.items() if k not in timing}  # noqa: E731
+    assert [strip(h) for h in resumed.history] == [strip(h) for h in straight.history]
+    a = nnx.state(straight.model, nnx.Param)
+    b = nnx.state(resumed.model, nnx.Param)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_main_writes_weights_and_card(tiny_cifar, tmp_path):
+    argv = ["--model", "smallcnn", "--out", str(tmp_path / "run"), "--data", tiny_cifar,
+            "--epochs", "1", "--batch-size", "16", "--limit-train", "32", "--limit-test", "10",
+            "--quiet"]
+    result = T.main(argv)
+    card = json.loads(result.card_path.read_text())
+    assert card["architecture"] == "smallcnn" and card["test_accuracy"] == result.test_accuracy
+    assert card["eval_data"]["num_images"] == 10 and card["train_data"]["num_images"] == 32
+    assert card["training_command"] == "python -m pixeljax.train " + " ".join(argv)
+    assert (tmp_path / "run" / "smallcnn.safetensors").exists()
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="model: expected one of"):
+        T.TrainConfig(model="resnet").resolved()
+    with pytest.raises(ValueError, match="schedule"):
+        T.TrainConfig(schedule="step").resolved()

@@ -1,0 +1,115 @@
+"""Weights on disk: round trip, sharding, card checks, and the shipped victims."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pixeljax.data import load_cifar10_sample
+from pixeljax.models import SmallCNN, make_predict
+from pixeljax.models.weights import (load_predict, load_victim, load_weights, save_weights,
+                                     shipped_card, shipped_models)
+
+
+def _trained_like_model():
+    """A SmallCNN with non-trivial batch statistics, so they must round-trip too."""
+    model = SmallCNN(rngs=nnx.Rngs(3))
+    bn = model.convs[1].bn
+    bn.mean[...] = jnp.linspace(-1, 1, bn.mean[...].size)
+    bn.var[...] = jnp.linspace(0.5, 2, bn.var[...].size)
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jnp.asarray(load_cifar10_sample().images[:8], jnp.float32)
+
+
+def test_round_trip_gives_identical_logits(tmp_path, images):
+    model = _trained_like_model()
+    card_path = save_weights(model, tmp_path, "m", architecture="smallcnn",
+                             card={"test_accuracy": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+    loaded, card = load_weights(card_path)
+    assert card["test_accuracy"] == 0.5 and card["param_count"] == 242_474
+    np.testing.assert_array_equal(make_predict(loaded)(images), make_predict(model)(images))
+
+
+def test_sharding(tmp_path, images):
+    model = _trained_like_model()
+    card_path = save_weights(model, tmp_path, "m", architecture="smallcnn",
+                             max_shard_bytes=300_000)
+    card = json.loads(card_path.read_text())
+    shards = sorted(p.name for p in tmp_path.glob("m-*.safetensors"))
+    assert len(shards) >= 3 and shards[0] == f"m-00001-of-{len(shards):05d}.safetensors"
+    assert sorted(card["files"]) == shards and not (tmp_path / "m.safetensors").exists()
+    index = json.loads((tmp_path / card["index"]).read_text())
+    assert set(index["weight_map"]) == set(card["tensors"])
+    assert set(index["weight_map"].values()) == set(shards)
+    assert index["metadata"]["total_size"] == 4 * sum(np.prod(s) for s in card["tensors"].values())
+    loaded, _ = load_weights(card_path)
+    np.testing.assert_array_equal(make_predict(loaded)(images), make_predict(model)(images))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    return save_weights(_trained_like_model(), tmp_path, "m", architecture="smallcnn")
+
+
+def _edit(card_path, fn):
+    card = json.loads(card_path.read_text())
+    fn(card)
+    card_path.write_text(json.dumps(card))
+
+
+def test_card_shape_mismatch(saved):
+    _edit(saved, lambda c: c["tensors"].update({"classifier.bias": [11]}))
+    with pytest.raises(ValueError, match="shapes differ for.*classifier.bias"):
+        load_weights(saved)
+
+
+def test_card_names_other_architecture(saved):
+    _edit(saved, lambda c: c.update(architecture="nin"))
+    with pytest.raises(ValueError, match="do not match architecture 'nin'"):
+        load_weights(saved)
+
+
+def test_card_param_count_mismatch(saved):
+    _edit(saved, lambda c: c.update(param_count=1))
+    with pytest.raises(ValueError, match="card says 1 parameters"):
+        load_weights(saved)
+
+
+def test_corrupted_file(saved):
+    f = saved.parent / "m.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-5] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="m.safetensors: sha256 .* differs"):
+        load_weights(saved)
+
+
+def test_not_a_card(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a pixeljax.weights/1 card"):
+        load_weights(tmp_path / "x.json")
+
+
+def test_no_shipped_weights_says_how_to_train():
+    assert "vgg16" not in shipped_models()
+    with pytest.raises(FileNotFoundError, match="python -m pixeljax.train --model vgg16"):
+        load_victim("vgg16")
+
+
+def test_shipped_smallcnn_matches_its_card():
+    assert "smallcnn" in shipped_models()
+    card = shipped_card("smallcnn")
+    assert card["eval_data"]["num_images"] == 10_000 and card["test_accuracy"] >= 0.70
+    sample = load_cifar10_sample()
+    logits = jax.jit(load_predict("smallcnn"))(jnp.asarray(sample.images, jnp.float32))
+    accuracy = float((logits.argmax(-1) == sample.labels).mean())
+    # 300 images: the standard error is about 2.6 points.
+    assert abs(accuracy - card["test_accuracy"]) < 0.08, (accuracy, card["test_accuracy"])
