@@ -1,0 +1,350 @@
+"""Peers side by side: pixeljax, torchattacks OnePixel and ART PixelAttack.
+
+One run, one victim, the same images, the same budget: each tool attacks the
+same correctly classified CIFAR-10 test images (from the packaged sample),
+non-targeted, with a population of 400 and 100 generations, for 1 and 3
+pixels. The victim is the shipped SmallCNN; the peers get it rebuilt in
+PyTorch with the same weights (``torch_victims``), checked to give the same
+logits (max |difference| <= 1e-4) on the images before any attack runs.
+Every tool's returned images are scored the same way (``peer_runs.verify``).
+
+Needs the optional extra (on a CPU machine pin the CPU build of torch):
+  pip install -e ".[peers]" "torch==2.13.0"
+Run from the repository root (defaults: about 15 minutes on 2 CPU cores):
+  nice -n 10 python -m benchmarks.peers
+  python -m benchmarks.peers --images 2 --maxiter 5     # a quick look
+Writes benchmarks/results/peers_<platform>.{json,md,png}.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import common
+from benchmarks import peer_runs
+from benchmarks import torch_victims
+from pixeljax import data
+from pixeljax import models
+from pixeljax.models import weights
+
+TOOLS = ("pixeljax", "torchattacks", "art")
+LOGIT_TOLERANCE = 1e-4
+
+# How each tool meets the budget, for the output.
+SETTINGS_NOTES = {
+    "pixeljax": (
+        "paper's DE: DE/rand/1, F = 0.5, no crossover; coordinates uniform, "
+        "colours N(128, 127); population {popsize} for any number of pixels; "
+        "all images at once in one jit; each image stops as soon as one "
+        "candidate succeeds; integer pixels. Wall time excludes the first "
+        "call's jit compilation (given apart)."),
+    "torchattacks": (
+        "OnePixel(pixels, steps={maxiter}, popsize={popsize}, "
+        "inf_batch={popsize}): vendored scipy-style DE, best1bin, F dithered "
+        "in [0.5, 1) per generation, recombination 1 (every gene from the "
+        "mutant), uniform random start; population popsize // (5 d) * 5 d; "
+        "stops when the population's best succeeds (checked once a "
+        "generation); continuous colours in [0, 1], rounded to 8 bits by the "
+        "model wrapper; one image at a time."),
+    "art": (
+        "PixelAttack(th=pixels, es=1, max_iter={maxiter}): es=1 is "
+        "differential evolution (es=0 is CMA-ES); vendored scipy-style DE, "
+        "best1bin, F dithered in [0.5, 1), recombination 1, Latin-hypercube "
+        "start; population fixed by ART at 400 // (5 d) * 5 d (popsize is not "
+        "settable); prediction batch 128 (fixed); stops when the population's "
+        "best succeeds (once a generation); integer colours; one image at a "
+        "time."),
+}
+
+
+def load_victim(card: str | None, train_seconds_budget: float):
+  """The victim model and a description of where it came from.
+
+  Takes ``card`` if given, else the shipped SmallCNN; when neither exists,
+  trains a SmallCNN for one short epoch on CPU (and says so).
+  """
+  if card:
+    model, meta = weights.load_weights(card)
+    model.eval()
+    return model, {"weights": card, "architecture": meta["architecture"],
+                   "test_accuracy": meta.get("test_accuracy")}
+  if "smallcnn" in weights.shipped_models():
+    meta = weights.shipped_card("smallcnn")
+    return weights.load_victim("smallcnn"), {
+        "weights": "shipped pixeljax/weights/smallcnn",
+        "architecture": "smallcnn", "test_accuracy": meta.get("test_accuracy")}
+  from pixeljax import train
+  print("no shipped SmallCNN weights: training one on CPU "
+        f"(about {train_seconds_budget:.0f} s)")
+  started = time.perf_counter()
+  result = train.train(train.TrainConfig(
+      model="smallcnn", epochs=1, limit_train=20000, limit_test=2000,
+      progress=False))
+  return result.model, {
+      "weights": "trained in this benchmark: SmallCNN, 1 epoch on 20,000 "
+                 "CIFAR-10 training images (no shipped weights were found)",
+      "architecture": "smallcnn", "test_accuracy": result.test_accuracy,
+      "train_seconds": time.perf_counter() - started}
+
+
+def pick_images(predict, count: int):
+  """The first ``count`` correctly classified sample images, classes in turn.
+
+  Returns:
+    (images uint8 [count, 32, 32, 3], labels int64 [count], sample indices).
+  """
+  sample = data.load_cifar10_sample()
+  logits = jax.jit(predict)(jnp.asarray(sample.images, jnp.float32))
+  correct = np.asarray(jnp.argmax(logits, -1)) == sample.labels
+  # Round-robin over classes: the k-th correct image of each class in turn.
+  rank = np.zeros(len(sample.labels), np.int64)
+  for label in np.unique(sample.labels):
+    where = np.flatnonzero(correct & (sample.labels == label))
+    rank[where] = np.arange(len(where))
+  order = [i for i in np.lexsort((sample.labels, rank)) if correct[i]]
+  if len(order) < count:
+    raise ValueError(f"images: asked for {count}, but the victim classifies "
+                     f"only {len(order)} sample images correctly")
+  chosen = np.asarray(order[:count])
+  return sample.images[chosen], sample.labels[chosen], chosen
+
+
+def logit_gap(predict, torch_model, images) -> float:
+  """Max |JAX logits - torch logits| over ``images`` uint8 [N, H, W, C]."""
+  jax_logits = np.asarray(jax.jit(predict)(jnp.asarray(images, jnp.float32)))
+  with torch.no_grad():
+    torch_logits = torch_model(peer_runs.to_unit_nchw(images)).numpy()
+  return float(np.abs(jax_logits - torch_logits).max())
+
+
+def forward_rate(function, batch, seconds: float) -> float:
+  """Images per second of a blocking ``function()`` on ``batch`` images."""
+  return batch / common.time_call(function, min_seconds=seconds)
+
+
+def forward_rates(predict, torch_model, batch: int, seconds: float) -> dict:
+  """Plain forward images/s of the JAX and the torch model at ``batch``."""
+  images = np.random.default_rng(0).integers(
+      0, 256, (batch, 32, 32, 3)).astype(np.uint8)
+  jitted = jax.jit(predict)
+  jax_images = jnp.asarray(images, jnp.float32)
+  torch_images = peer_runs.to_unit_nchw(images)
+
+  def torch_forward():
+    with torch.no_grad():
+      torch_model(torch_images)
+
+  return {
+      "batch": batch,
+      "jax_images_per_second": forward_rate(
+          lambda: jitted(jax_images).block_until_ready(), batch, seconds),
+      "torch_images_per_second": forward_rate(torch_forward, batch, seconds),
+  }
+
+
+def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
+                  maxiter: int, tools=TOOLS, seed: int = 0,
+                  log=print) -> tuple[list[dict], float]:
+  """Attacks ``images`` with each tool for each pixel count.
+
+  Args:
+    model: a pixeljax victim (NNX, float32).
+    images: uint8 [N, H, W, 3]; labels: int [N], classified correctly.
+
+  Returns:
+    (rows, logit gap): one row per (pixels, tool) with success, wall time,
+    rates and the speedup of pixeljax over the tool (when pixeljax ran); and
+    the max |JAX - torch| logit difference on ``images``.
+
+  Raises:
+    RuntimeError: the torch rebuild's logits differ by more than 1e-4.
+  """
+  predict = models.make_predict(model)
+  torch_model = torch_victims.Pixels01(torch_victims.to_torch(model))
+  gap = logit_gap(predict, torch_model, images)
+  if not gap <= LOGIT_TOLERANCE:
+    raise RuntimeError(f"the torch rebuild's logits differ from the JAX "
+                       f"model's by {gap:.3g} > {LOGIT_TOLERANCE}")
+  num_classes = int(np.asarray(predict(jnp.asarray(images[:1], jnp.float32))
+                               ).shape[-1])
+  rows = []
+  for pixels in pixel_counts:
+    runs = {}
+    for tool in tools:
+      log(f"{tool}, {pixels} pixel(s), {len(images)} images ...")
+      budget = dict(pixels=pixels, maxiter=maxiter, seed=seed)
+      if tool == "pixeljax":
+        run = peer_runs.run_pixeljax(predict, images, labels, popsize=popsize,
+                                     **budget)
+      elif tool == "torchattacks":
+        run = peer_runs.run_torchattacks(torch_model, images, labels,
+                                         popsize=popsize, **budget)
+      elif tool == "art":
+        run = peer_runs.run_art(torch_model, images, labels,
+                                num_classes=num_classes, **budget)
+      else:
+        raise ValueError(f"tools: unknown tool {tool!r}; expected {TOOLS}")
+      check = peer_runs.verify(predict, images, run.adv_images, labels, pixels)
+      runs[tool] = run
+      rows.append({
+          "tool": tool, "pixels": pixels, "images": len(images),
+          "success_rate": float(np.mean(check["success"])),
+          "seconds": run.seconds,
+          "images_per_second": len(images) / run.seconds,
+          "evaluations": run.evaluations,
+          "evaluations_per_second": run.evaluations / run.seconds,
+          "compile_seconds": run.compile_seconds,
+          **check})
+      log(f"  success {rows[-1]['success_rate']:.2f}, {run.seconds:.1f} s, "
+          f"{rows[-1]['evaluations_per_second']:.0f} evaluations/s")
+    if "pixeljax" in runs:
+      fast = runs["pixeljax"]
+      for row in rows[-len(tools):]:
+        row["pixeljax_speedup"] = row["seconds"] / fast.seconds
+        row["pixeljax_speedup_with_compile"] = row["seconds"] / (
+            fast.seconds + fast.compile_seconds)
+  return rows, gap
+
+
+def render_markdown(payload: dict) -> str:
+  """The results as a short markdown page."""
+  stamp, setup = payload["stamp"], payload["settings"]
+  rows = [[r["pixels"], r["tool"], f"{r['success_rate']:.0%}",
+           f"{r['seconds']:.1f}", f"{r['images_per_second']:.3f}",
+           f"{r['evaluations_per_second']:.0f}",
+           f"{r.get('pixeljax_speedup', float('nan')):.1f}x",
+           f"{r.get('pixeljax_speedup_with_compile', float('nan')):.1f}x"]
+          for r in payload["rows"]]
+  rates = payload["forward"]
+  notes = "\n".join(f"- **{tool}**: {note}"
+                    for tool, note in payload["tool_settings"].items())
+  return (
+      f"# Peers side by side: {setup['victim']['architecture']}, "
+      f"{stamp['device']} ({stamp['platform']}), {stamp['date']}\n\n"
+      f"Victim: {setup['victim']['weights']} (test accuracy "
+      f"{setup['victim']['test_accuracy']}). {setup['images']} correctly "
+      f"classified images of the packaged CIFAR-10 test sample, non-targeted, "
+      f"population {setup['popsize']}, at most {setup['maxiter']} "
+      f"generations. The torch rebuild's logits match the JAX model's to "
+      f"{payload['logit_gap']:.1e}. Success is re-checked on each tool's "
+      f"returned uint8 images with the JAX model (at most d pixels changed). "
+      f"jax {stamp['jax']}, torch {payload['versions']['torch']}, "
+      f"torchattacks {payload['versions']['torchattacks']}, ART "
+      f"{payload['versions']['art']}; {stamp['cpu_count']} CPU cores "
+      f"{payload['settings']['cpu_note']}.\n\n"
+      f"Command: `{setup['command']}`\n\n"
+      + common.markdown_table(
+          ["pixels", "tool", "success", "wall s", "images/s",
+           "model evals/s", "pixeljax speedup", "speedup incl. jit compile"],
+          rows)
+      + f"\nPlain forward pass at batch {rates['batch']}: JAX "
+      f"{rates['jax_images_per_second']:.0f} images/s, torch "
+      f"{rates['torch_images_per_second']:.0f} images/s.\n\n"
+      f"How each tool meets the budget:\n\n{notes}\n")
+
+
+def plot(payload: dict, path: str) -> None:
+  """Bar chart: images/s (log scale) and success rate, per tool and pixels."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  rows = payload["rows"]
+  tools = list(dict.fromkeys(r["tool"] for r in rows))
+  pixel_counts = list(dict.fromkeys(r["pixels"] for r in rows))
+  width = 0.8 / len(tools)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for k, tool in enumerate(tools):
+    mine = {r["pixels"]: r for r in rows if r["tool"] == tool}
+    where = np.arange(len(pixel_counts)) + (k - (len(tools) - 1) / 2) * width
+    for ax, field in zip(axes, ("images_per_second", "success_rate")):
+      ax.bar(where, [mine[p][field] for p in pixel_counts], width, label=tool)
+  for ax, title in zip(axes, ("images attacked per second (log)",
+                              "success rate")):
+    ax.set_xticks(np.arange(len(pixel_counts)),
+                  [f"{p} pixel{'s' * (p > 1)}" for p in pixel_counts])
+    ax.set_title(title)
+  axes[0].set_yscale("log")
+  axes[1].set_ylim(0, 1)
+  axes[0].legend()
+  stamp = payload["stamp"]
+  fig.suptitle(f"One-pixel attack on {payload['settings']['victim']['architecture']}"
+               f", {payload['settings']['images']} images, population "
+               f"{payload['settings']['popsize']}, {payload['settings']['maxiter']}"
+               f" generations ({stamp['device']})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", type=int, default=8,
+                      help="images attacked by every tool (default 8)")
+  parser.add_argument("--pixels", default="1,3",
+                      help="comma-separated pixel counts (default 1,3)")
+  parser.add_argument("--popsize", type=int, default=400)
+  parser.add_argument("--maxiter", type=int, default=100)
+  parser.add_argument("--tools", default=",".join(TOOLS))
+  parser.add_argument("--weights", default=None,
+                      help="a weights card (default: the shipped SmallCNN)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--name", default=None,
+                      help="results file stem (default peers_<platform>)")
+  args = parser.parse_args(argv)
+
+  import art
+  import torchattacks
+
+  model, victim = load_victim(args.weights, train_seconds_budget=180)
+  predict = models.make_predict(model)
+  images, labels, indices = pick_images(predict, args.images)
+  started = time.perf_counter()
+  rows, gap = run_benchmark(
+      model, images, labels,
+      pixel_counts=[int(p) for p in args.pixels.split(",")],
+      popsize=args.popsize, maxiter=args.maxiter,
+      tools=args.tools.split(","), seed=args.seed)
+  total = time.perf_counter() - started
+  torch_model = torch_victims.Pixels01(torch_victims.to_torch(model))
+  payload = {
+      "stamp": common.stamp(),
+      "versions": {"torch": torch.__version__,
+                   "torchattacks": torchattacks.__version__,
+                   "art": art.__version__},
+      "settings": {
+          "command": "python -m benchmarks.peers "
+                     + " ".join(argv if argv is not None else sys.argv[1:]),
+          "victim": victim, "images": args.images,
+          "sample_indices": indices.tolist(), "labels": labels.tolist(),
+          "popsize": args.popsize, "maxiter": args.maxiter,
+          "targeted": False, "seed": args.seed,
+          "torch_threads": torch.get_num_threads(),
+          "cpu_note": "shared with other work while this ran; times are "
+                      "wall-clock and include that load",
+      },
+      "tool_settings": {tool: note.format(popsize=args.popsize,
+                                          maxiter=args.maxiter)
+                        for tool, note in SETTINGS_NOTES.items()
+                        if tool in args.tools.split(",")},
+      "logit_gap": gap,
+      "forward": forward_rates(predict, torch_model, args.popsize, 5.0),
+      "total_seconds": total,
+      "rows": rows,
+  }
+  name = args.name or f"peers_{payload['stamp']['platform']}"
+  for path in common.write_results(name, payload, render_markdown(payload)):
+    print(f"wrote {path}")
+  png = os.path.join(common.RESULTS_DIR, f"{name}.png")
+  plot(payload, png)
+  print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+  main()
