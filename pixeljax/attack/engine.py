@@ -21,6 +21,7 @@ from pixeljax.attack import criteria
 from pixeljax.attack import de
 from pixeljax.attack import evaluate
 from pixeljax.attack import pixels as pixels_lib
+from pixeljax.attack import sharding
 from pixeljax.attack.result import AttackResult
 
 # Candidate images per model call when batch_size is None: about 16 MiB of
@@ -60,6 +61,11 @@ class DEConfig(NamedTuple):
   early_stop: bool
   use_crossover: bool
   batch_size: int
+  targeted: bool
+
+  def goal(self, targets):
+    """The targets the criteria take: None for a non-targeted attack."""
+    return targets if self.targeted else None
 
 
 def default_batch_size(image_shape, popsize: int, num_images: int) -> int:
@@ -76,13 +82,17 @@ def default_batch_size(image_shape, popsize: int, num_images: int) -> int:
   return max(d for d in range(1, cap + 1) if popsize % d == 0)
 
 
-def initial_state(num_images: int, popsize: int, length: int) -> DEState:
-  """A state whose every slot is about to score its initial population."""
+def initial_state(num_images: int, popsize: int, length: int,
+                  done=None) -> DEState:
+  """A state whose every slot is about to score its initial population.
+
+  ``done`` (bool [N]) marks slots that hold no image: they cost nothing.
+  """
   return DEState(
       population=jnp.zeros((num_images, popsize, length), jnp.float32),
       fitness=jnp.full((num_images, popsize), jnp.inf, jnp.float32),
       rounds=jnp.zeros((num_images,), jnp.int32),
-      done=jnp.zeros((num_images,), bool),
+      done=(jnp.zeros((num_images,), bool) if done is None else done),
       queries=jnp.zeros((num_images,), jnp.int32),
       best=jnp.zeros((num_images, length), jnp.float32),
       best_fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
@@ -120,7 +130,7 @@ def de_round(config: DEConfig, state: DEState, images, labels, targets,
       in_axes=(0, 0, 0, None, None))(image_keys, state.rounds,
                                      state.population, mutation, crossover)
   child_fitness, child_success = evaluate.score_candidates(
-      config.predict, images, labels, targets, children, active,
+      config.predict, images, labels, config.goal(targets), children, active,
       config.batch_size)
 
   population, fitness = jax.vmap(de.select)(state.population, state.fitness,
@@ -186,7 +196,8 @@ def finalize(config: DEConfig, state: DEState, images, labels, targets):
       config.predict, adv_images.astype(jnp.float32),
       min(config.batch_size, images.shape[0]))
   adv_label = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  success = criteria.is_success(adv_label, labels, targets) & jnp.all(
+  success = criteria.is_success(adv_label, labels,
+                                config.goal(targets)) & jnp.all(
       jnp.isfinite(probs), axis=-1)
   take = lambda cls: jnp.take_along_axis(probs, cls[:, None], 1)[:, 0]
   return dict(success=success, adv_images=adv_images,
@@ -201,21 +212,22 @@ def image_keys_for(key, image_ids):
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, image_ids)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _attack(config: DEConfig, images, labels, targets, image_ids, key,
-            maxiter, mutation, crossover):
-  """The whole attack, compiled once per config and shapes."""
+def attack_shard(config: DEConfig, images, labels, targets, image_ids, valid,
+                 key, maxiter, mutation, crossover):
+  """The whole attack on one device's images; ``valid`` False marks padding.
+
+  Returns a dict of the ``AttackResult`` fields but ``clean_label``.
+  """
   length = pixels_lib.candidate_length(config.pixels, images.shape[-1])
-  state = initial_state(images.shape[0], config.popsize, length)
+  state = initial_state(images.shape[0], config.popsize, length, done=~valid)
   state = run_rounds(config, state, images, labels, targets,
                      image_keys_for(key, image_ids), maxiter, mutation,
                      crossover)
   return finalize(config, state, images, labels, targets)
 
 
-@functools.partial(jax.jit, static_argnames=("predict", "batch_size"))
-def _clean_logits(predict, images, batch_size):
-  """Logits of the unperturbed images, float32 [N, K], chunk by chunk."""
+def clean_logits_shard(predict, batch_size: int, images):
+  """Logits float32 [N, K] of one device's unperturbed uint8 images."""
   num_images = images.shape[0]
   padded = -(-num_images // batch_size) * batch_size
   images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
@@ -224,11 +236,77 @@ def _clean_logits(predict, images, batch_size):
   return logits.reshape(padded, -1)[:num_images].astype(jnp.float32)
 
 
+class Prepared(NamedTuple):
+  """Checked inputs of an attack, ready for the compiled code."""
+  config: DEConfig
+  images: np.ndarray  # uint8 [N, H, W, C]
+  labels: np.ndarray  # int32 [N]
+  targets: np.ndarray  # int32 [N]; the labels again when non-targeted
+  image_ids: np.ndarray  # int32 [N]
+  key: jax.Array
+  maxiter: int
+  mutation: float
+  crossover: float  # 0.0 when crossover is off
+
+
+def prepare(predict, images, labels, *, key, targets, pixels, popsize,
+            maxiter, mutation, crossover, early_stop, batch_size, image_ids,
+            images_per_device: int | None = None) -> Prepared:
+  """Checks every argument (see ``batched_attack``) before anything compiles."""
+  images = checks.check_images(images)
+  num_images, height, width, _ = images.shape
+  pixels = checks.check_int("pixels", pixels, minimum=1,
+                            maximum=height * width)
+  popsize = checks.check_int("popsize", popsize, minimum=4)
+  maxiter = checks.check_int("maxiter", maxiter, minimum=0)
+  mutation = checks.check_float("mutation", mutation, minimum=0.0,
+                                maximum=2.0, allow_minimum=False)
+  if crossover is not None:
+    crossover = checks.check_float("crossover", crossover, minimum=0.0,
+                                   maximum=1.0)
+  if not isinstance(early_stop, bool):
+    raise TypeError(f"early_stop must be a bool, got {early_stop!r}")
+  if batch_size is None:
+    batch_size = default_batch_size(images.shape[1:], popsize,
+                                    images_per_device or num_images)
+  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
+  key = checks.check_key(key)
+  num_classes = checks.check_predict(predict, images.shape[1:], batch_size)
+  labels = checks.check_classes("labels", labels, num_images, num_classes)
+  if targets is not None:
+    targets = checks.check_classes("targets", targets, num_images,
+                                   num_classes)
+    same = np.flatnonzero(targets == labels)
+    if same.size:
+      raise ValueError(f"targets must differ from labels, but they are equal "
+                       f"for images {same[:5].tolist()}")
+  config = DEConfig(predict=predict, pixels=pixels, popsize=popsize,
+                    early_stop=early_stop, use_crossover=crossover is not None,
+                    batch_size=batch_size, targeted=targets is not None)
+  return Prepared(config=config, images=images, labels=labels,
+                  targets=labels if targets is None else targets,
+                  image_ids=checks.check_image_ids(image_ids, num_images),
+                  key=key, maxiter=maxiter, mutation=mutation,
+                  crossover=0.0 if crossover is None else crossover)
+
+
+def check_clean_logits(logits: np.ndarray, first_index: int = 0):
+  """Raises if the model gave NaN or inf logits for clean images."""
+  bad = np.flatnonzero(~np.all(np.isfinite(logits), axis=-1))
+  if bad.size:
+    raise ValueError(f"predict returned NaN or inf logits for the clean "
+                     f"images {(bad[:5] + first_index).tolist()}")
+
+
 def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
                    popsize=400, maxiter=100, mutation=0.5, crossover=None,
-                   early_stop=True, batch_size=None,
-                   image_ids=None) -> AttackResult:
+                   early_stop=True, batch_size=None, image_ids=None,
+                   mesh=None) -> AttackResult:
   """Attacks N images at once with the paper's few-pixel differential evolution.
+
+  The image axis is sharded over ``mesh`` (by default every device JAX sees,
+  on every host): each device runs the whole attack on its share, and an
+  image's result does not depend on how many devices there are.
 
   Args:
     predict: pure jittable ``predict(images) -> logits``; images float32
@@ -246,56 +324,41 @@ def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
     mutation: the DE scale factor F.
     crossover: binomial crossover rate in [0, 1], or None for none (the paper).
     early_stop: stop each image as soon as it succeeds.
-    batch_size: candidate images per model call; chosen from the image size
-      when None. Peak memory grows with it, results do not change with it.
+    batch_size: candidate images per model call on each device; chosen from
+      the image size when None. Peak memory grows with it, results do not
+      change with it.
     image_ids: int [N] ids that seed each image's random stream
       (``fold_in(key, id)``); defaults to 0..N-1. An image attacked with the
       same key and id gets the same result whatever else shares its batch.
+    mesh: a ``jax.sharding.Mesh`` to shard the images over (all its axes);
+      None for every device.
 
   Returns:
     An ``AttackResult`` of NumPy arrays, one entry per image.
   """
-  images = checks.check_images(images)
-  num_images, height, width, channels = images.shape
-  pixels = checks.check_int("pixels", pixels, minimum=1,
-                            maximum=height * width)
-  popsize = checks.check_int("popsize", popsize, minimum=4)
-  maxiter = checks.check_int("maxiter", maxiter, minimum=0)
-  mutation = checks.check_float("mutation", mutation, minimum=0.0,
-                                maximum=2.0, allow_minimum=False)
-  if crossover is not None:
-    crossover = checks.check_float("crossover", crossover, minimum=0.0,
-                                   maximum=1.0)
-  if not isinstance(early_stop, bool):
-    raise TypeError(f"early_stop must be a bool, got {early_stop!r}")
-  if batch_size is None:
-    batch_size = default_batch_size(images.shape[1:], popsize, num_images)
-  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
-  key = checks.check_key(key)
-  num_classes = checks.check_predict(predict, images.shape[1:], batch_size)
-  labels = checks.check_classes("labels", labels, num_images, num_classes)
-  if targets is not None:
-    targets = checks.check_classes("targets", targets, num_images,
-                                   num_classes)
-    same = np.flatnonzero(targets == labels)
-    if same.size:
-      raise ValueError(f"targets must differ from labels, but they are equal "
-                       f"for images {same[:5].tolist()}")
-  image_ids = checks.check_image_ids(image_ids, num_images)
-
-  clean_logits = np.asarray(
-      _clean_logits(predict, images, min(batch_size, num_images)))
-  if not np.all(np.isfinite(clean_logits)):
-    bad = np.flatnonzero(~np.all(np.isfinite(clean_logits), axis=-1))
-    raise ValueError(f"predict returned NaN or inf logits for the clean "
-                     f"images {bad[:5].tolist()}")
-
-  config = DEConfig(predict=predict, pixels=pixels, popsize=popsize,
-                    early_stop=early_stop, use_crossover=crossover is not None,
-                    batch_size=batch_size)
-  fields = _attack(config, images, labels, targets, image_ids, key,
-                   maxiter, mutation, 0.0 if crossover is None else crossover)
-  fields = jax.device_get(fields)
-  return AttackResult(clean_label=np.argmax(clean_logits, -1).astype(np.int32),
-                      **{name: np.asarray(value)
-                         for name, value in fields.items()})
+  mesh = sharding.default_mesh() if mesh is None else sharding.check_mesh(mesh)
+  count = len(images) if hasattr(images, "__len__") else None
+  prepared = prepare(
+      predict, images, labels, key=key, targets=targets, pixels=pixels,
+      popsize=popsize, maxiter=maxiter, mutation=mutation,
+      crossover=crossover, early_stop=early_stop, batch_size=batch_size,
+      image_ids=image_ids,
+      images_per_device=count and -(-count // mesh.size))
+  config = prepared.config
+  count = len(prepared.images)
+  placed, valid = sharding.place(
+      mesh, prepared.images, prepared.labels, prepared.targets,
+      prepared.image_ids)
+  per_device = len(valid) // mesh.size
+  clean = sharding.run_sharded(
+      mesh, clean_logits_shard,
+      (config.predict, min(config.batch_size, per_device)), placed[:1], ())
+  clean = sharding.gather(clean)[:count]
+  check_clean_logits(clean)
+  fields = sharding.run_sharded(
+      mesh, attack_shard, (config,), (*placed, valid),
+      (prepared.key, prepared.maxiter, prepared.mutation, prepared.crossover))
+  fields = sharding.gather(fields)
+  return AttackResult(
+      clean_label=np.argmax(clean, -1).astype(np.int32),
+      **{name: value[:count] for name, value in fields.items()})
