@@ -52,7 +52,7 @@ def _pad_same(x: torch.Tensor, window, stride, value: float) -> torch.Tensor:
 
 
 class Normalize(nn.Module):
-  """0..255 pixels, float [B, 3, H, W] -> standardised, as ``layers.normalize``."""
+  """Pixels 0..255 [B, 3, H, W] -> standardised, as ``layers.normalize``."""
 
   def __init__(self):
     super().__init__()
@@ -140,7 +140,7 @@ class Flatten(nn.Module):
 
 
 def _linear(dense: nnx.Linear) -> nn.Linear:
-  """An ``nnx.Linear`` (kernel [in, out]) as ``nn.Linear`` (weight [out, in])."""
+  """An ``nnx.Linear`` (kernel [in, out]) as ``nn.Linear`` ([out, in])."""
   kernel = _tensor(dense.kernel)
   out = nn.Linear(*kernel.shape)
   with torch.no_grad():
