@@ -1,0 +1,450 @@
+"""Attacks many images from a data set, resumably: what `pixeljax attack` runs.
+
+Steps: load the victim (a shipped model or a weights card) and the images
+(CIFAR-10 test, the packaged sample when no data set is found, or a folder of
+the user's own pictures); pick, with a seeded shuffle, the first N images the
+model classifies correctly; then attack them chunk by chunk with
+``batched_attack``, appending each chunk's records (and per-image PNGs) to
+the run folder (``runs.RunStore``). Rerunning with the same settings skips
+the attacks already recorded; each attack's random stream is
+``fold_in(key(seed), id)`` with an id fixed by the image (and target), so its
+result does not depend on how the chunks fall.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import pixeljax
+from pixeljax import data as data_lib
+from pixeljax import metrics
+from pixeljax import plots
+from pixeljax import runs
+from pixeljax.attack import engine
+from pixeljax.errors import InputError
+from pixeljax.errors import UsageError
+from pixeljax.models import registry
+from pixeljax.models import weights as weights_lib
+
+# The default victim: the first of these whose weights ship.
+DEFAULT_MODEL_ORDER = ("allconv", "nin", "vgg16", "smallcnn")
+RUN_FORMAT = "pixeljax.run/1"
+_SELECT_BATCH = 250
+_OPTION_NAMES = {
+    "model": "--model/--weights", "data": "data (--data/--folder/--size)",
+    "images": "--images", "seed": "--seed", "pixels": "--pixels",
+    "targeted": "--targeted", "target": "--target", "popsize": "--popsize",
+    "maxiter": "--maxiter", "mutation": "--mutation",
+    "crossover": "--crossover",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackOptions:
+  """What `pixeljax attack` was asked to do (see its --help)."""
+  out: Optional[str] = None  # None: default_out()
+  model: Optional[str] = None
+  weights: Optional[str] = None
+  data: Optional[str] = None
+  folder: Optional[str] = None
+  size: int = 32
+  download: bool = True
+  images: int = 20
+  pixels: tuple = (1,)
+  targeted: bool = False
+  target: Optional[str] = None
+  popsize: int = 400
+  maxiter: int = 100
+  mutation: float = 0.5
+  crossover: Optional[float] = None
+  seed: int = 0
+  batch_size: Optional[int] = None
+  chunk: int = 32
+  examples: bool = True
+  figures: bool = True
+  progress: bool = True
+
+
+class Victim(NamedTuple):
+  """predict: f32 [B, H, W, 3] in 0..255 -> logits f32 [B, K]."""
+  predict: Callable
+  num_classes: int
+  identity: dict  # name, architecture and file hashes: part of the settings
+
+
+class Pool(NamedTuple):
+  """Images to choose from: uint8 [N, H, W, 3], int64 labels [N]."""
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: tuple
+  identity: dict  # where the images came from and their hash
+
+
+def enable_compile_cache():
+  """Keeps compiled attacks on disk (PIXELJAX_CACHE/jax), so that a rerun
+  or a resumed run with the same shapes skips compilation. A cache folder
+  the user chose (JAX_COMPILATION_CACHE_DIR) is left as it is."""
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update("jax_compilation_cache_dir",
+                      str(data_lib.cache_dir() / "jax"))
+    jax.config.update("jax_compilation_cache_max_size", 2**30)
+
+
+def _say(message: str):
+  print(message, file=sys.stderr, flush=True)
+
+
+def shipped_default() -> Optional[str]:
+  """The default model: the first of DEFAULT_MODEL_ORDER that ships."""
+  shipped = weights_lib.shipped_models()
+  return next((m for m in DEFAULT_MODEL_ORDER if m in shipped), None)
+
+
+def load_victim(name: Optional[str], weights: Optional[str]) -> Victim:
+  """A shipped model by name (default: ``shipped_default()``) or the model of
+  a weights card; ``InputError`` saying what exists when neither works."""
+  if weights is not None:
+    path = pathlib.Path(weights)
+    if not path.is_file():
+      raise InputError(f"--weights {path}: no such file; pass the NAME.json "
+                       "card written next to the .safetensors files")
+    try:
+      model, card = weights_lib.load_weights(path)
+    except ValueError as e:
+      raise InputError(f"--weights: {e}") from None
+    model.eval()
+    name = card.get("name", path.stem)
+  else:
+    shipped = weights_lib.shipped_models()
+    train_hint = ("train one with `pixeljax train --model smallcnn --out "
+                  "DIR`, then pass --weights DIR/smallcnn.json")
+    if name is None:
+      name = shipped_default()
+      if name is None:
+        raise InputError(f"no trained weights ship with this install; "
+                         f"{train_hint}")
+    if name not in shipped:
+      known = ", ".join(shipped) or "none"
+      raise InputError(
+          f"--model {name!r}: no such model with shipped weights; known: "
+          f"{known}. Architectures {', '.join(sorted(registry.MODELS))} can "
+          f"be trained: {train_hint.replace('smallcnn', 'NAME')}")
+    model = weights_lib.load_victim(name)
+    card = weights_lib.shipped_card(name)
+  identity = dict(name=name, architecture=card["architecture"],
+                  files=card["files"])
+  return Victim(registry.make_predict(model), int(card.get("num_classes", 10)),
+                identity)
+
+
+def _fingerprint(images, labels) -> str:
+  digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+  digest.update(np.asarray(labels, np.int64).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def load_pool(options: AttackOptions) -> Pool:
+  """The images to attack: a folder, CIFAR-10 test, or the packaged sample."""
+  if options.folder is not None:
+    return _load_folder(options.folder, options.size)
+  if options.data is not None and not os.path.exists(options.data):
+    raise InputError(f"--data {options.data}: no such file or folder")
+  try:
+    found = data_lib.load_cifar10("test", source=options.data,
+                                  download=options.download)
+    source = options.data or os.environ.get("PIXELJAX_DATA") or "default"
+    where = f"CIFAR-10 test ({source})"
+  except data_lib.DataNotFoundError as e:
+    if options.data is not None:
+      raise InputError(f"--data: {e}") from None
+    found = data_lib.load_cifar10_sample()
+    where = "packaged CIFAR-10 test sample"
+    _say("No CIFAR-10 data set found (set PIXELJAX_DATA or pass --data); "
+         f"using the packaged sample of {len(found.images)} test images.")
+  except data_lib.DataCorruptError as e:
+    raise InputError(str(e)) from None
+  return Pool(found.images, found.labels, tuple(found.class_names),
+              dict(source=where, count=len(found.images),
+                   sha256=_fingerprint(found.images, found.labels)))
+
+
+def _load_folder(folder: str, size: int) -> Pool:
+  """A folder ``<class>/*.png|jpg`` of the user's pictures, resized to
+  ``size`` x ``size``, labelled in the CIFAR-10 class order."""
+  try:
+    found = data_lib.load_image_folder(folder, size=(size, size))
+  except FileNotFoundError as e:
+    raise InputError(f"--folder: {e}") from None
+  except (data_lib.DataCorruptError, ValueError) as e:
+    raise InputError(f"--folder: {e}") from None
+  classes = data_lib.CIFAR10_CLASSES
+  unknown = [c for c in found.class_names if c not in classes]
+  if unknown:
+    raise InputError(f"--folder: sub-folders {unknown} are not classes of "
+                     f"the model; name each after one of {list(classes)}")
+  # Folder labels follow the folder names; the model's follow CIFAR-10.
+  remap = np.array([classes.index(c) for c in found.class_names])
+  labels = remap[found.labels]
+  return Pool(found.images, labels, classes,
+              dict(source=f"folder {os.path.abspath(folder)}",
+                   count=len(found.images), size=size,
+                   sha256=_fingerprint(found.images, labels)))
+
+
+def resolve_target(target: Optional[str], class_names) -> Optional[int]:
+  """--target as a class index, from a name or a number."""
+  if target is None:
+    return None
+  if target in class_names:
+    return class_names.index(target)
+  if target.isdigit() and int(target) < len(class_names):
+    return int(target)
+  raise UsageError(f"--target {target!r}: expected a class name or index "
+                   f"0..{len(class_names) - 1}: {', '.join(class_names)}")
+
+
+def _softmax(logits):
+  shifted = np.exp(logits - logits.max(-1, keepdims=True))
+  return shifted / shifted.sum(-1, keepdims=True)
+
+
+def select_images(predict, pool: Pool, count: int, seed: int,
+                  exclude_label: Optional[int]):
+  """The first ``count`` images, in a ``seed``-ed shuffle, that the model
+  classifies correctly (and whose label is not ``exclude_label``).
+
+  Returns:
+    (positions int64 [n], clean_prob float32 [n] (probability of the true
+    label), looked: how many images of the shuffle were examined).
+  """
+  order = np.random.default_rng(seed).permutation(len(pool.images))
+  if exclude_label is not None:
+    order = order[pool.labels[order] != exclude_label]
+  forward = jax.jit(predict)
+  chosen, probs, looked = [], [], 0
+  for start in range(0, len(order), _SELECT_BATCH):
+    part = order[start:start + _SELECT_BATCH]
+    batch = np.zeros((_SELECT_BATCH,) + pool.images.shape[1:], np.float32)
+    batch[:len(part)] = pool.images[part]  # one shape: one compilation
+    p = _softmax(np.asarray(forward(batch), np.float64)[:len(part)])
+    labels = pool.labels[part]
+    for i in np.flatnonzero(p.argmax(-1) == labels):
+      if len(chosen) == count:
+        break
+      chosen.append(part[i])
+      probs.append(p[i, labels[i]])
+      looked = start + i + 1
+    if len(chosen) == count:
+      break
+  else:
+    looked = len(order)
+  return (np.array(chosen, np.int64), np.array(probs, np.float32), looked)
+
+
+def _settings(options, victim, pool, target) -> dict:
+  """What decides the results; a resumed run must match it exactly."""
+  return dict(format=RUN_FORMAT, model=victim.identity, data=pool.identity,
+              images=options.images, seed=options.seed,
+              pixels=list(options.pixels), targeted=options.targeted,
+              target=target, popsize=options.popsize,
+              maxiter=options.maxiter, mutation=options.mutation,
+              crossover=options.crossover)
+
+
+def _tasks(settings, labels, num_classes):
+  """Every attack of the run, in order: (pixels, position, target or None)."""
+  tasks = []
+  for pixels in settings["pixels"]:
+    for position, label in enumerate(labels):
+      if settings["targeted"]:
+        targets = [c for c in range(num_classes) if c != label]
+      else:
+        targets = [settings["target"]]
+      tasks += [(pixels, position, t) for t in targets]
+  return tasks
+
+
+def _record(task, index, label, result, i, seconds) -> dict:
+  pixels, _, target = task
+  return dict(
+      image=int(index), label=int(label), target=target, pixels=pixels,
+      success=bool(result.success[i]), adv_label=int(result.adv_label[i]),
+      adv_prob=float(result.adv_prob[i]),
+      true_prob=float(result.true_prob[i]),
+      perturbation=result.perturbation[i].tolist(),
+      queries=int(result.queries[i]), generations=int(result.generations[i]),
+      seconds=seconds)
+
+
+def example_path(directory, record) -> pathlib.Path:
+  """Where the PNG of one attack goes."""
+  aim = "" if record["target"] is None else f"_to{record['target']}"
+  return (pathlib.Path(directory) / "examples" / f"{record['pixels']}px"
+          / f"{record['image']:05d}{aim}.png")
+
+
+def _attack_chunks(store, victim, saved, settings, options):
+  """Runs every attack not yet in the store, chunk by chunk.
+
+  Every engine call gets the same number of attacks (a short last chunk is
+  filled with copies of its last attack, which share its random stream and
+  so finish with it) and the same model batch size: one compilation per
+  pixel count, reused from the disk cache when a run resumes.
+  """
+  labels, index = saved["labels"], saved["index"]
+  class_names = [str(c) for c in saved["class_names"]]
+  tasks = _tasks(settings, labels, victim.num_classes)
+  records = store.records()
+  done = {runs.task_key(r) for r in records}
+  successes = sum(r["success"] for r in records)
+  key_of = lambda t: (t[0], int(index[t[1]]), t[2])  # noqa: E731
+  pending = [t for t in tasks if key_of(t) not in done]
+  if done:
+    _say(f"Resuming: {len(tasks) - len(pending)} of {len(tasks)} attacks "
+         f"already in {store.results_path}.")
+  size = min(options.chunk, len(tasks) // len(settings["pixels"]))
+  batch_size = options.batch_size or engine.default_batch_size(
+      saved["images"].shape[1:], settings["popsize"], size)
+  key = jax.random.key(settings["seed"])
+  bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending),
+             unit="img", disable=not options.progress, file=sys.stderr,
+             dynamic_ncols=True)
+  with bar:
+    bar.set_postfix_str(f"fooled {successes}")
+    for pixels in settings["pixels"]:
+      todo = [t for t in pending if t[0] == pixels]
+      bar.set_description(f"{pixels}-pixel")
+      for start in range(0, len(todo), size):
+        chunk = todo[start:start + size]
+        padded = chunk + chunk[-1:] * (size - len(chunk))
+        positions = np.array([t[1] for t in padded])
+        targets = None
+        # An attack's id seeds its random stream: image, and target if any.
+        ids = index[positions]
+        if chunk[0][2] is not None:
+          targets = np.array([t[2] for t in padded])
+          ids = ids * victim.num_classes + targets
+        started = time.perf_counter()
+        try:
+          result = pixeljax.batched_attack(
+              victim.predict, saved["images"][positions], labels[positions],
+              key=key, targets=targets, pixels=pixels,
+              popsize=settings["popsize"], maxiter=settings["maxiter"],
+              mutation=settings["mutation"], crossover=settings["crossover"],
+              batch_size=batch_size, image_ids=ids)
+        except (ValueError, TypeError) as e:  # the engine's input checks
+          raise UsageError(str(e)) from None
+        seconds = (time.perf_counter() - started) / len(chunk)
+        new = [_record(t, index[t[1]], labels[t[1]], result, i, seconds)
+               for i, t in enumerate(chunk)]
+        if options.examples:
+          for t, r in zip(chunk, new):
+            plots.save_example(
+                example_path(store.directory, r), saved["images"][t[1]],
+                r["perturbation"], class_names=class_names, label=r["label"],
+                clean_prob=float(saved["clean_prob"][t[1]]),
+                adv_label=r["adv_label"], adv_prob=r["adv_prob"],
+                success=r["success"], target=r["target"])
+        store.append(new)
+        successes += sum(r["success"] for r in new)
+        bar.update(len(chunk))
+        bar.set_postfix_str(f"fooled {successes}")
+
+
+def _prepare_images(store, options, victim, pool, target, settings):
+  """Selects and saves the images of a new run, or reads a resumed run's."""
+  if store.resumed:
+    saved = store.images()
+  else:
+    positions, clean_prob, looked = select_images(
+        victim.predict, pool, options.images, options.seed, target)
+    if not len(positions):
+      raise InputError("the model classifies none of the images correctly; "
+                       "nothing to attack")
+    saved = dict(images=pool.images[positions], index=positions,
+                 labels=pool.labels[positions], clean_prob=clean_prob,
+                 class_names=np.array(pool.class_names),
+                 looked=np.int64(looked))
+    store.start(settings, saved)
+  looked, count = int(saved["looked"]), len(saved["index"])
+  short = (f" (only {count} of the {options.images} asked for)"
+           if count < options.images else "")
+  _say(f"Attacking {count} images{short} that {victim.identity['name']} "
+       f"classifies correctly, chosen with seed {settings['seed']} from "
+       f"{pool.identity['source']}; skipped {looked - count} misclassified "
+       f"of {looked} looked at.")
+  return saved
+
+
+def write_summary(store, settings) -> list:
+  """Summary rows of every record; writes summary.json and summary.md."""
+  rows = metrics.summarize(store.records())
+  mode = ("targeted" if settings["targeted"] or settings["target"] is not None
+          else "non-targeted")
+  title = (f"{settings['model']['name']}, {mode}, popsize "
+           f"{settings['popsize']}, maxiter {settings['maxiter']}, "
+           f"{settings['data']['source']}")
+  clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in row.items()} for row in rows]
+  (store.directory / "summary.json").write_text(json.dumps(
+      dict(settings=settings, rows=clean, version=pixeljax.__version__),
+      indent=1) + "\n")
+  (store.directory / "summary.md").write_text(
+      f"# {title}\n\n" + metrics.format_markdown(rows))
+  return rows
+
+
+def default_out(options: AttackOptions, model: str) -> str:
+  """A folder named after the main settings, so that rerunning the same
+  command resumes it and changing them starts another."""
+  mode = ("targeted" if options.targeted else
+          f"to-{options.target}" if options.target is not None else "untargeted")
+  pixels = "-".join(map(str, options.pixels))
+  return os.path.join(
+      "pixeljax-runs", f"{model}_{mode}_{pixels}px_n{options.images}_pop"
+      f"{options.popsize}_it{options.maxiter}_seed{options.seed}")
+
+
+def run_attack(options: AttackOptions) -> list:
+  """Runs (or resumes) the attack described by ``options``.
+
+  Returns:
+    The summary rows (``metrics.summarize``) over the whole run folder.
+  """
+  victim = load_victim(options.model, options.weights)
+  if options.out is None:
+    options = dataclasses.replace(
+        options, out=default_out(options, victim.identity["name"]))
+  runs.ensure_writable(pathlib.Path(options.out))
+  pool = load_pool(options)
+  if victim.num_classes != len(pool.class_names):
+    raise InputError(f"the model has {victim.num_classes} classes, the data "
+                     f"{len(pool.class_names)}")
+  target = resolve_target(options.target, list(pool.class_names))
+  settings = _settings(options, victim, pool, target)
+  store = runs.RunStore.create_or_resume(
+      options.out, settings, describe=lambda k: _OPTION_NAMES.get(k, k))
+  enable_compile_cache()
+  try:
+    saved = _prepare_images(store, options, victim, pool, target, settings)
+    _attack_chunks(store, victim, saved, settings, options)
+    rows = write_summary(store, settings)
+  finally:
+    store.close()
+  print(metrics.format_table(rows), end="")
+  if options.figures:
+    plots.draw_run(store.directory)
+  _say(f"Results in {store.directory}: {runs.RESULTS_FILE}, summary.md"
+       + (", examples/" if options.examples else "")
+       + (", figures/" if options.figures else ""))
+  return rows

@@ -1,0 +1,261 @@
+"""The `pixeljax` command: parses arguments and hands them to the module that
+does the work.
+
+  pixeljax attack [options]   attack CIFAR-10 test images, or your own
+  pixeljax figures RUN_DIR    redraw a run folder's figures
+  pixeljax train ...          train a victim network (pixeljax.train)
+  pixeljax bench ...          attack throughput (benchmarks/throughput.py)
+
+Run `pixeljax SUBCOMMAND --help` for each one's options.
+"""
+
+import argparse
+import pathlib
+import sys
+
+from pixeljax import errors
+
+# Quick defaults: about a minute on a 2-core CPU with the shipped weights.
+QUICK = dict(images=20, popsize=100, maxiter=20)
+# The paper's settings (Su et al. 2019), for a GPU: --paper.
+PAPER = dict(images=500, popsize=400, maxiter=100)
+
+_EPILOG = """exit codes:
+  0    success
+  1    unexpected internal error (a bug; a traceback is printed)
+  2    usage error: unknown option or bad value
+  3    data, model or file problem (unknown model, missing data, unreadable
+       image, output folder not writable)
+  4    the output folder holds a run with other settings
+  130  interrupted (Ctrl-C): finished work is kept, rerun to resume
+"""
+
+_ATTACK_HELP = f"""Attack images with the few-pixel differential evolution of
+Su et al. (2019) and write per-image results, a summary and figures.
+
+Images are CIFAR-10 test images (from --data, PIXELJAX_DATA, ...; the
+packaged sample of 300 when no data set is found) or your own pictures
+(--folder DIR with one sub-folder per CIFAR-10 class). Only images the model
+classifies correctly are attacked, the first --images of a shuffle seeded
+by --seed.
+
+The defaults ({QUICK['images']} images, popsize {QUICK['popsize']}, maxiter
+{QUICK['maxiter']}) finish in about a minute on a 2-core CPU. --paper uses
+the paper's settings (popsize 400, maxiter 100, 500 images): meant for a GPU.
+
+Results stream to the output folder as chunks finish; rerun the same command
+after an interruption (even a kill) to resume where it stopped.
+
+output folder:
+  run.json         settings (a rerun must match them to resume)
+  images.npz       the attacked images
+  results.jsonl    one line per attack: image, label, target, pixels,
+                   success, adv_label, adv_prob, true_prob, perturbation
+                   [[x, y, r, g, b], ...], queries, generations, seconds
+  summary.md/json  the summary table
+  examples/        a PNG per attack: original, adversarial, pixels marked
+  figures/         grid_<d>px.png, class_pairs_<d>px.png,
+                   success_vs_pixels.png
+"""
+
+
+def _int_at_least(minimum):
+  def parse(text):
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"expected at least {minimum}, "
+                                       f"got {value}")
+    return value
+  return parse
+
+
+def _float_in(low, high, *, open_low=False):
+  def parse(text):
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not (low < value if open_low else low <= value) or value > high:
+      bracket = "(" if open_low else "["
+      raise argparse.ArgumentTypeError(f"expected a number in {bracket}{low}, "
+                                       f"{high}], got {value}")
+    return value
+  return parse
+
+
+def _attack_parser(subparsers):
+  p = subparsers.add_parser(
+      "attack", help="attack images and write results, summary and figures",
+      description=_ATTACK_HELP, epilog=_EPILOG,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  victim = p.add_mutually_exclusive_group()
+  victim.add_argument("--model", metavar="NAME",
+                      help="a shipped model (default: the first shipped of "
+                      "allconv, nin, vgg16, smallcnn)")
+  victim.add_argument("--weights", metavar="CARD",
+                      help="a weights card NAME.json written by "
+                      "`pixeljax train` (the .safetensors next to it)")
+  source = p.add_mutually_exclusive_group()
+  source.add_argument("--data", metavar="PATH",
+                      help="CIFAR-10 source: image-folder tree, .tar.gz or "
+                      "the python archive (default: PIXELJAX_DATA, then "
+                      "pixeljax.data.load_cifar10's order)")
+  source.add_argument("--folder", metavar="DIR",
+                      help="your own images: DIR/<cifar10 class>/*.png|jpg")
+  p.add_argument("--size", type=_int_at_least(1), default=32,
+                 help="--folder images are resized to SIZE x SIZE "
+                 "(default 32)")
+  p.add_argument("--no-download", dest="download", action="store_false",
+                 help="never download CIFAR-10")
+  p.add_argument("--images", type=_int_at_least(1), metavar="N",
+                 help=f"images to attack (default {QUICK['images']}; "
+                 f"--paper {PAPER['images']})")
+  p.add_argument("--pixels", type=_int_at_least(1), nargs="+", default=[1],
+                 metavar="D", help="pixels changed per image; several run "
+                 "each (e.g. --pixels 1 3 5; default 1)")
+  aim = p.add_mutually_exclusive_group()
+  aim.add_argument("--targeted", action="store_true",
+                   help="attack each image towards each other class")
+  aim.add_argument("--target", metavar="CLASS",
+                   help="attack every image towards CLASS (name or index)")
+  p.add_argument("--popsize", type=_int_at_least(4),
+                 help=f"DE population per image (default {QUICK['popsize']}; "
+                 f"--paper {PAPER['popsize']})")
+  p.add_argument("--maxiter", type=_int_at_least(0),
+                 help=f"most DE generations (default {QUICK['maxiter']}; "
+                 f"--paper {PAPER['maxiter']})")
+  p.add_argument("--mutation", type=_float_in(0.0, 2.0, open_low=True),
+                 default=0.5, help="DE scale factor F (default 0.5)")
+  p.add_argument("--crossover", type=_float_in(0.0, 1.0),
+                 help="binomial crossover rate (default: none, the paper's)")
+  p.add_argument("--paper", action="store_true",
+                 help="the paper's settings: popsize 400, maxiter 100, 500 "
+                 "images (options given explicitly still win)")
+  p.add_argument("--seed", type=_int_at_least(0), default=0,
+                 help="chooses the images and seeds the search (default 0)")
+  p.add_argument("--batch-size", type=_int_at_least(1), metavar="B",
+                 help="candidate images per model call (default: from "
+                 "memory; results do not depend on it)")
+  p.add_argument("--chunk", type=_int_at_least(1), default=32,
+                 help="attacks per engine call and per write to disk "
+                 "(default 32; results do not depend on it)")
+  p.add_argument("--out", metavar="DIR",
+                 help="output folder (default pixeljax-runs/<settings>); "
+                 "an existing run with the same settings is resumed")
+  p.add_argument("--no-examples", dest="examples", action="store_false",
+                 help="skip the per-attack PNGs")
+  p.add_argument("--no-figures", dest="figures", action="store_false",
+                 help="skip the figures")
+  p.add_argument("--quiet", dest="progress", action="store_false",
+                 help="no progress bar")
+  p.set_defaults(handler=_run_attack)
+
+
+def _figures_parser(subparsers):
+  p = subparsers.add_parser(
+      "figures", help="redraw a run folder's figures from its results",
+      description="Redraws RUN_DIR/figures/ (adversarial grid, class-pair "
+      "heatmap, success rate vs pixels) from RUN_DIR/results.jsonl; works "
+      "on an interrupted run too.", epilog=_EPILOG,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("run_dir", metavar="RUN_DIR",
+                 help="the --out folder of a `pixeljax attack` run")
+  p.set_defaults(handler=_run_figures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The parser of `pixeljax`; train and bench pass their arguments on."""
+  parser = argparse.ArgumentParser(
+      prog="pixeljax", description=__doc__.split("\n\n")[0].replace("\n", " "),
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  subparsers = parser.add_subparsers(dest="command", required=True,
+                                     metavar="SUBCOMMAND")
+  _attack_parser(subparsers)
+  _figures_parser(subparsers)
+  subparsers.add_parser("train", add_help=False,
+                        help="train a victim network (pixeljax train --help)")
+  subparsers.add_parser("bench", add_help=False,
+                        help="attack throughput benchmark "
+                        "(pixeljax bench --help)")
+  return parser
+
+
+def _run_attack(args) -> int:
+  from pixeljax import campaign  # jax loads here, not for --help
+  chosen = PAPER if args.paper else QUICK
+  options = campaign.AttackOptions(
+      out=args.out, model=args.model, weights=args.weights, data=args.data,
+      folder=args.folder, size=args.size, download=args.download,
+      images=args.images or chosen["images"], pixels=tuple(args.pixels),
+      targeted=args.targeted, target=args.target,
+      popsize=args.popsize or chosen["popsize"],
+      maxiter=chosen["maxiter"] if args.maxiter is None else args.maxiter,
+      mutation=args.mutation, crossover=args.crossover, seed=args.seed,
+      batch_size=args.batch_size, chunk=args.chunk, examples=args.examples,
+      figures=args.figures, progress=args.progress)
+  campaign.run_attack(options)
+  return errors.EXIT_OK
+
+
+def _run_figures(args) -> int:
+  from pixeljax import plots
+  for path in plots.draw_run(args.run_dir):
+    print(path)
+  return errors.EXIT_OK
+
+
+def _run_train(argv) -> int:
+  from pixeljax import data
+  from pixeljax import train
+  try:
+    train.main(argv)
+  except (data.DataNotFoundError, data.DataCorruptError, OSError) as e:
+    raise errors.InputError(str(e)) from None
+  except ValueError as e:  # train's own option checks
+    raise errors.UsageError(str(e)) from None
+  return errors.EXIT_OK
+
+
+def _run_bench(argv) -> int:
+  # benchmarks/ lives next to the package in a source checkout only.
+  root = pathlib.Path(__file__).resolve().parent.parent
+  if not (root / "benchmarks" / "throughput.py").is_file():
+    raise errors.InputError(
+        "pixeljax bench needs the repository's benchmarks/ folder, which a "
+        "regular install lacks; clone the repository, `pip install -e .` "
+        "there, and run `pixeljax bench` (or `python -m "
+        "benchmarks.throughput`) from it")
+  sys.path.insert(0, str(root))
+  from benchmarks import throughput
+  throughput.main(argv)
+  return errors.EXIT_OK
+
+
+def _dispatch(argv) -> int:
+  passthrough = {"train": _run_train, "bench": _run_bench}
+  if argv and argv[0] in passthrough:
+    return passthrough[argv[0]](argv[1:])
+  args = build_parser().parse_args(argv)
+  return args.handler(args)
+
+
+def main(argv=None) -> int:
+  """Runs `pixeljax` on ``argv`` (default: sys.argv[1:]); returns the exit
+  code (see the module's --help)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  try:
+    return _dispatch(argv)
+  except errors.UserError as e:
+    print(f"pixeljax: error: {e}", file=sys.stderr)
+    return e.exit_code
+  except KeyboardInterrupt:
+    print("pixeljax: interrupted; finished work is saved, rerun the same "
+          "command to resume", file=sys.stderr)
+    return errors.EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+  sys.exit(main())
