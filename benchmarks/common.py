@@ -9,8 +9,8 @@ import time
 import jax
 import numpy as np
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           "results")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 
 def stamp() -> dict:
@@ -31,12 +31,14 @@ def stamp() -> dict:
   }
 
 
-def time_call(function, *, min_seconds: float, min_repeats: int = 2):
+def time_call(function, *, min_seconds: float, min_repeats: int = 2,
+              warmup: bool = True):
   """Median wall time (s) of ``function()``, after one warm-up call.
 
   ``function`` must block until its result is ready.
   """
-  function()
+  if warmup:
+    function()
   times = []
   started = time.perf_counter()
   while len(times) < min_repeats or time.perf_counter() - started < min_seconds:
