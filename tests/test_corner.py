@@ -7,6 +7,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import pixeljax
 from pixeljax.attack.corner import corner_attack
@@ -107,14 +108,34 @@ def test_few_pixel_search_finds_the_pair_and_keeps_its_promises():
   corner_models.assert_honest(predict, images, labels, result, pixels=2)
 
 
-def test_few_pixel_search_respects_d_and_its_budget():
+@pytest.mark.parametrize("scan,rounds", [(True, 5), (False, 21)])
+def test_few_pixel_search_respects_d_and_its_budget(scan, rounds):
+  """Without early stop the budget is spent whole: the scan's 512, then
+  rounds of 32 (all 672 in rounds without a scan)."""
   predict = toy_models.small_cnn(channels=3, seed=2)
   images = np.random.default_rng(6).integers(0, 256, (8, 8, 8, 3))
   images = images.astype(np.uint8)
   labels = np.asarray(predict(jnp.asarray(images, jnp.float32))).argmax(-1)
   result = corner_search(predict, images, labels, key=jax.random.key(1),
                          pixels=3, max_queries=512 + 5 * 32, proposals=32,
-                         early_stop=False)
+                         early_stop=False, scan=scan)
   np.testing.assert_array_equal(result.queries, [512 + 5 * 32] * 8)
-  np.testing.assert_array_equal(result.generations, [5] * 8)
+  np.testing.assert_array_equal(result.generations, [rounds] * 8)
   corner_models.assert_honest(predict, images, labels, result, pixels=3)
+
+
+def test_bad_arguments_are_refused_by_name():
+  predict = toy_models.small_cnn(channels=3)
+  images = np.zeros((2, 8, 8, 3), np.uint8)
+  labels = np.zeros(2, np.int64)
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="block"):
+    corner_attack(predict, images, labels, block=8 * 8 * 8 + 1)
+  with pytest.raises(ValueError, match="targets"):
+    corner_attack(predict, images, labels, targets=labels)
+  with pytest.raises(ValueError, match="max_queries"):
+    corner_search(predict, images, labels, key=key, max_queries=100)
+  with pytest.raises(ValueError, match="top_pixels"):
+    corner_search(predict, images, labels, key=key, scan=False, top_pixels=9)
+  with pytest.raises(TypeError, match="early_stop"):
+    corner_search(predict, images, labels, key=key, early_stop=1)

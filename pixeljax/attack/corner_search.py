@@ -13,6 +13,11 @@ In the manner of CornerSearch (Croce and Hein 2019), for d > 1 pixels:
    already in it, mostly at their best corner, and keeps the best if it beats
    the incumbent (success first, then fitness).
 
+With ``scan=False`` step 1 is skipped, in the manner of Sparse-RS (Croce et
+al. 2022): the pixels are all H x W in a random order, drawn with equal
+weight, and every corner is drawn at random; the search spends nothing up
+front.
+
 Queries count both phases. The whole search is one jit with top-level while
 loops over rounds, scoring only unfinished images' candidates.
 """
@@ -39,6 +44,7 @@ _RANDOM_CORNER = 0.2
 class SearchConfig(NamedTuple):
   """Static settings of a corner search (hashable)."""
   scan: corner.ScanConfig
+  use_scan: bool
   pixels: int
   top_pixels: int
   proposals: int
@@ -102,17 +108,33 @@ def _propose(config: SearchConfig, channels: int, key, slots, corners,
   swap = jnp.argsort(order, axis=-1) < swaps  # m random slots per proposal
   kept = jnp.any((jnp.arange(k)[None, None, :] == slots[None, :, None])
                  & ~swap[:, :, None], axis=1)  # [P, K]
-  logits = jnp.where(kept, -jnp.inf, -jnp.log1p(jnp.arange(k)))
+  weight = -jnp.log1p(jnp.arange(k)) if config.use_scan else jnp.zeros(k)
+  logits = jnp.where(kept, -jnp.inf, weight)
   gumbel = jax.random.gumbel(key_new, (num, k))
   _, fresh = jax.lax.top_k(logits + gumbel, d)  # distinct, rank-weighted
   # The j-th swapped slot takes the j-th fresh pixel.
   fresh = jnp.take_along_axis(fresh, jnp.cumsum(swap, axis=-1) - 1, axis=1)
   random_corner = jax.random.randint(key_corner, (num, d), 0, 2**channels)
+  if not config.use_scan:
+    return (jnp.where(swap, fresh, slots[None]),
+            jnp.where(swap, random_corner, corners[None]))
   fresh_corner = jnp.where(
       jax.random.uniform(key_flip, (num, d)) < _RANDOM_CORNER, random_corner,
       best_corner[fresh])
   return (jnp.where(swap, fresh, slots[None]),
           jnp.where(swap, fresh_corner, corners[None]))
+
+
+def _random_order(num_pixels: int, channels: int, image_key):
+  """One image's pixels in random order (int32 [H * W]) and random corners.
+
+  Draws from ``fold_in(image_key, 2**32 - 1)``, a stream that the rounds
+  (``fold_in(image_key, step)``, steps from 0 up) never reach.
+  """
+  key_order, key_corner = jax.random.split(
+      jax.random.fold_in(image_key, 2**32 - 1))
+  return (jax.random.permutation(key_order, num_pixels).astype(jnp.int32),
+          jax.random.randint(key_corner, (num_pixels,), 0, 2**channels))
 
 
 def _candidates(ranked, slots, corners, image_shape):
@@ -166,9 +188,18 @@ def search_round(config: SearchConfig, state: SearchState, images, labels,
 @functools.partial(jax.jit, static_argnames=("config",))
 def _corner_search(config: SearchConfig, images, labels, targets, image_ids,
                    key):
-  num_images, _, _, channels = images.shape
-  found = corner.scan(config.scan, images, labels, targets)
-  ranked, best_corner = rank_pixels(found.table, channels, config.top_pixels)
+  num_images, height, width, channels = images.shape
+  image_keys = engine.image_keys_for(key, image_ids)
+  if config.use_scan:
+    found = corner.scan(config.scan, images, labels, targets)
+    ranked, best_corner = rank_pixels(found.table, channels,
+                                      config.top_pixels)
+  else:
+    found = corner.initial_scan_state(config.scan._replace(keep_table=False),
+                                      images.shape[1:], num_images)
+    ranked, best_corner = jax.vmap(
+        functools.partial(_random_order, height * width, channels))(
+            image_keys)
   d = config.pixels
   state = SearchState(
       step=jnp.zeros((), jnp.int32),
@@ -180,7 +211,6 @@ def _corner_search(config: SearchConfig, images, labels, targets, image_ids,
       corners=best_corner[:, :d],
       fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
       success=jnp.zeros((num_images,), bool))
-  image_keys = engine.image_keys_for(key, image_ids)
   state = jax.lax.while_loop(
       lambda state: jnp.any(~state.done),
       lambda state: search_round(config, state, images, labels, targets,
@@ -201,8 +231,8 @@ def _corner_search(config: SearchConfig, images, labels, targets, image_ids,
 
 
 def corner_search(predict, images, labels, *, key, pixels=3, targets=None,
-                  max_queries=10_000, top_pixels=None, proposals=64,
-                  early_stop=True, block=None, batch_size=None,
+                  max_queries=10_000, scan=True, top_pixels=None,
+                  proposals=64, early_stop=True, block=None, batch_size=None,
                   image_ids=None) -> AttackResult:
   """Few-pixel attack: a one-pixel corner scan, then combinations of its best.
 
@@ -215,10 +245,12 @@ def corner_search(predict, images, labels, *, key, pixels=3, targets=None,
     pixels: d, the most pixels changed per image.
     targets: int [N] target classes, or None for a non-targeted attack.
     max_queries: evaluations per image, scan included; at least the scan's
-      ``H * W * 2**C``. What is left after the scan is spent in rounds of
-      ``proposals``.
+      ``H * W * 2**C`` (or ``proposals`` without a scan). What is left after
+      the scan is spent in rounds of ``proposals``.
+    scan: rank pixels by the one-pixel corner scan first; False draws every
+      pixel with equal weight and every corner at random (Sparse-RS style).
     top_pixels: how many of the best-ranked pixels combinations draw from;
-      default ``min(H * W, 128)``, at least ``pixels``.
+      default ``min(H * W, 128)``, at least ``pixels``; only with a scan.
     proposals: candidates per image and round of the combination search.
     early_stop: stop each image once it succeeds.
     block: scan candidates per image and round (see ``corner_attack``).
@@ -234,28 +266,35 @@ def corner_search(predict, images, labels, *, key, pixels=3, targets=None,
   num_images, height, width, channels = images.shape
   pixels = checks.check_int("pixels", pixels, minimum=1,
                             maximum=height * width)
+  if not isinstance(scan, bool):
+    raise TypeError(f"scan must be a bool, got {scan!r}")
+  proposals = checks.check_int("proposals", proposals, minimum=1)
+  block = corner.check_block(block, images.shape[1:])
   total = corner.scan_size(height, width, channels)
-  max_queries = checks.check_int("max_queries", max_queries, minimum=total)
+  scan_queries = -(-total // block) * block if scan else 0
+  max_queries = checks.check_int("max_queries", max_queries,
+                                 minimum=scan_queries if scan else proposals)
+  if not scan and top_pixels is not None:
+    raise ValueError("top_pixels ranks pixels by the scan: leave it None "
+                     f"with scan=False, got {top_pixels!r}")
   if top_pixels is None:
-    top_pixels = max(pixels, min(height * width, 128))
+    top_pixels = (max(pixels, min(height * width, 128)) if scan
+                  else height * width)
   top_pixels = checks.check_int("top_pixels", top_pixels, minimum=pixels,
                                 maximum=height * width)
-  proposals = checks.check_int("proposals", proposals, minimum=1)
   early_stop = inputs_lib.check_early_stop(early_stop)
-  block = corner.check_block(block, images.shape[1:])
   if batch_size is None:
-    batch_size = engine.default_batch_size(images.shape[1:], block,
-                                           num_images)
+    batch_size = engine.default_batch_size(
+        images.shape[1:], block if scan else proposals, num_images)
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
   key = checks.check_key(key)
   checked = inputs_lib.check_inputs(predict, images, labels, targets,
                                     image_ids, batch_size)
-  scan_queries = -(-total // block) * block
   config = SearchConfig(
       scan=corner.ScanConfig(predict=predict, block=block,
                              early_stop=early_stop, batch_size=batch_size,
-                             keep_table=True),
-      pixels=pixels, top_pixels=top_pixels, proposals=proposals,
+                             keep_table=scan),
+      use_scan=scan, pixels=pixels, top_pixels=top_pixels, proposals=proposals,
       rounds=max(0, (max_queries - scan_queries) // proposals))
   fields, queries, rounds = _corner_search(
       config, checked.images, checked.labels, checked.targets,
