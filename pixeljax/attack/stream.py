@@ -8,7 +8,6 @@ image keeps its own random stream (``fold_in(key, image_id)``) and its own
 round count, so its result is exactly what ``batched_attack`` gives it.
 """
 
-import functools
 from typing import Iterator
 
 import jax
@@ -72,11 +71,11 @@ def _run(mesh, slots, refill_every, prepared):
   count = len(prepared.images)
   length = pixels_lib.candidate_length(config.pixels,
                                        prepared.images.shape[-1])
+  sources = (prepared.images, prepared.labels, prepared.targets,
+             prepared.image_ids)
   # Host copy of what each slot holds; -1 marks an empty slot.
   held = np.full(slots, -1)
-  slot_data = [np.zeros((slots, *a.shape[1:]), a.dtype) for a in
-               (prepared.images, prepared.labels, prepared.targets,
-                prepared.image_ids)]
+  slot_data = [np.zeros((slots, *a.shape[1:]), a.dtype) for a in sources]
   clean_label = np.zeros(slots, np.int32)
   state = engine.initial_state(slots, config.popsize, length,
                                done=jnp.ones(slots, bool))
@@ -84,7 +83,7 @@ def _run(mesh, slots, refill_every, prepared):
                        state)
   replicated = (prepared.key, prepared.maxiter, prepared.mutation,
                 prepared.crossover)
-  next_image, done = 0, np.ones(slots, bool)
+  next_image = 0
   per_device = slots // mesh.size
   while True:
     refill = np.flatnonzero(held < 0)[:count - next_image]
@@ -92,7 +91,7 @@ def _run(mesh, slots, refill_every, prepared):
       new = np.arange(next_image, next_image + refill.size)
       next_image += refill.size
       held[refill] = new
-      for slot_array, source in zip(slot_data, prepared[1:5]):
+      for slot_array, source in zip(slot_data, sources):
         slot_array[refill] = source[new]
     if not np.any(held >= 0):
       return
