@@ -98,6 +98,8 @@ def enable_compile_cache():
     jax.config.update("jax_compilation_cache_dir",
                       str(data_lib.cache_dir() / "jax"))
     jax.config.update("jax_compilation_cache_max_size", 2**30)
+    # Small programs too: a run compiles a few, each worth a second or so.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _say(message: str):
@@ -386,8 +388,12 @@ def _prepare_images(store, options, victim, pool, target, settings):
   return saved
 
 
-def write_summary(store, settings) -> list:
-  """Summary rows of every record; writes summary.json and summary.md."""
+def write_summary(store, settings):
+  """Summarizes every record; writes summary.json and summary.md.
+
+  Returns:
+    (title: one line naming the run, rows: ``metrics.summarize``).
+  """
   rows = metrics.summarize(store.records())
   mode = ("targeted" if settings["targeted"] or settings["target"] is not None
           else "non-targeted")
@@ -401,7 +407,7 @@ def write_summary(store, settings) -> list:
       indent=1) + "\n")
   (store.directory / "summary.md").write_text(
       f"# {title}\n\n" + metrics.format_markdown(rows))
-  return rows
+  return title, rows
 
 
 def default_out(options: AttackOptions, model: str) -> str:
@@ -438,10 +444,10 @@ def run_attack(options: AttackOptions) -> list:
   try:
     saved = _prepare_images(store, options, victim, pool, target, settings)
     _attack_chunks(store, victim, saved, settings, options)
-    rows = write_summary(store, settings)
+    title, rows = write_summary(store, settings)
   finally:
     store.close()
-  print(metrics.format_table(rows), end="")
+  print(f"{title}\n{metrics.format_table(rows)}", end="")
   if options.figures:
     plots.draw_run(store.directory)
   _say(f"Results in {store.directory}: {runs.RESULTS_FILE}, summary.md"

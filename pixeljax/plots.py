@@ -110,7 +110,7 @@ def adversarial_grid(path, entries, class_names, title):
   """
   columns = min(4, max(1, len(entries)))
   rows = max(1, -(-len(entries) // columns))
-  fig = Figure(figsize=(2.4 * columns, 2.6 * rows + 0.5))
+  fig = Figure(figsize=(2.4 * max(columns, 3), 2.6 * rows + 0.5))
   axes = fig.subplots(rows, columns, squeeze=False)
   for ax in axes.flat:
     ax.set_axis_off()
@@ -146,6 +146,7 @@ def class_pair_heatmap(path, successes, attempts, class_names, *, targeted,
   k = len(class_names)
   fig = Figure(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k))
   ax = fig.subplots()
+  ax.set_facecolor("0.9")  # pairs never attacked: NaN, left grey
   shown = ax.imshow(rate, vmin=0.0, vmax=1.0, cmap="viridis")
   for i in range(k):
     for j in range(k):
