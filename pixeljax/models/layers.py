@@ -33,10 +33,37 @@ class ConvBN(nnx.Module):
         self.bn = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.relu(self.bn(self.conv(x)))
+        kh, kw = self.conv.kernel_size
+        tiny = x.shape[1] * x.shape[2] <= 4 and self.conv.strides == 1
+        if tiny and self.conv.padding == "SAME" and kh % 2 and kw % 2:
+            y = conv_as_matmul(x, self.conv.kernel[...].astype(x.dtype))
+        else:
+            y = self.conv(x)
+        return jax.nn.relu(self.bn(y))
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 SAME convolution as patches @ kernel: x [B, H, W, Cin], kernel
+    [kh, kw, Cin, Cout] (odd kh, kw) -> [B, H, W, Cout].
+
+    XLA's CPU convolution is pathologically slow on maps of 2x2 or less (VGG16's
+    last block: hundreds of ms per call); a matrix product is not.
+    """
+    kh, kw, cin, cout = kernel.shape
+    b, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    patches = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)],
+                              axis=-1)
+    return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
 def max_pool(x: jax.Array, window: int = 2, stride: int = 2) -> jax.Array:
+    """Max-pool [B, H, W, C] -> [B, ceil(H/stride), ceil(W/stride), C], SAME padding."""
+    b, h, w, c = x.shape
+    if window == stride and h % stride == 0 and w % stride == 0:
+        # Non-overlapping windows as a reshape + max: the same values, and on CPU
+        # its gradient is several times faster than XLA's select-and-scatter.
+        return x.reshape(b, h // stride, stride, w // stride, stride, c).max(axis=(2, 4))
     return nnx.max_pool(x, (window, window), strides=(stride, stride), padding="SAME")
 
 
