@@ -3,12 +3,13 @@
 Steps: load the victim (a shipped model or a weights card) and the images
 (CIFAR-10 test, the packaged sample when no data set is found, or a folder of
 the user's own pictures); pick, with a seeded shuffle, the first N images the
-model classifies correctly; then attack them chunk by chunk with
-``batched_attack``, appending each chunk's records (and per-image PNGs) to
-the run folder (``runs.RunStore``). Rerunning with the same settings skips
-the attacks already recorded; each attack's random stream is
+model classifies correctly; then attack them with ``stream_attack`` (a fixed
+number of slots, refilled as attacks finish: the same results as
+``batched_attack``), appending each finished attack's record (and PNG) to the
+run folder (``runs.RunStore``) at once. Rerunning with the same settings
+skips the attacks already recorded; each attack's random stream is
 ``fold_in(key(seed), id)`` with an id fixed by the image (and target), so its
-result does not depend on how the chunks fall.
+result does not depend on what else was in flight with it.
 """
 
 import dataclasses
@@ -30,7 +31,6 @@ from pixeljax import data as data_lib
 from pixeljax import metrics
 from pixeljax import plots
 from pixeljax import runs
-from pixeljax.attack import engine
 from pixeljax.errors import InputError
 from pixeljax.errors import UsageError
 from pixeljax.models import registry
@@ -69,7 +69,7 @@ class AttackOptions:
   crossover: Optional[float] = None
   seed: int = 0
   batch_size: Optional[int] = None
-  chunk: int = 32
+  slots: int = 32
   examples: bool = True
   figures: bool = True
   progress: bool = True
@@ -295,13 +295,13 @@ def example_path(directory, record) -> pathlib.Path:
           / f"{record['image']:05d}{aim}.png")
 
 
-def _attack_chunks(store, victim, saved, settings, options):
-  """Runs every attack not yet in the store, chunk by chunk.
+def _attack_all(store, victim, saved, settings, options):
+  """Runs every attack not yet in the store, streaming results to it.
 
-  Every engine call gets the same number of attacks (a short last chunk is
-  filled with copies of its last attack, which share its random stream and
-  so finish with it) and the same model batch size: one compilation per
-  pixel count, reused from the disk cache when a run resumes.
+  ``stream_attack`` keeps ``options.slots`` attacks in flight and hands each
+  one back as soon as it finishes; its record (and PNG) is written at once.
+  The slot count is the same however many attacks remain, so each pixel
+  count compiles once, and a resumed run reuses that from the disk cache.
   """
   labels, index = saved["labels"], saved["index"]
   class_names = [str(c) for c in saved["class_names"]]
@@ -314,9 +314,7 @@ def _attack_chunks(store, victim, saved, settings, options):
   if done:
     _say(f"Resuming: {len(tasks) - len(pending)} of {len(tasks)} attacks "
          f"already in {store.results_path}.")
-  size = min(options.chunk, len(tasks) // len(settings["pixels"]))
-  batch_size = options.batch_size or engine.default_batch_size(
-      saved["images"].shape[1:], settings["popsize"], size)
+  slots = min(options.slots, len(tasks) // len(settings["pixels"]))
   key = jax.random.key(settings["seed"])
   bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending),
              unit="img", disable=not options.progress, file=sys.stderr,
@@ -325,42 +323,44 @@ def _attack_chunks(store, victim, saved, settings, options):
     bar.set_postfix_str(f"fooled {successes}")
     for pixels in settings["pixels"]:
       todo = [t for t in pending if t[0] == pixels]
+      if not todo:
+        continue
       bar.set_description(f"{pixels}-pixel")
-      for start in range(0, len(todo), size):
-        chunk = todo[start:start + size]
-        padded = chunk + chunk[-1:] * (size - len(chunk))
-        positions = np.array([t[1] for t in padded])
-        targets = None
-        # An attack's id seeds its random stream: image, and target if any.
-        ids = index[positions]
-        if chunk[0][2] is not None:
-          targets = np.array([t[2] for t in padded])
-          ids = ids * victim.num_classes + targets
-        started = time.perf_counter()
-        try:
-          result = pixeljax.batched_attack(
-              victim.predict, saved["images"][positions], labels[positions],
-              key=key, targets=targets, pixels=pixels,
-              popsize=settings["popsize"], maxiter=settings["maxiter"],
-              mutation=settings["mutation"], crossover=settings["crossover"],
-              batch_size=batch_size, image_ids=ids)
-        except (ValueError, TypeError) as e:  # the engine's input checks
-          raise UsageError(str(e)) from None
-        seconds = (time.perf_counter() - started) / len(chunk)
-        new = [_record(t, index[t[1]], labels[t[1]], result, i, seconds)
-               for i, t in enumerate(chunk)]
-        if options.examples:
-          for t, r in zip(chunk, new):
-            plots.save_example(
-                example_path(store.directory, r), saved["images"][t[1]],
-                r["perturbation"], class_names=class_names, label=r["label"],
-                clean_prob=float(saved["clean_prob"][t[1]]),
-                adv_label=r["adv_label"], adv_prob=r["adv_prob"],
-                success=r["success"], target=r["target"])
-        store.append(new)
-        successes += sum(r["success"] for r in new)
-        bar.update(len(chunk))
-        bar.set_postfix_str(f"fooled {successes}")
+      positions = np.array([t[1] for t in todo])
+      targets = None
+      # An attack's id seeds its random stream: image, and target if any.
+      ids = index[positions]
+      if todo[0][2] is not None:
+        targets = np.array([t[2] for t in todo])
+        ids = ids * victim.num_classes + targets
+      started = time.perf_counter()
+      try:
+        for finished, result in pixeljax.stream_attack(
+            victim.predict, saved["images"][positions], labels[positions],
+            key=key, targets=targets, slots=slots, pixels=pixels,
+            popsize=settings["popsize"], maxiter=settings["maxiter"],
+            mutation=settings["mutation"], crossover=settings["crossover"],
+            batch_size=options.batch_size, image_ids=ids):
+          # Wall time since the last hand-back, shared by what it returned.
+          now = time.perf_counter()
+          seconds, started = (now - started) / len(finished), now
+          new = [_record(todo[j], index[todo[j][1]], labels[todo[j][1]],
+                         result, i, seconds) for i, j in enumerate(finished)]
+          if options.examples:
+            for j, r in zip(finished, new):
+              plots.save_example(
+                  example_path(store.directory, r),
+                  saved["images"][todo[j][1]], r["perturbation"],
+                  class_names=class_names, label=r["label"],
+                  clean_prob=float(saved["clean_prob"][todo[j][1]]),
+                  adv_label=r["adv_label"], adv_prob=r["adv_prob"],
+                  success=r["success"], target=r["target"])
+          store.append(new)
+          successes += sum(r["success"] for r in new)
+          bar.update(len(new))
+          bar.set_postfix_str(f"fooled {successes}")
+      except (ValueError, TypeError) as e:  # the engine's input checks
+        raise UsageError(str(e)) from None
 
 
 def _prepare_images(store, options, victim, pool, target, settings):
@@ -443,7 +443,7 @@ def run_attack(options: AttackOptions) -> list:
   enable_compile_cache()
   try:
     saved = _prepare_images(store, options, victim, pool, target, settings)
-    _attack_chunks(store, victim, saved, settings, options)
+    _attack_all(store, victim, saved, settings, options)
     title, rows = write_summary(store, settings)
   finally:
     store.close()

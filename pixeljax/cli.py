@@ -45,8 +45,9 @@ Defaults: {QUICK['images']} images, popsize {QUICK['popsize']}, maxiter \
 2-core CPU. --paper: the paper's settings (popsize 400, maxiter 100, 500
 images), meant for a GPU.
 
-Results stream to the output folder as chunks finish; rerun the same command
-after an interruption (even a kill) to resume where it stopped.
+Each attack's result is written to the output folder as soon as it
+finishes; rerun the same command after an interruption (even a kill) to
+resume where it stopped.
 
 output folder:
   run.json         settings (a rerun must match them to resume)
@@ -141,9 +142,9 @@ def _attack_parser(subparsers):
   p.add_argument("--batch-size", type=_int_at_least(1), metavar="B",
                  help="candidate images per model call (default: from "
                  "memory; results do not depend on it)")
-  p.add_argument("--chunk", type=_int_at_least(1), default=32,
-                 help="attacks per engine call and per write to disk "
-                 "(default 32; results do not depend on it)")
+  p.add_argument("--slots", type=_int_at_least(1), default=32,
+                 help="attacks in flight at once (default 32; results do "
+                 "not depend on it)")
   p.add_argument("--out", metavar="DIR",
                  help="output folder (default pixeljax-runs/<settings>); "
                  "an existing run with the same settings is resumed")
@@ -197,7 +198,7 @@ def _run_attack(args) -> int:
       popsize=args.popsize or chosen["popsize"],
       maxiter=chosen["maxiter"] if args.maxiter is None else args.maxiter,
       mutation=args.mutation, crossover=args.crossover, seed=args.seed,
-      batch_size=args.batch_size, chunk=args.chunk, examples=args.examples,
+      batch_size=args.batch_size, slots=args.slots, examples=args.examples,
       figures=args.figures, progress=args.progress)
   campaign.run_attack(options)
   return errors.EXIT_OK

@@ -2,8 +2,8 @@
 
 A record is one finished attack as written to results.jsonl: a dict with at
 least ``pixels``, ``label``, ``target`` (None when non-targeted), ``success``,
-``adv_label``, ``adv_prob``, ``queries`` and ``seconds`` (its share of its
-chunk's wall time).
+``adv_label``, ``adv_prob``, ``queries`` and ``seconds`` (its share of the wall
+time of the engine call that returned it).
 """
 
 import math

@@ -4,11 +4,11 @@ Layout of a run folder:
 
     run.json        the settings that decide the results (checked on resume)
     images.npz      the attacked images and what the model said about them
-    results.jsonl   one JSON record per finished attack, appended chunk by chunk
+    results.jsonl   one JSON record per finished attack, appended as they finish
     run.lock        held (flock) while a process writes the folder
 
-Records are appended with flush + fsync after each chunk, so a run killed at
-any moment (SIGKILL included) loses at most the chunk in flight; a last line
+Records are appended with flush + fsync as they come, so a run killed at any
+moment (SIGKILL included) loses only the attacks in flight; a last line
 cut short by the kill is dropped when the folder is opened again, and the
 attacks it held are redone.
 """

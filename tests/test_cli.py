@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# 6 images x 2 pixel counts, in chunks of 4: slow enough that a run can be
-# killed between two chunks.
+# 6 images x 2 pixel counts, 4 in flight at once: slow enough that a run can
+# be killed half-way.
 TINY = ["--images", "6", "--pixels", "1", "3", "--popsize", "12",
-        "--maxiter", "40", "--chunk", "4", "--no-download", "--quiet"]
+        "--maxiter", "40", "--slots", "4", "--no-download", "--quiet"]
 FIELDS = {"image", "label", "target", "pixels", "success", "adv_label",
           "adv_prob", "true_prob", "perturbation", "queries", "generations",
           "seconds"}
@@ -111,7 +111,7 @@ def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
              "--out", str(out)]
 
   def start_and_stop(sig, lines_before):
-    """Starts the run and sends ``sig`` once a new chunk is on disk."""
+    """Starts the run and sends ``sig`` once a new record is on disk."""
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     results = out / "results.jsonl"
@@ -142,7 +142,7 @@ def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
   assert "Resuming" in done.stderr
   records = read_records(out)
   assert len(records) == 12 == len(comparable(records))
-  # Interrupted twice, with other images sharing each chunk, every attack
+  # Interrupted twice, with other attacks in flight beside it, every attack
   # found what the straight run found.
   expected = comparable(read_records(straight[0]))
   for key, record in comparable(records).items():
