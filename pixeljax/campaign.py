@@ -51,7 +51,10 @@ _OPTION_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class AttackOptions:
-  """What `pixeljax attack` was asked to do (see its --help)."""
+  """What `pixeljax attack` was asked to do (see its --help).
+
+  Defaults are the paper's settings; the command line fills every field.
+  """
   out: Optional[str] = None  # None: default_out()
   model: Optional[str] = None
   weights: Optional[str] = None
@@ -59,7 +62,7 @@ class AttackOptions:
   folder: Optional[str] = None
   size: int = 32
   download: bool = True
-  images: int = 20
+  images: int = 500
   pixels: tuple = (1,)
   targeted: bool = False
   target: Optional[str] = None
@@ -88,6 +91,7 @@ class Pool(NamedTuple):
   labels: np.ndarray
   class_names: tuple
   identity: dict  # where the images came from and their hash
+  paths: Optional[list] = None  # each image's file, for --folder
 
 
 def enable_compile_cache():
@@ -185,9 +189,7 @@ def _load_folder(folder: str, size: int) -> Pool:
   ``size`` x ``size``, labelled in the CIFAR-10 class order."""
   try:
     found = data_lib.load_image_folder(folder, size=(size, size))
-  except FileNotFoundError as e:
-    raise InputError(f"--folder: {e}") from None
-  except (data_lib.DataCorruptError, ValueError) as e:
+  except (FileNotFoundError, data_lib.DataCorruptError, ValueError) as e:
     raise InputError(f"--folder: {e}") from None
   classes = data_lib.CIFAR10_CLASSES
   unknown = [c for c in found.class_names if c not in classes]
@@ -200,7 +202,8 @@ def _load_folder(folder: str, size: int) -> Pool:
   return Pool(found.images, labels, classes,
               dict(source=f"folder {os.path.abspath(folder)}",
                    count=len(found.images), size=size,
-                   sha256=_fingerprint(found.images, labels)))
+                   sha256=_fingerprint(found.images, labels)),
+              [os.path.relpath(p, folder) for p in found.paths])
 
 
 def resolve_target(target: Optional[str], class_names) -> Optional[int]:
@@ -276,9 +279,11 @@ def _tasks(settings, labels, num_classes):
   return tasks
 
 
-def _record(task, index, label, result, i, seconds) -> dict:
+def _record(task, index, label, result, i, seconds, path) -> dict:
   pixels, _, target = task
+  where = {} if path is None else dict(path=path)
   return dict(
+      **where,
       image=int(index), label=int(label), target=target, pixels=pixels,
       success=bool(result.success[i]), adv_label=int(result.adv_label[i]),
       adv_prob=float(result.adv_prob[i]),
@@ -305,6 +310,7 @@ def _attack_all(store, victim, saved, settings, options):
   """
   labels, index = saved["labels"], saved["index"]
   class_names = [str(c) for c in saved["class_names"]]
+  paths = [str(p) for p in saved["paths"]] if "paths" in saved else None
   tasks = _tasks(settings, labels, victim.num_classes)
   records = store.records()
   done = {runs.task_key(r) for r in records}
@@ -345,7 +351,8 @@ def _attack_all(store, victim, saved, settings, options):
           now = time.perf_counter()
           seconds, started = (now - started) / len(finished), now
           new = [_record(todo[j], index[todo[j][1]], labels[todo[j][1]],
-                         result, i, seconds) for i, j in enumerate(finished)]
+                         result, i, seconds, paths and paths[todo[j][1]])
+                 for i, j in enumerate(finished)]
           if options.examples:
             for j, r in zip(finished, new):
               plots.save_example(
@@ -377,6 +384,8 @@ def _prepare_images(store, options, victim, pool, target, settings):
                  labels=pool.labels[positions], clean_prob=clean_prob,
                  class_names=np.array(pool.class_names),
                  looked=np.int64(looked))
+    if pool.paths is not None:
+      saved["paths"] = np.array([pool.paths[i] for i in positions])
     store.start(settings, saved)
   looked, count = int(saved["looked"]), len(saved["index"])
   short = (f" (only {count} of the {options.images} asked for)"
@@ -413,8 +422,8 @@ def write_summary(store, settings):
 def default_out(options: AttackOptions, model: str) -> str:
   """A folder named after the main settings, so that rerunning the same
   command resumes it and changing them starts another."""
-  mode = ("targeted" if options.targeted else
-          f"to-{options.target}" if options.target is not None else "untargeted")
+  mode = ("targeted" if options.targeted else "untargeted"
+          if options.target is None else f"to-{options.target}")
   pixels = "-".join(map(str, options.pixels))
   return os.path.join(
       "pixeljax-runs", f"{model}_{mode}_{pixels}px_n{options.images}_pop"

@@ -55,6 +55,7 @@ output folder:
   results.jsonl    one line per attack: image, label, target, pixels,
                    success, adv_label, adv_prob, true_prob, perturbation
                    [[x, y, r, g, b], ...], queries, generations, seconds
+                   (and path, for --folder)
   summary.md/json  the summary table
   examples/        a PNG per attack: original, adversarial, pixels marked
   figures/         grid_<d>px.png, class_pairs_<d>px.png,
@@ -188,12 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_attack(args) -> int:
-  from pixeljax import campaign  # jax loads here, not for --help
+  from pixeljax import campaign  # flax and matplotlib: only when used
   chosen = PAPER if args.paper else QUICK
   options = campaign.AttackOptions(
       out=args.out, model=args.model, weights=args.weights, data=args.data,
       folder=args.folder, size=args.size, download=args.download,
-      images=args.images or chosen["images"], pixels=tuple(args.pixels),
+      images=args.images or chosen["images"],
+      pixels=tuple(sorted(set(args.pixels))),
       targeted=args.targeted, target=args.target,
       popsize=args.popsize or chosen["popsize"],
       maxiter=chosen["maxiter"] if args.maxiter is None else args.maxiter,

@@ -182,6 +182,9 @@ def test_own_image_folder(env, victim, tmp_path):
   records = read_records(tmp_path / "out")
   assert len(records) == 6
   assert {r["label"] for r in records} <= {7, 8}  # CIFAR-10 horse, ship
+  for r in records:
+    name = sample.class_names[r["label"]]
+    assert r["path"].startswith(name + os.sep) and r["path"].endswith(".png")
 
 
 def test_changed_settings_are_refused(straight, env, victim):
