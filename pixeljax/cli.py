@@ -15,8 +15,9 @@ import sys
 
 from pixeljax import errors
 
-# Quick defaults, measured with the shipped SmallCNN on a 2-core CPU shared
-# with other work: 55 s from a cold start (compilation included).
+# Quick defaults. Measured with the shipped SmallCNN on a 2-core CPU that
+# three other jobs shared (load ~7): 83 s wall from a cold start,
+# compilation included, 41 s of CPU time.
 QUICK = dict(images=20, popsize=200, maxiter=20)
 # The paper's settings (Su et al. 2019), for a GPU: --paper.
 PAPER = dict(images=500, popsize=400, maxiter=100)
@@ -41,9 +42,9 @@ classifies correctly are attacked, the first --images of a shuffle seeded
 by --seed.
 
 Defaults: {QUICK['images']} images, popsize {QUICK['popsize']}, maxiter \
-{QUICK['maxiter']}: under a minute on a
-2-core CPU. --paper: the paper's settings (popsize 400, maxiter 100, 500
-images), meant for a GPU.
+{QUICK['maxiter']}: well under two minutes
+on a 2-core CPU. --paper: the paper's settings (popsize 400, maxiter 100,
+500 images), meant for a GPU.
 
 Each attack's result is written to the output folder as soon as it
 finishes; rerun the same command after an interruption (even a kill) to
