@@ -17,7 +17,6 @@ import pathlib
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Circle
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
@@ -37,6 +36,19 @@ def inject(image, perturbation):
   for x, y, *colour in np.asarray(perturbation, np.int64):
     out[y, x] = colour
   return out
+
+
+def _boxed(image, perturbation):
+  """``image`` (uint8 [H, W, 3]) enlarged _SCALE times, each changed pixel
+  of ``perturbation`` (int [d, 5]) boxed: a PIL image."""
+  height, width = image.shape[:2]
+  big = Image.fromarray(image).resize((width * _SCALE, height * _SCALE),
+                                      Image.NEAREST)
+  draw = ImageDraw.Draw(big)
+  for x, y, *_ in perturbation:
+    draw.rectangle((x * _SCALE - 3, y * _SCALE - 3, (x + 1) * _SCALE + 2,
+                    (y + 1) * _SCALE + 2), outline=_MARK, width=2)
+  return big
 
 
 def _font(size: int):
@@ -62,24 +74,19 @@ def save_example(path, original, perturbation, *, class_names, label,
     target: the target class of a targeted attack, else None.
   """
   adversarial = inject(original, perturbation)
-  height, width = original.shape[:2]
-  size = (width * _SCALE, height * _SCALE)
-  big = lambda a: Image.fromarray(a).resize(size, Image.NEAREST)
   # Dim everything but the changed pixels, then box each of them.
   dimmed = (adversarial * 0.35 + 80).astype(np.uint8)
   for x, y, *_ in perturbation:
     dimmed[y, x] = adversarial[y, x]
-  marked = big(dimmed)
-  draw = ImageDraw.Draw(marked)
-  for x, y, *_ in perturbation:
-    box = (x * _SCALE - 3, y * _SCALE - 3, (x + 1) * _SCALE + 2,
-           (y + 1) * _SCALE + 2)
-    draw.rectangle(box, outline=_MARK, width=2)
+  marked = _boxed(dimmed, perturbation)
+  size = marked.size
+  panels = [Image.fromarray(a).resize(size, Image.NEAREST)
+            for a in (original, adversarial)] + [marked]
 
   gap, top = 10, 46
   canvas = Image.new("RGB", (3 * size[0] + 4 * gap, size[1] + top + gap),
                      "white")
-  for i, panel in enumerate((big(original), big(adversarial), marked)):
+  for i, panel in enumerate(panels):
     canvas.paste(panel, (gap + i * (size[0] + gap), top))
   draw = ImageDraw.Draw(canvas)
   font = _font(14)
@@ -115,10 +122,7 @@ def adversarial_grid(path, entries, class_names, title):
   for ax in axes.flat:
     ax.set_axis_off()
   for ax, entry in zip(axes.flat, entries):
-    ax.imshow(entry["image"], interpolation="nearest")
-    for x, y, *_ in entry["perturbation"]:
-      ax.add_patch(Circle((x, y), 1.6, fill=False, edgecolor="lime",
-                          linewidth=1.5))
+    ax.imshow(_boxed(entry["image"], entry["perturbation"]))
     ax.set_title(f"{class_names[entry['label']]}\n"
                  f"→ {class_names[entry['adv_label']]} "
                  f"({entry['adv_prob']:.0%})", fontsize=10)
