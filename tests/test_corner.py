@@ -139,3 +139,18 @@ def test_bad_arguments_are_refused_by_name():
     corner_search(predict, images, labels, key=key, scan=False, top_pixels=9)
   with pytest.raises(TypeError, match="early_stop"):
     corner_search(predict, images, labels, key=key, early_stop=1)
+
+
+def test_an_image_gets_the_same_result_whatever_shares_its_batch():
+  predict = toy_models.small_cnn(channels=3, seed=3)
+  images = np.random.default_rng(7).integers(0, 256, (6, 8, 8, 3))
+  images = images.astype(np.uint8)
+  labels = np.asarray(predict(jnp.asarray(images, jnp.float32))).argmax(-1)
+  kwargs = dict(key=jax.random.key(4), pixels=2, max_queries=160,
+                proposals=16, scan=False)
+  batch = corner_search(predict, images, labels, **kwargs)
+  alone = corner_search(predict, images[3:4], labels[3:4], image_ids=[3],
+                        batch_size=5, **kwargs)
+  for field in ("success", "adv_images", "perturbation", "queries"):
+    np.testing.assert_array_equal(getattr(alone, field),
+                                  getattr(batch, field)[3:4], err_msg=field)

@@ -58,7 +58,8 @@ class SearchState(NamedTuple):
     step: int32 scalar; rounds run.
     done: bool [N].
     queries: int32 [N]; evaluations of this phase.
-    ranked: int32 [N, K] pixel positions ``y * W + x``, best first.
+    ranked: int32 [N, K] pixel positions ``y * W + x``, best first (in a
+      random order without a scan).
     best_corner: int32 [N, K] each ranked pixel's best corner.
     slots: int32 [N, d] the incumbent's pixels, as ranks into ``ranked``.
     corners: int32 [N, d] the incumbent's corners.
@@ -114,13 +115,11 @@ def _propose(config: SearchConfig, channels: int, key, slots, corners,
   _, fresh = jax.lax.top_k(logits + gumbel, d)  # distinct, rank-weighted
   # The j-th swapped slot takes the j-th fresh pixel.
   fresh = jnp.take_along_axis(fresh, jnp.cumsum(swap, axis=-1) - 1, axis=1)
-  random_corner = jax.random.randint(key_corner, (num, d), 0, 2**channels)
-  if not config.use_scan:
-    return (jnp.where(swap, fresh, slots[None]),
-            jnp.where(swap, random_corner, corners[None]))
-  fresh_corner = jnp.where(
-      jax.random.uniform(key_flip, (num, d)) < _RANDOM_CORNER, random_corner,
-      best_corner[fresh])
+  fresh_corner = jax.random.randint(key_corner, (num, d), 0, 2**channels)
+  if config.use_scan:  # mostly the pixel's best corner
+    fresh_corner = jnp.where(
+        jax.random.uniform(key_flip, (num, d)) < _RANDOM_CORNER, fresh_corner,
+        best_corner[fresh])
   return (jnp.where(swap, fresh, slots[None]),
           jnp.where(swap, fresh_corner, corners[None]))
 
