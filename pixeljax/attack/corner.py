@@ -26,7 +26,6 @@ from pixeljax.attack import checks
 from pixeljax.attack import engine
 from pixeljax.attack import evaluate
 from pixeljax.attack import inputs as inputs_lib
-from pixeljax.attack import pixels as pixels_lib
 from pixeljax.attack import verify
 from pixeljax.attack.result import AttackResult
 
