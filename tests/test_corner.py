@@ -99,6 +99,9 @@ def test_few_pixel_search_finds_the_pair_and_keeps_its_promises():
   labels = np.zeros(3, np.int64)
   one = corner_attack(predict, images, labels)
   assert not one.success.any()
+  # It still reports its best: one of the two pixels (the first scanned) white.
+  np.testing.assert_array_equal(one.perturbation[:, 0],
+                                [[4, 3, 255, 255, 255]] * 3)
   result = corner_search(predict, images, labels, key=jax.random.key(0),
                          pixels=2, max_queries=2000, proposals=16)
   assert result.success.all()
