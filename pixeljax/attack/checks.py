@@ -131,3 +131,27 @@ def check_predict(predict, image_shape, batch_size: int) -> int:
         f"predict must return float logits of shape [{batch_size}, K] with "
         f"K >= 2 for images of shape {probe.shape}, got {_describe(out)}")
   return int(out.shape[1])
+
+
+def check_bool(name: str, value) -> bool:
+  if not isinstance(value, bool):
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+  return value
+
+
+def check_targets(targets, labels, num_classes: int):
+  """int32 [N] target classes, each different from its image's label."""
+  targets = check_classes("targets", targets, len(labels), num_classes)
+  same = np.flatnonzero(targets == labels)
+  if same.size:
+    raise ValueError(f"targets must differ from labels, but they are equal "
+                     f"for images {same[:5].tolist()}")
+  return targets
+
+
+def check_finite_logits(logits: np.ndarray, first_index: int = 0):
+  """Raises if the model gave NaN or inf for clean images; float [N, K] in."""
+  bad = np.flatnonzero(~np.all(np.isfinite(logits), axis=-1))
+  if bad.size:
+    raise ValueError(f"predict returned NaN or inf logits for the clean "
+                     f"images {(bad[:5] + first_index).tolist()}")

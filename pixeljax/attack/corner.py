@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from pixeljax.attack import checks
+from pixeljax.attack import criteria
 from pixeljax.attack import engine
 from pixeljax.attack import evaluate
 from pixeljax.attack import inputs as inputs_lib
@@ -60,12 +61,6 @@ def candidates_at(index, height: int, width: int, channels: int):
   y = (position // width).astype(jnp.float32)
   colour = corner_colours(index % corners, channels)
   return jnp.concatenate([x[..., None], y[..., None], colour], axis=-1)
-
-
-def prefer(candidate_success, candidate_fitness, success, fitness):
-  """bool: a candidate beats the incumbent (success first, then fitness)."""
-  return (candidate_success & ~success) | (
-      (candidate_success == success) & (candidate_fitness < fitness))
 
 
 def top_candidate(fitness, success):
@@ -143,7 +138,7 @@ def scan_round(config: ScanConfig, state: ScanState, images, labels,
       config.batch_size)
   top = top_candidate(fitness, success)
   rows = jnp.arange(num_images)
-  improve = active & prefer(success[rows, top], fitness[rows, top],
+  improve = active & criteria.prefer(success[rows, top], fitness[rows, top],
                             state.best_success, state.best_fitness)
   best_success = jnp.where(improve, success[rows, top], state.best_success)
   rounds = state.rounds + active
@@ -223,7 +218,7 @@ def corner_attack(predict, images, labels, *, targets=None, early_stop=True,
   images = checks.check_images(images)
   num_images = images.shape[0]
   block = check_block(block, images.shape[1:])
-  early_stop = inputs_lib.check_early_stop(early_stop)
+  early_stop = checks.check_bool("early_stop", early_stop)
   if batch_size is None:
     batch_size = engine.default_batch_size(images.shape[1:], block,
                                            num_images)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from pixeljax.attack import checks
 from pixeljax.attack import corner
+from pixeljax.attack import criteria
 from pixeljax.attack import engine
 from pixeljax.attack import evaluate
 from pixeljax.attack import inputs as inputs_lib
@@ -168,7 +169,7 @@ def search_round(config: SearchConfig, state: SearchState, images, labels,
       config.scan.batch_size)
   top = corner.top_candidate(fitness, success)
   rows = jnp.arange(images.shape[0])
-  improve = active & corner.prefer(success[rows, top], fitness[rows, top],
+  improve = active & criteria.prefer(success[rows, top], fitness[rows, top],
                                    state.success, state.fitness)
   new_success = jnp.where(improve, success[rows, top], state.success)
   finished = state.step + 1 >= config.rounds
@@ -220,7 +221,7 @@ def _corner_search(config: SearchConfig, images, labels, targets, image_ids,
   search_best = jax.vmap(
       functools.partial(_candidates, image_shape=images.shape[1:]))(
           state.ranked, state.slots, state.corners)
-  use_search = corner.prefer(state.success, state.fitness, found.best_success,
+  use_search = criteria.prefer(state.success, state.fitness, found.best_success,
                              found.best_fitness)
   best = jnp.where(use_search[:, None], search_best, scan_best)
   fields = verify.finalize(config.scan.predict, best, images, labels,
@@ -281,7 +282,7 @@ def corner_search(predict, images, labels, *, key, pixels=3, targets=None,
                   else height * width)
   top_pixels = checks.check_int("top_pixels", top_pixels, minimum=pixels,
                                 maximum=height * width)
-  early_stop = inputs_lib.check_early_stop(early_stop)
+  early_stop = checks.check_bool("early_stop", early_stop)
   if batch_size is None:
     batch_size = engine.default_batch_size(
         images.shape[1:], block if scan else proposals, num_images)

@@ -25,3 +25,9 @@ def is_success(predicted, labels, targets=None):
   if targets is None:
     return predicted != labels
   return predicted == targets
+
+
+def prefer(candidate_success, candidate_fitness, success, fitness):
+  """bool: a candidate beats the incumbent (a success first, then lower fitness)."""
+  return (candidate_success & ~success) | (
+      (candidate_success == success) & (candidate_fitness < fitness))

@@ -22,6 +22,7 @@ from pixeljax.attack import de
 from pixeljax.attack import evaluate
 from pixeljax.attack import pixels as pixels_lib
 from pixeljax.attack import sharding
+from pixeljax.attack import verify
 from pixeljax.attack.result import AttackResult
 
 # Candidate images per model call when batch_size is None: about 16 MiB of
@@ -114,12 +115,6 @@ def _children(config, shape, image_key, rounds, population, mutation,
   return jnp.where(rounds == 0, start, child)
 
 
-def _prefer(candidate_success, candidate_fitness, success, fitness):
-  """Whether a candidate beats the incumbent: success first, then fitness."""
-  return (candidate_success & ~success) | (
-      (candidate_success == success) & (candidate_fitness < fitness))
-
-
 def de_round(config: DEConfig, state: DEState, images, labels, targets,
              image_keys, maxiter, mutation, crossover) -> DEState:
   """Advances every unfinished image by one round (init or generation)."""
@@ -145,7 +140,7 @@ def de_round(config: DEConfig, state: DEState, images, labels, targets,
   top = jnp.argmin(child_fitness - 2.0 * child_success, axis=-1)
   top_success = jnp.take_along_axis(child_success, top[:, None], 1)[:, 0]
   top_fitness = jnp.take_along_axis(child_fitness, top[:, None], 1)[:, 0]
-  improve = active & _prefer(top_success, top_fitness, state.best_success,
+  improve = active & criteria.prefer(top_success, top_fitness, state.best_success,
                              state.best_fitness)
   rounds = state.rounds + active
   finished = rounds > maxiter
@@ -189,21 +184,9 @@ def finalize(config: DEConfig, state: DEState, images, labels, targets):
 
   Returns a dict of the ``AttackResult`` fields except ``clean_label``.
   """
-  height, width, channels = images.shape[1:]
-  perturbation = pixels_lib.decode(state.best, height, width, channels)
-  adv_images = pixels_lib.inject(images, perturbation)
-  probs = evaluate.predict_in_chunks(
-      config.predict, adv_images.astype(jnp.float32),
-      min(config.batch_size, images.shape[0]))
-  adv_label = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  success = criteria.is_success(adv_label, labels,
-                                config.goal(targets)) & jnp.all(
-      jnp.isfinite(probs), axis=-1)
-  take = lambda cls: jnp.take_along_axis(probs, cls[:, None], 1)[:, 0]
-  return dict(success=success, adv_images=adv_images,
-              perturbation=perturbation, adv_label=adv_label,
-              adv_prob=take(adv_label), true_prob=take(labels),
-              queries=state.queries,
+  fields = verify.finalize(config.predict, state.best, images, labels,
+                           config.goal(targets), config.batch_size)
+  return dict(fields, queries=state.queries,
               generations=jnp.maximum(state.rounds - 1, 0))
 
 
@@ -264,8 +247,7 @@ def prepare(predict, images, labels, *, key, targets, pixels, popsize,
   if crossover is not None:
     crossover = checks.check_float("crossover", crossover, minimum=0.0,
                                    maximum=1.0)
-  if not isinstance(early_stop, bool):
-    raise TypeError(f"early_stop must be a bool, got {early_stop!r}")
+  early_stop = checks.check_bool("early_stop", early_stop)
   if batch_size is None:
     batch_size = default_batch_size(images.shape[1:], popsize,
                                     images_per_device or num_images)
@@ -274,12 +256,7 @@ def prepare(predict, images, labels, *, key, targets, pixels, popsize,
   num_classes = checks.check_predict(predict, images.shape[1:], batch_size)
   labels = checks.check_classes("labels", labels, num_images, num_classes)
   if targets is not None:
-    targets = checks.check_classes("targets", targets, num_images,
-                                   num_classes)
-    same = np.flatnonzero(targets == labels)
-    if same.size:
-      raise ValueError(f"targets must differ from labels, but they are equal "
-                       f"for images {same[:5].tolist()}")
+    targets = checks.check_targets(targets, labels, num_classes)
   config = DEConfig(predict=predict, pixels=pixels, popsize=popsize,
                     early_stop=early_stop, use_crossover=crossover is not None,
                     batch_size=batch_size, targeted=targets is not None)
@@ -288,14 +265,6 @@ def prepare(predict, images, labels, *, key, targets, pixels, popsize,
                   image_ids=checks.check_image_ids(image_ids, num_images),
                   key=key, maxiter=maxiter, mutation=mutation,
                   crossover=0.0 if crossover is None else crossover)
-
-
-def check_clean_logits(logits: np.ndarray, first_index: int = 0):
-  """Raises if the model gave NaN or inf logits for clean images."""
-  bad = np.flatnonzero(~np.all(np.isfinite(logits), axis=-1))
-  if bad.size:
-    raise ValueError(f"predict returned NaN or inf logits for the clean "
-                     f"images {(bad[:5] + first_index).tolist()}")
 
 
 def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
@@ -354,7 +323,7 @@ def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
       mesh, clean_logits_shard,
       (config.predict, min(config.batch_size, per_device)), placed[:1], ())
   clean = sharding.gather(clean)[:count]
-  check_clean_logits(clean)
+  checks.check_finite_logits(clean)
   fields = sharding.run_sharded(
       mesh, attack_shard, (config,), (*placed, valid),
       (prepared.key, prepared.maxiter, prepared.mutation, prepared.crossover))

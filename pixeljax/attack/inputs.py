@@ -38,12 +38,6 @@ def _clean_probs(predict, images, batch_size):
                                     batch_size)
 
 
-def check_early_stop(early_stop) -> bool:
-  if not isinstance(early_stop, bool):
-    raise TypeError(f"early_stop must be a bool, got {early_stop!r}")
-  return early_stop
-
-
 def check_inputs(predict, images, labels, targets, image_ids,
                  batch_size: int) -> Inputs:
   """Checks the shared arguments and scores the clean images once.
@@ -64,19 +58,11 @@ def check_inputs(predict, images, labels, targets, image_ids,
   num_classes = checks.check_predict(predict, images.shape[1:], batch_size)
   labels = checks.check_classes("labels", labels, num_images, num_classes)
   if targets is not None:
-    targets = checks.check_classes("targets", targets, num_images,
-                                   num_classes)
-    same = np.flatnonzero(targets == labels)
-    if same.size:
-      raise ValueError(f"targets must differ from labels, but they are equal "
-                       f"for images {same[:5].tolist()}")
+    targets = checks.check_targets(targets, labels, num_classes)
   image_ids = checks.check_image_ids(image_ids, num_images)
   probs = np.asarray(_clean_probs(predict, images,
                                   min(batch_size, num_images)))
-  bad = np.flatnonzero(~np.all(np.isfinite(probs), axis=-1))
-  if bad.size:
-    raise ValueError(f"predict returned NaN or inf logits for the clean "
-                     f"images {bad[:5].tolist()}")
+  checks.check_finite_logits(probs)
   return Inputs(images=images, labels=labels, targets=targets,
                 image_ids=image_ids,
                 clean_label=np.argmax(probs, -1).astype(np.int32))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from pixeljax.attack import checks
 from pixeljax.attack import corner
+from pixeljax.attack import criteria
 from pixeljax.attack import corner_search
 from pixeljax.attack import engine
 from pixeljax.attack import evaluate
@@ -83,7 +84,7 @@ def _seeded_attack(config: SeededConfig, images, labels, targets, image_ids,
                             image_keys, maxiter, mutation, crossover)
   # The scan's single pixel, written d times, is a d-pixel candidate.
   scan_best = jnp.tile(found.best, (1, config.de.pixels))
-  use_de = active & corner.prefer(state.best_success, state.best_fitness,
+  use_de = active & criteria.prefer(state.best_success, state.best_fitness,
                                   found.best_success, found.best_fitness)
   best = jnp.where(use_de[:, None], state.best, scan_best)
   fields = verify.finalize(config.de.predict, best, images, labels, targets,
@@ -139,7 +140,7 @@ def seeded_attack(predict, images, labels, *, key, pixels=1, targets=None,
     top_pixels = max(pixels, min(height * width, 128))
   top_pixels = checks.check_int("top_pixels", top_pixels, minimum=pixels,
                                 maximum=height * width)
-  early_stop = inputs_lib.check_early_stop(early_stop)
+  early_stop = checks.check_bool("early_stop", early_stop)
   block = corner.check_block(block, images.shape[1:])
   if batch_size is None:
     batch_size = engine.default_batch_size(images.shape[1:], popsize,

@@ -106,7 +106,7 @@ def _run(mesh, slots, refill_every, prepared):
           mesh, engine.clean_logits_shard,
           (config.predict, min(config.batch_size, per_device)), placed[:1],
           ()))[refill]
-      engine.check_clean_logits(logits, first_index=int(new[0]))
+      checks.check_finite_logits(logits, first_index=int(new[0]))
       clean_label[refill] = np.argmax(logits, -1)
     state = sharding.run_sharded(
         mesh, _advance_shard, (config,), (state, *placed),
