@@ -95,3 +95,25 @@ def class_pairs(records, num_classes: int):
       attempts[r["label"], r["target"]] += 1
       successes[r["label"], r["target"]] += bool(r["success"])
   return successes, attempts
+
+
+def targets_reached(records, num_classes: int):
+  """How many of its K - 1 targeted attacks succeeded, per image.
+
+  ``records`` hold one pixel count (one run of targeted attacks). Only images whose every targeted attack is recorded count (a resumed run
+  may hold some images in part); non-targeted records are ignored.
+
+  Returns:
+    (histogram int64 [K]: entry c the images that reached exactly c targets,
+    incomplete: images left out because some of their attacks are missing).
+  """
+  attacked, reached = {}, {}
+  for r in records:
+    if r["target"] is not None:
+      attacked[r["image"]] = attacked.get(r["image"], 0) + 1
+      reached[r["image"]] = reached.get(r["image"], 0) + bool(r["success"])
+  histogram = np.zeros(num_classes, np.int64)
+  complete = [i for i, n in attacked.items() if n == num_classes - 1]
+  for image in complete:
+    histogram[reached[image]] += 1
+  return histogram, len(attacked) - len(complete)

@@ -8,6 +8,8 @@
 * ``class_pair_heatmap``: success by original class and reached (or target)
   class.
 * ``success_vs_pixels``: success rate against the number of pixels changed.
+* ``targets_reached``: how many target classes each image could be turned
+  into, per model, like Figure 3 of Su et al. (2019).
 * ``draw_run``: all figures of a run folder, from its saved results.
 
 Figures use matplotlib's object API with the Agg canvas: no display needed.
@@ -183,6 +185,34 @@ def success_vs_pixels(path, rows, title):
   ax.set_xlabel("pixels changed")
   ax.set_ylabel("success rate")
   ax.grid(alpha=0.3)
+  ax.set_title(title, fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def targets_reached(path, histograms, title):
+  """Images by the number of targeted attacks on them that succeeded.
+
+  Args:
+    path: the PNG to write.
+    histograms: model name -> int [K] counts, entry c the images for which
+      exactly c of their K - 1 targeted attacks succeeded.
+    title: the figure's title.
+  """
+  fig = Figure(figsize=(6.0, 3.6))
+  ax = fig.subplots()
+  width = 0.8 / max(1, len(histograms))
+  for i, (model, counts) in enumerate(histograms.items()):
+    counts = np.asarray(counts, np.float64)
+    share = counts / max(1.0, counts.sum())
+    ax.bar(np.arange(len(counts)) + (i - (len(histograms) - 1) / 2) * width,
+           share, width, label=f"{model} ({int(counts.sum())} images)")
+  if histograms:
+    ax.set_xticks(range(len(next(iter(histograms.values())))))
+  ax.set_xlabel("target classes reached")
+  ax.set_ylabel("share of images")
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=8)
   ax.set_title(title, fontsize=11)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

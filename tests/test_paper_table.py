@@ -1,0 +1,146 @@
+"""benchmarks/paper_table.py end to end, in subprocesses, on tiny settings.
+
+The victim is the shipped SmallCNN, the images come from the packaged sample
+(PIXELJAX_DATA unset, downloads off), and compiled attacks are cached in a
+temporary PIXELJAX_CACHE. The numbers of the table must be those of the run
+folders' results.jsonl, and a rerun must redo nothing.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import common
+from benchmarks import paper_table
+from pixeljax.models import weights
+
+TINY = ["--images", "2", "--popsize", "8", "--maxiter", "2", "--pixels", "1",
+        "--targeted-pixels", "1", "--no-download", "--quiet"]
+
+pytestmark = pytest.mark.skipif("smallcnn" not in weights.shipped_models(),
+                                reason="the shipped SmallCNN is missing")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  env = dict(os.environ)
+  env.pop("PIXELJAX_DATA", None)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env["PIXELJAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+  return env
+
+
+def paper(*args, env, out):
+  """Runs the script into ``out``/runs and ``out``/results."""
+  return subprocess.run(
+      [sys.executable, "-m", "benchmarks.paper_table", *map(str, args),
+       "--out-dir", out / "runs", "--results-dir", out / "results"],
+      cwd=common.REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+
+
+def read_records(run_dir):
+  text = (pathlib.Path(run_dir) / "results.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, env):
+  """A finished tiny table: (folder, payload)."""
+  out = tmp_path_factory.mktemp("paper")
+  done = paper("--models", "smallcnn", *TINY, env=env, out=out)
+  assert done.returncode == 0, done.stderr
+  payload = json.loads((out / "results" / "paper_table.json").read_text())
+  return out, payload
+
+
+def test_one_run_folder_per_model_mode_and_pixels(table):
+  out, payload = table
+  assert [(e["model"], e["mode"], e["pixels"]) for e in payload["runs"]] == [
+      ("smallcnn", "non-targeted", 1), ("smallcnn", "targeted", 1)]
+  assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == [
+      "smallcnn_targeted_1px", "smallcnn_untargeted_1px"]
+  assert payload["settings"]["popsize"] == 8
+  assert "images 2 (paper: 500)" in payload["not_the_protocol"]
+
+
+def test_numbers_are_those_of_the_records(table):
+  _, payload = table
+  for entry in payload["runs"]:
+    records = read_records(entry["run_dir"])
+    success = np.array([r["success"] for r in records])
+    summary = entry["summary"]
+    assert summary["attacks"] == len(records)
+    assert summary["successes"] == success.sum()
+    assert summary["success_rate"] == pytest.approx(success.mean())
+    confidence = [r["adv_prob"] for r in records if r["success"]]
+    assert summary["mean_confidence"] == (
+        pytest.approx(np.mean(confidence)) if confidence else None)
+    assert {r["pixels"] for r in records} == {entry["pixels"]}
+
+
+def test_targeted_counts_every_other_class(table):
+  _, payload = table
+  entry = payload["runs"][1]
+  records = read_records(entry["run_dir"])
+  assert len(records) == 2 * 9
+  reached = {}
+  for image in {r["image"] for r in records}:
+    mine = [r for r in records if r["image"] == image]
+    assert sorted(r["target"] for r in mine) == sorted(
+        set(range(10)) - {mine[0]["label"]})
+    reached[image] = sum(r["success"] for r in mine)
+  expected = np.bincount(list(reached.values()), minlength=10)
+  assert entry["targets_reached"] == expected.tolist()
+  assert entry["incomplete_images"] == 0
+  successes = np.array(entry["pair_successes"])
+  attempts = np.array(entry["pair_attempts"])
+  assert attempts.sum() == 18 and successes.sum() == sum(
+      r["success"] for r in records)
+  assert not np.diag(attempts).any()
+
+
+def test_markdown_and_figures(table):
+  out, payload = table
+  results = out / "results"
+  text = (results / "paper_table.md").read_text()
+  assert "**Not the paper's protocol**" in text
+  assert "packaged CIFAR-10 test sample" in text
+  assert "| smallcnn | non-targeted | 1 | 2 |" in text
+  assert "| smallcnn | targeted | 1 | 18 |" in text
+  assert "1710.08864" in text and "68.71%" in text
+  for name in ("heatmap_smallcnn_1px", "success_vs_pixels_smallcnn",
+               "targets_reached"):
+    assert (results / f"paper_table_{name}.png").stat().st_size > 0
+  assert payload["wall_time"]["attacks"] == 20
+
+
+def test_rerun_redoes_nothing(table, env):
+  out, payload = table
+  before = {e["run_dir"]: read_records(e["run_dir"]) for e in payload["runs"]}
+  done = paper("--models", "smallcnn", *TINY, env=env, out=out)
+  assert done.returncode == 0, done.stderr
+  assert "0 new attacks this session" in done.stdout
+  for run_dir, records in before.items():
+    assert read_records(run_dir) == records
+  sessions = (out / "runs" / paper_table.SESSIONS_FILE).read_text()
+  assert [json.loads(s)["new_attacks"] for s in sessions.splitlines()] == [
+      20, 0]
+  again = json.loads((out / "results" / "paper_table.json").read_text())
+  assert again["runs"] == payload["runs"]
+  assert again["wall_time"]["sessions"] == 2
+
+
+def test_model_without_weights_fails_clearly(env, tmp_path):
+  missing = [m for m in paper_table.PAPER_MODELS
+             if m not in weights.shipped_models()]
+  if not missing:
+    pytest.skip("every paper victim ships")
+  done = paper("--models", missing[0], *TINY, env=env, out=tmp_path)
+  assert done.returncode == 3
+  assert f"pixeljax train --model {missing[0]}" in done.stderr
