@@ -40,6 +40,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -176,7 +177,10 @@ def summarize_run(directory: pathlib.Path, model: str) -> dict:
   settings, records, saved = store.settings(), store.records(), store.images()
   num_classes = len(saved["class_names"])
   row = metrics.summarize(records)
+  expected = len(saved["index"]) * (num_classes - 1 if settings["targeted"]
+                                    else 1)
   entry = dict(
+      expected_attacks=expected, complete=len(records) == expected,
       model=model, mode="targeted" if settings["targeted"] else "non-targeted",
       pixels=settings["pixels"][0], run_dir=_shown(directory),
       images=len(saved["index"]), looked=int(saved["looked"]),
@@ -193,11 +197,15 @@ def summarize_run(directory: pathlib.Path, model: str) -> dict:
   return entry
 
 
-def log_session(out_dir, record: dict) -> list:
-  """Appends this session to sessions.jsonl; returns every session's."""
-  path = pathlib.Path(out_dir) / SESSIONS_FILE
-  with open(path, "a") as f:
+def log_session(out_dir, record: dict):
+  """Appends this session to sessions.jsonl."""
+  with open(pathlib.Path(out_dir) / SESSIONS_FILE, "a") as f:
     f.write(json.dumps(record) + "\n")
+
+
+def read_sessions(out_dir) -> list:
+  """Every session logged in sessions.jsonl, oldest first."""
+  path = pathlib.Path(out_dir) / SESSIONS_FILE
   return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
@@ -225,7 +233,10 @@ def _results_table(entries) -> str:
     if e["mode"] == "targeted" and sum(e["targets_reached"]):
       counts = e["targets_reached"]
       reached = f"{1 - counts[0] / sum(counts):.1%}"
-    rows.append([e["model"], e["mode"], e["pixels"], s.get("attacks", 0),
+    done = s.get("attacks", 0)
+    if not e["complete"]:
+      done = f"{done} of {e['expected_attacks']} (partial)"
+    rows.append([e["model"], e["mode"], e["pixels"], done,
                  _percent(s.get("success_rate")),
                  _percent(s.get("mean_confidence")), reached,
                  _percent(paper.get(e["model"])),
@@ -280,8 +291,12 @@ def markdown(payload) -> str:
              "(train with `pixeljax train --model NAME --out DIR`, then pass "
              "--weights-dir DIR).\n\n")
   text += _results_table(entries) + _histogram_table(entries)
+  if payload["not_started"]:
+    text += f"\nNot run yet: {', '.join(payload['not_started'])}.\n"
   wall = payload["wall_time"]
-  text += (f"\nWall time of the whole table: {wall['seconds']:.0f} s over "
+  finished = not payload["not_started"] and all(e["complete"] for e in entries)
+  text += (f"\nWall time of the {'whole table' if finished else 'table so far'}"
+           f": {wall['seconds']:.0f} s over "
            f"{wall['sessions']} session(s) ({wall['attacks']} attacks, "
            f"{wall['evaluations']:,} model evaluations; this "
            f"session {wall['this_session_seconds']:.0f} s, "
@@ -337,9 +352,9 @@ def _victims(args):
   return models, skipped
 
 
-def run_plan(args, models, plan) -> list:
+def run_plan(args, models, plan):
   """Runs every step of ``plan`` not yet done, then logs the session (also
-  when interrupted, so the wall time adds up); returns every session."""
+  when interrupted, so the wall time adds up)."""
   began = datetime.datetime.now(datetime.timezone.utc)
   started = time.perf_counter()
   before = count_records(args.out_dir, plan)
@@ -347,19 +362,28 @@ def run_plan(args, models, plan) -> list:
     for model, targeted, pixels in plan:
       run_one(args, model, models[model], targeted, pixels)
   finally:
-    sessions = log_session(args.out_dir, dict(
+    log_session(args.out_dir, dict(
         started=began.isoformat(timespec="seconds"),
         seconds=time.perf_counter() - started,
         new_attacks=count_records(args.out_dir, plan) - before,
         device=jax.devices()[0].device_kind))
-  return sessions
 
 
-def build_payload(args, models, skipped, plan, sessions) -> dict:
-  """Everything the table reports, from the run folders and sessions."""
+def _started(out_dir, step) -> bool:
+  return (run_dir(out_dir, *step) / runs.SETTINGS_FILE).is_file()
+
+
+def build_payload(args, models, skipped, plan) -> dict:
+  """Everything the table reports, from the run folders and sessions.
+
+  Run folders not started yet are listed under ``not_started``; a run cut
+  short shows how many of its attacks are done (``complete`` false).
+  """
+  started = [step for step in plan if _started(args.out_dir, step)]
   entries = [summarize_run(run_dir(args.out_dir, *step), step[0])
-             for step in plan]
-  saved = runs.RunStore.existing(run_dir(args.out_dir, *plan[0])).images()
+             for step in started]
+  saved = runs.RunStore.existing(run_dir(args.out_dir, *started[0])).images()
+  sessions = read_sessions(args.out_dir)
   return dict(
       stamp=common.stamp(),
       settings=dict(images=args.images, seed=args.seed, popsize=args.popsize,
@@ -370,6 +394,8 @@ def build_payload(args, models, skipped, plan, sessions) -> dict:
       models=list(models),
       skipped=skipped, class_names=[str(c) for c in saved["class_names"]],
       runs=entries,
+      not_started=[f"{m} {'targeted' if t else 'non-targeted'} {p}-pixel"
+                   for m, t, p in plan if (m, t, p) not in started],
       wall_time=dict(
           seconds=sum(s["seconds"] for s in sessions), sessions=len(sessions),
           attacks=sum((e["summary"] or {}).get("attacks", 0)
@@ -393,16 +419,30 @@ def main(argv=None) -> int:
   plan = [(model, False, p) for model in models for p in args.pixels]
   plan += [(model, True, p) for model in models for p in args.targeted_pixels]
   pathlib.Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+  # A kill by `timeout` or a scheduler, like Ctrl-C, still logs the session.
+  signal.signal(signal.SIGTERM, _interrupt)
+  status = 0
   try:
-    sessions = run_plan(args, models, plan)
+    run_plan(args, models, plan)
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
   except KeyboardInterrupt:
-    print("interrupted: finished attacks are kept; rerun to resume",
-          file=sys.stderr)
-    return errors.EXIT_INTERRUPTED
-  payload = build_payload(args, models, skipped, plan, sessions)
+    print("interrupted: finished attacks are kept; rerun to resume. The "
+          "table below is partial.", file=sys.stderr)
+    status = errors.EXIT_INTERRUPTED
+  if any(_started(args.out_dir, step) for step in plan):
+    write_table(args, build_payload(args, models, skipped, plan))
+  return status
+
+
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+def write_table(args, payload):
+  """Writes NAME.json, NAME.md and the figures; prints the table."""
   json_path = pathlib.Path(args.results_dir) / f"{args.name}.json"
   md_path = json_path.with_suffix(".md")
   json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,9 +452,9 @@ def main(argv=None) -> int:
   for path in [json_path, md_path, *draw(payload, args.results_dir,
                                          args.name)]:
     print(f"wrote {path}")
-  print(f"{sessions[-1]['new_attacks']} new attacks this session, "
-        f"{sessions[-1]['seconds']:.0f} s.")
-  return 0
+  wall = payload["wall_time"]
+  print(f"{wall['this_session_attacks']} new attacks this session, "
+        f"{wall['this_session_seconds']:.0f} s.")
 
 
 if __name__ == "__main__":

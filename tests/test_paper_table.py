@@ -9,8 +9,10 @@ folders' results.jsonl, and a rerun must redo nothing.
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,3 +146,34 @@ def test_model_without_weights_fails_clearly(env, tmp_path):
   done = paper("--models", missing[0], *TINY, env=env, out=tmp_path)
   assert done.returncode == 3
   assert f"pixeljax train --model {missing[0]}" in done.stderr
+
+
+def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
+  args = ["--models", "smallcnn", "--images", "3", "--popsize", "8",
+          "--maxiter", "300", "--pixels", "1", "--targeted-pixels",
+          "--slots", "1", "--no-download", "--quiet"]
+  command = [sys.executable, "-m", "benchmarks.paper_table", *args,
+             "--out-dir", tmp_path / "runs", "--results-dir",
+             tmp_path / "results"]
+  run = tmp_path / "runs" / "smallcnn_untargeted_1px"
+  process = subprocess.Popen(command, cwd=common.REPO_ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  while not (run / "run.json").exists():  # images chosen: attacking now
+    assert process.poll() is None, process.stderr.read()
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 130
+  sessions = (tmp_path / "runs" / paper_table.SESSIONS_FILE).read_text()
+  assert len(sessions.splitlines()) == 1
+  killed = json.loads((tmp_path / "results" / "paper_table.json").read_text())
+  assert not killed["runs"][0]["complete"]
+  assert "(partial)" in (tmp_path / "results" / "paper_table.md").read_text()
+
+  done = paper(*args, env=env, out=tmp_path)
+  assert done.returncode == 0, done.stderr
+  records = read_records(run)
+  assert sorted(r["image"] for r in records) == sorted(
+      {r["image"] for r in records}) and len(records) == 3
+  payload = json.loads((tmp_path / "results" / "paper_table.json").read_text())
+  assert payload["runs"][0]["complete"]
+  assert payload["wall_time"]["sessions"] == 2
