@@ -177,3 +177,19 @@ def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
   payload = json.loads((tmp_path / "results" / "paper_table.json").read_text())
   assert payload["runs"][0]["complete"]
   assert payload["wall_time"]["sessions"] == 2
+
+
+def test_plan_puts_the_one_pixel_runs_first():
+  plan = paper_table.make_plan(["allconv", "vgg16"], [1, 3], [1])
+  assert plan == [("allconv", False, 1), ("vgg16", False, 1),
+                  ("allconv", True, 1), ("vgg16", True, 1),
+                  ("allconv", False, 3), ("vgg16", False, 3)]
+
+
+def test_weights_dir_cards_win_over_shipped_weights(tmp_path):
+  assert paper_table.find_weights("smallcnn", tmp_path) is None
+  assert paper_table.find_weights("smallcnn", None) is None
+  assert paper_table.find_weights("no-such-model", tmp_path) == ""
+  (tmp_path / "smallcnn.json").write_text("{}")
+  assert paper_table.find_weights("smallcnn", tmp_path) == str(
+      tmp_path / "smallcnn.json")
