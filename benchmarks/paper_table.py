@@ -301,6 +301,10 @@ def markdown(payload) -> str:
       "F = 0.5, no crossover, early stop. Targeted: each image towards each "
       "of the other 9 classes. Confidence: the adversarial label's "
       "probability, averaged over successes.\n\n")
+  chosen = {e["model"]: e for e in entries}.values()
+  text += "Images attacked: " + "; ".join(
+      f"{e['model']} {e['images']} (skipped {e['looked'] - e['images']} "
+      f"misclassified of the first {e['looked']})" for e in chosen) + ".\n\n"
   if payload["skipped"]:
     text += (f"Skipped, no trained weights: {', '.join(payload['skipped'])} "
              "(train with `pixeljax train --model NAME --out DIR`, then pass "
