@@ -10,9 +10,9 @@ Every tool's returned images are scored the same way (``peer_runs.verify``).
 
 Needs the optional extra (on a CPU machine pin the CPU build of torch):
   pip install -e ".[peers]" "torch==2.13.0"
-Run from the repository root (defaults: 3 images, about 15 minutes on 2
-idle CPU cores; ART's full 100 generations on an image it cannot fool take
-minutes each):
+Run from the repository root (defaults: 8 images, about 8 minutes on 2 idle
+CPU cores; other work on the machine slows the peers' Python loops most, and
+ART spends up to 40,400 evaluations on an image it cannot fool):
   nice -n 10 python -m benchmarks.peers
   python -m benchmarks.peers --images 2 --maxiter 5     # a quick look
 Writes benchmarks/results/peers_<platform>.{json,md,png}.
@@ -325,8 +325,8 @@ def plot(payload: dict, path: str) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--images", type=int, default=3,
-                      help="images attacked by every tool (default 3)")
+  parser.add_argument("--images", type=int, default=8,
+                      help="images attacked by every tool (default 8)")
   parser.add_argument("--pixels", default="1,3",
                       help="comma-separated pixel counts (default 1,3)")
   parser.add_argument("--popsize", type=int, default=400)
