@@ -172,3 +172,25 @@ def test_same_key_same_result_whatever_the_batch():
     # Probabilities are re-computed in chunks of another shape: float noise.
     np.testing.assert_allclose(other.adv_prob, batch.adv_prob[rows],
                                atol=1e-5)
+
+
+def test_no_model_call_is_padding_when_chunks_hold_whole_populations():
+  """batch_size = 2 x popsize with images finishing one by one: the last
+  active image's population is not padded up to a full chunk."""
+  seen = []
+  jax_predict = toy_models.one_pixel_switch(x=1, y=1, colour=(255, 0, 0))
+
+  def predict(images):
+    jax.debug.callback(lambda b: seen.append(b.shape[0]), images)
+    return jax_predict(images)
+
+  images = np.full((5, 4, 4, 3), 90, np.uint8)
+  images[:2, 1, 1] = (245, 5, 5)  # found at once; the other 3 run on
+  kwargs = dict(key=jax.random.key(5), popsize=10, maxiter=6, batch_size=20)
+  result = pixeljax.batched_attack(predict, images, np.zeros(5, np.int64),
+                                   **kwargs)
+  assert len(set(result.queries.tolist())) > 1  # odd counts of active images
+  seen.clear()
+  result = pixeljax.batched_attack(predict, images, np.zeros(5, np.int64),
+                                   **kwargs)
+  assert sum(seen) == result.queries.sum() + 2 * len(images)

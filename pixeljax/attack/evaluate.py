@@ -2,8 +2,8 @@
 
 The candidates of all images are laid out as one flat list with the images
 that still need work gathered to the front; a loop over chunks of
-``batch_size`` candidates builds each chunk's perturbed images on the fly and
-runs the model on them. Peak memory follows the chunk, not N x P x H x W x C,
+``batch_size`` candidates (then of one population, for the rest) builds each
+chunk's perturbed images on the fly and runs the model on them. Peak memory follows the chunk, not N x P x H x W x C,
 and images that are done cost nothing: the loop stops after the last chunk
 that holds an active image's candidate.
 """
@@ -43,12 +43,12 @@ def score_candidates(predict, images, labels, targets, candidates, active,
   # Stable sort: active images first, in their original order.
   order = jnp.argsort(~active, stable=True)
   total = jnp.sum(active) * popsize
-  num_chunks = (total + batch_size - 1) // batch_size
   flat_candidates = candidates.reshape(num_images * popsize, -1)
 
-  def score_chunk(chunk, carry):
+  def score_span(start, size, carry):
+    """Scores candidates [start, start + size) of the active-first list."""
     fitness_out, success_out = carry
-    position = chunk * batch_size + jnp.arange(batch_size)
+    position = start + jnp.arange(size)
     valid = position < total
     position = jnp.minimum(position, total - 1)
     image = order[position // popsize]
@@ -66,9 +66,25 @@ def score_candidates(predict, images, labels, targets, candidates, active,
     return (fitness_out.at[flat].set(fitness, mode="drop"),
             success_out.at[flat].set(success, mode="drop"))
 
-  init = (jnp.full((num_images * popsize,), jnp.inf, jnp.float32),
-          jnp.zeros((num_images * popsize,), bool))
-  fitness, success = jax.lax.fori_loop(0, num_chunks, score_chunk, init)
+  def score_chunks(start, size, count, carry):
+    return jax.lax.fori_loop(
+        0, count, lambda c, carry: score_span(start + c * size, size, carry),
+        carry)
+
+  carry = (jnp.full((num_images * popsize,), jnp.inf, jnp.float32),
+           jnp.zeros((num_images * popsize,), bool))
+  # Full chunks, then what is left in chunks of one population: when
+  # batch_size is a multiple of popsize no model call holds padding, however
+  # few images are still active.
+  tail = min(popsize, batch_size)
+  if tail == batch_size:
+    carry = score_chunks(0, batch_size, -(-total // batch_size), carry)
+  else:
+    full = total // batch_size
+    carry = score_chunks(0, batch_size, full, carry)
+    start = full * batch_size
+    carry = score_chunks(start, tail, -(-(total - start) // tail), carry)
+  fitness, success = carry
   return (fitness.reshape(num_images, popsize),
           success.reshape(num_images, popsize))
 
