@@ -123,43 +123,34 @@ def seeded_attack(predict, images, labels, *, key, pixels=1, targets=None,
     An ``AttackResult``; ``queries`` counts the scan, the seeds and the
     generations; ``generations`` those run after the seeds.
   """
-  images = checks.check_images(images)
-  num_images, height, width, channels = images.shape
-  pixels = checks.check_int("pixels", pixels, minimum=1,
-                            maximum=height * width)
-  total = corner.scan_size(height, width, channels)
-  popsize = checks.check_int("popsize", popsize, minimum=4,
-                             maximum=total if pixels == 1 else None)
-  maxiter = checks.check_int("maxiter", maxiter, minimum=0)
-  mutation = checks.check_float("mutation", mutation, minimum=0.0,
-                                maximum=2.0, allow_minimum=False)
-  if crossover is not None:
-    crossover = checks.check_float("crossover", crossover, minimum=0.0,
-                                   maximum=1.0)
+  prepared = engine.prepare(
+      predict, images, labels, key=key, targets=targets, pixels=pixels,
+      popsize=popsize, maxiter=maxiter, mutation=mutation,
+      crossover=crossover, early_stop=early_stop, batch_size=batch_size,
+      image_ids=image_ids)
+  de_config = prepared.config
+  height, width, channels = prepared.images.shape[1:]
+  if de_config.pixels == 1:  # one-pixel seeds are distinct scan candidates
+    checks.check_int("popsize", de_config.popsize, minimum=4,
+                     maximum=corner.scan_size(height, width, channels))
   if top_pixels is None:
-    top_pixels = max(pixels, min(height * width, 128))
-  top_pixels = checks.check_int("top_pixels", top_pixels, minimum=pixels,
+    top_pixels = max(de_config.pixels, min(height * width, 128))
+  top_pixels = checks.check_int("top_pixels", top_pixels,
+                                minimum=de_config.pixels,
                                 maximum=height * width)
-  early_stop = checks.check_bool("early_stop", early_stop)
-  block = corner.check_block(block, images.shape[1:])
-  if batch_size is None:
-    batch_size = engine.default_batch_size(images.shape[1:], popsize,
-                                           num_images)
-  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
-  key = checks.check_key(key)
-  checked = inputs_lib.check_inputs(predict, images, labels, targets,
-                                    image_ids, batch_size)
+  block = corner.check_block(block, prepared.images.shape[1:])
+  checked = inputs_lib.check_inputs(
+      predict, prepared.images, prepared.labels,
+      de_config.goal(prepared.targets), prepared.image_ids,
+      de_config.batch_size)
   config = SeededConfig(
       scan=corner.ScanConfig(predict=predict, block=block,
-                             early_stop=early_stop, batch_size=batch_size,
+                             early_stop=de_config.early_stop,
+                             batch_size=de_config.batch_size,
                              keep_table=True),
-      de=engine.DEConfig(predict=predict, pixels=pixels, popsize=popsize,
-                         early_stop=early_stop,
-                         use_crossover=crossover is not None,
-                         batch_size=batch_size, targeted=targets is not None),
-      top_pixels=top_pixels)
+      de=de_config, top_pixels=top_pixels)
   fields, queries, generations = _seeded_attack(
       config, checked.images, checked.labels, checked.targets,
-      checked.image_ids, key, maxiter, mutation,
-      0.0 if crossover is None else crossover)
+      checked.image_ids, prepared.key, prepared.maxiter, prepared.mutation,
+      prepared.crossover)
   return verify.to_result(fields, checked.clean_label, queries, generations)
