@@ -29,15 +29,6 @@ FIELDS = {"image", "label", "target", "pixels", "success", "adv_label",
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  env = dict(os.environ)
-  env.pop("PIXELJAX_DATA", None)
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  env["PIXELJAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-  return env
-
-
-@pytest.fixture(scope="module")
 def victim(tmp_path_factory):
   """The options that name the victim."""
   from pixeljax.models import weights

@@ -21,16 +21,8 @@ def test_known_answer_after_the_predicted_evaluations_and_early_stop():
   (2 * 8 + 5) * 8 + 4 = 172: with blocks of 8 it costs ceil(173 / 8) * 8 =
   176 evaluations. Images 2 and 3 are already misclassified and stop after
   their first block; the model sees nothing of them afterwards."""
-  seen = []
   switch = toy_models.one_pixel_switch(x=5, y=2, colour=(250, 10, 30))
-
-  def count(images):
-    seen.append(images.shape[0])
-    return np.zeros((), np.float32)
-
-  def predict(images):
-    jax.debug.callback(count, images)  # runs once per model call
-    return switch(images)
+  predict, seen = toy_models.counting(switch)
 
   images = np.full((4, 8, 8, 3), 120, np.uint8)
   labels = np.array([0, 0, 1, 1])

@@ -1,7 +1,6 @@
 """Data loading: image folders, their archives, the CIFAR-10 python format,
 the cache, and the errors for missing or damaged data."""
 
-import io
 import os
 import pickle
 import tarfile

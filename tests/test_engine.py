@@ -103,16 +103,8 @@ def test_without_early_stop_every_generation_runs():
 def test_finished_images_cost_no_model_evaluations():
   """Counts the candidate images the model really sees, through a host
   callback: images that succeed early stop being evaluated."""
-  seen = []
-  jax_predict = toy_models.one_pixel_switch(x=1, y=1, colour=(255, 0, 0))
-
-  def count(images):
-    seen.append(images.shape[0])
-    return np.zeros((), np.float32)
-
-  def predict(images):
-    jax.debug.callback(count, images)  # runs once per model call
-    return jax_predict(images)
+  predict, seen = toy_models.counting(
+      toy_models.one_pixel_switch(x=1, y=1, colour=(255, 0, 0)))
 
   images = np.full((8, 4, 4, 3), 90, np.uint8)
   images[:4, 1, 1] = (245, 5, 5)  # already nearly fooled: found at once
@@ -177,12 +169,8 @@ def test_same_key_same_result_whatever_the_batch():
 def test_no_model_call_is_padding_when_chunks_hold_whole_populations():
   """batch_size = 2 x popsize with images finishing one by one: the last
   active image's population is not padded up to a full chunk."""
-  seen = []
-  jax_predict = toy_models.one_pixel_switch(x=1, y=1, colour=(255, 0, 0))
-
-  def predict(images):
-    jax.debug.callback(lambda b: seen.append(b.shape[0]), images)
-    return jax_predict(images)
+  predict, seen = toy_models.counting(
+      toy_models.one_pixel_switch(x=1, y=1, colour=(255, 0, 0)))
 
   images = np.full((5, 4, 4, 3), 90, np.uint8)
   images[:2, 1, 1] = (245, 5, 5)  # found at once; the other 3 run on

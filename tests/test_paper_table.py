@@ -7,7 +7,6 @@ folders' results.jsonl, and a rerun must redo nothing.
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -26,15 +25,6 @@ TINY = ["--images", "2", "--popsize", "8", "--maxiter", "2", "--pixels", "1",
 
 pytestmark = pytest.mark.skipif("smallcnn" not in weights.shipped_models(),
                                 reason="the shipped SmallCNN is missing")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  env = dict(os.environ)
-  env.pop("PIXELJAX_DATA", None)
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  env["PIXELJAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-  return env
 
 
 def paper(*args, env, out):

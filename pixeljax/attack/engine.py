@@ -211,12 +211,7 @@ def attack_shard(config: DEConfig, images, labels, targets, image_ids, valid,
 
 def clean_logits_shard(predict, batch_size: int, images):
   """Logits float32 [N, K] of one device's unperturbed uint8 images."""
-  num_images = images.shape[0]
-  padded = -(-num_images // batch_size) * batch_size
-  images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
-  chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
-  logits = jax.lax.map(lambda c: predict(c.astype(jnp.float32)), chunks)
-  return logits.reshape(padded, -1)[:num_images].astype(jnp.float32)
+  return evaluate.logits_in_chunks(predict, images, batch_size)
 
 
 class Prepared(NamedTuple):

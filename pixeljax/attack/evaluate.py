@@ -89,11 +89,18 @@ def score_candidates(predict, images, labels, targets, candidates, active,
           success.reshape(num_images, popsize))
 
 
-def predict_in_chunks(predict, images, batch_size: int):
-  """Probabilities float32 [N, K] of float32 [N, H, W, C] images, chunk by chunk."""
+def logits_in_chunks(predict, images, batch_size: int):
+  """Logits float32 [N, K] of [N, H, W, C] images, ``batch_size`` at a time."""
   num_images = images.shape[0]
   padded = -(-num_images // batch_size) * batch_size
   images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
   chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
-  probs = jax.lax.map(lambda chunk: probabilities(predict, chunk), chunks)
-  return probs.reshape(padded, -1)[:num_images]
+  logits = jax.lax.map(
+      lambda chunk: predict(chunk.astype(jnp.float32)).astype(jnp.float32),
+      chunks)
+  return logits.reshape(padded, -1)[:num_images]
+
+
+def predict_in_chunks(predict, images, batch_size: int):
+  """Probabilities float32 [N, K] of [N, H, W, C] images, chunk by chunk."""
+  return jax.nn.softmax(logits_in_chunks(predict, images, batch_size), axis=-1)
