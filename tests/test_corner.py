@@ -12,6 +12,7 @@ import pytest
 import pixeljax
 from pixeljax.attack.corner import corner_attack
 from pixeljax.attack.corner_search import corner_search
+from pixeljax.attack.evaluate import RECHECK_BATCH
 from tests import corner_models
 from tests import toy_models
 
@@ -32,9 +33,13 @@ def test_known_answer_after_the_predicted_evaluations_and_early_stop():
   np.testing.assert_array_equal(result.generations, [22, 22, 1, 1])
   np.testing.assert_array_equal(result.perturbation[:, 0],
                                 [[5, 2, 255, 0, 0]] * 2 + [[0, 0, 0, 0, 0]] * 2)
-  # One call per block of active candidates, plus the clean images and the
-  # final re-check: nothing for finished images.
-  assert sum(seen) == result.queries.sum() + 2 * len(images)
+  np.testing.assert_array_equal(result.clean_success, [False, False, True,
+                                                       True])
+  # One call per block of active candidates, plus the clean images (checked
+  # before the scan, and scored again beside the final re-check) and the
+  # final re-check, each in chunks of RECHECK_BATCH: nothing for finished
+  # images.
+  assert sum(seen) == result.queries.sum() + 3 * RECHECK_BATCH
   corner_models.assert_honest(switch, images, labels, result, pixels=1)
 
 

@@ -7,12 +7,18 @@ import numpy as np
 import pytest
 
 import pixeljax
+from pixeljax.attack.evaluate import RECHECK_BATCH
 from tests import toy_models
 
 
 def _pixels_changed(original, adversarial):
   """Number of pixel positions that differ, per image: int [N]."""
   return np.any(original != adversarial, axis=-1).sum(axis=(1, 2))
+
+
+def _rechecked(count):
+  """Images the model sees to score ``count`` clean or final images."""
+  return -(-count // RECHECK_BATCH) * RECHECK_BATCH
 
 
 def _check_promises(predict, images, labels, result, pixels, targets=None):
@@ -32,6 +38,24 @@ def _check_promises(predict, images, labels, result, pixels, targets=None):
   np.testing.assert_array_equal(predicted, result.adv_label)
   expected = predicted != labels if targets is None else predicted == targets
   np.testing.assert_array_equal(result.success, expected)
+  # The reported probabilities are the model's, on the returned image.
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+  rows = np.arange(n)
+  np.testing.assert_allclose(result.adv_prob, probs[rows, predicted],
+                             atol=1e-5)
+  np.testing.assert_allclose(result.true_prob, probs[rows, labels], atol=1e-5)
+  if targets is None:
+    wrong = probs.copy()
+    wrong[rows, labels] = -1.0
+    np.testing.assert_allclose(result.target_prob, wrong.max(-1), atol=1e-5)
+  else:
+    np.testing.assert_allclose(result.target_prob, probs[rows, targets],
+                               atol=1e-5)
+  clean = np.asarray(predict(jnp.asarray(images, jnp.float32))).argmax(-1)
+  np.testing.assert_array_equal(result.clean_label, clean)
+  np.testing.assert_array_equal(
+      result.clean_success,
+      clean != labels if targets is None else clean == targets)
 
 
 def test_finds_the_one_pixel_that_flips_a_hand_made_model():
@@ -116,9 +140,10 @@ def test_finished_images_cost_no_model_evaluations():
   result = pixeljax.batched_attack(
       predict, images, np.zeros(8, np.int64), key=jax.random.key(5),
       popsize=popsize, maxiter=maxiter, batch_size=batch_size)
-  # One model call per chunk of active candidates, plus one each for the
-  # clean images and the final re-check: nothing for finished images.
-  assert sum(seen) == result.queries.sum() + 2 * len(images)
+  # One model call per chunk of active candidates, plus the clean images
+  # (checked before the attack, and scored again beside the final re-check)
+  # and the final re-check: nothing for finished images.
+  assert sum(seen) == result.queries.sum() + 3 * _rechecked(len(images))
   assert sum(seen) < len(images) * popsize * (maxiter + 1) / 2
   assert result.queries[:4].max() < result.queries[4:].max()
 
@@ -157,13 +182,9 @@ def test_same_key_same_result_whatever_the_batch():
   assert 0 < batch.success.sum() < 32  # a mix, so the check means something
   for other, rows in [(again, slice(None)), (rechunked, slice(None)),
                       (alone, slice(9, 10))]:
-    for field in ("success", "adv_images", "perturbation", "adv_label",
-                  "queries", "generations"):
+    for field in pixeljax.AttackResult._fields:  # probabilities too: bit for bit
       np.testing.assert_array_equal(getattr(other, field),
                                     getattr(batch, field)[rows], err_msg=field)
-    # Probabilities are re-computed in chunks of another shape: float noise.
-    np.testing.assert_allclose(other.adv_prob, batch.adv_prob[rows],
-                               atol=1e-5)
 
 
 def test_no_model_call_is_padding_when_chunks_hold_whole_populations():
@@ -181,4 +202,4 @@ def test_no_model_call_is_padding_when_chunks_hold_whole_populations():
   seen.clear()
   result = pixeljax.batched_attack(predict, images, np.zeros(5, np.int64),
                                    **kwargs)
-  assert sum(seen) == result.queries.sum() + 2 * len(images)
+  assert sum(seen) == result.queries.sum() + 3 * _rechecked(len(images))

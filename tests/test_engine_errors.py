@@ -65,3 +65,48 @@ def test_nan_logits_are_refused():
 
   with pytest.raises(ValueError, match=r"NaN or inf logits .*\[1\]"):
     _attack(predict=predict)
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (dict(popsize=2**31), "popsize must be at least 4 and at most"),
+    (dict(maxiter=2**31), "maxiter must be at least 0 and at most"),
+    (dict(popsize=2**16, maxiter=2**16), "popsize * (maxiter + 1)"),
+    (dict(popsize=2**30 + 1, maxiter=0), "candidates of one round"),
+])
+def test_counts_that_overflow_int32_are_refused_before_any_work(overrides,
+                                                                words):
+  traced = []
+
+  def predict(images):
+    traced.append(images.shape)
+    return PREDICT(images)
+
+  with pytest.raises(ValueError) as info:
+    _attack(predict=predict, **overrides)
+  assert words in str(info.value)
+  assert not traced
+
+
+def test_an_empty_mesh_is_refused():
+  mesh = jax.sharding.Mesh(np.empty((0,), object), ("images",))
+  with pytest.raises(ValueError, match="mesh must hold at least one device"):
+    _attack(mesh=mesh)
+
+
+def test_a_predict_that_takes_one_batch_size_only_is_named():
+  def predict(images):  # hard-codes the batch of 16 it was written for
+    return PREDICT(images.reshape(16, 8, 8, 3))
+
+  with pytest.raises(ValueError, match="must take any batch size") as info:
+    _attack(predict=predict, batch_size=16)
+  assert "8, 16" in str(info.value)
+
+
+def test_corner_scan_too_large_to_index_is_refused():
+  images = np.full((1, 2, 2, 32), 100, np.uint8)
+
+  def predict(images):
+    return images.reshape(images.shape[0], -1)[:, :2]
+
+  with pytest.raises(ValueError, match=r"H \* W \* 2\*\*C"):
+    pixeljax.corner_attack(predict, images, np.zeros(1, np.int64))

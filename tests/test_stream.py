@@ -58,3 +58,19 @@ def test_stream_checks_its_own_arguments():
   with pytest.raises(ValueError, match="refill_every must be at least 1"):
     next(pixeljax.stream_attack(PREDICT, IMAGES, LABELS, refill_every=0,
                                 **SETTINGS))
+
+
+def test_progress_is_reported_at_every_round_trip():
+  batched = pixeljax.batched_attack(PREDICT, IMAGES, LABELS, **SETTINGS)
+  spent = []
+  indices, streamed, parts = _collect(pixeljax.stream_attack(
+      PREDICT, IMAGES, LABELS, slots=3, refill_every=2,
+      progress=spent.append, **SETTINGS))
+  _assert_same(batched, streamed)
+  # Also when nothing finished: between hand-backs, the count still moves.
+  assert len(spent) > parts
+  assert spent == sorted(spent) and len(set(spent)) == len(spent)
+  assert spent[-1] == batched.queries.sum()
+  with pytest.raises(TypeError, match="progress must be callable"):
+    next(pixeljax.stream_attack(PREDICT, IMAGES, LABELS, progress=3,
+                                **SETTINGS))

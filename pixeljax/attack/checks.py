@@ -10,6 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixeljax.attack import evaluate
+
+
+# Counts inside the compiled searches (queries, rounds, candidate indices) are
+# int32.
+INT32_MAX = 2**31 - 1
+
 
 def _describe(value) -> str:
   if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -25,6 +32,13 @@ def check_int(name: str, value, *, minimum: int, maximum: int | None = None):
     upper = "" if maximum is None else f" and at most {maximum}"
     raise ValueError(f"{name} must be at least {minimum}{upper}, got {value}")
   return int(value)
+
+
+def check_int32_count(what: str, count: int):
+  """Raises ``ValueError`` if ``count`` (of ``what``) overflows int32."""
+  if count > INT32_MAX:
+    raise ValueError(f"{what} comes to {count}, more than 2**31 - 1, the "
+                     "most the compiled search counts; use smaller values")
 
 
 def check_float(name: str, value, *, minimum: float, maximum: float,
@@ -110,30 +124,53 @@ def check_key(key):
   return jnp.asarray(array)
 
 
-def check_predict(predict, image_shape, batch_size: int) -> int:
+def model_batch_sizes(batch_size: int, round_sizes) -> tuple:
+  """Every batch size a search calls ``predict`` with, sorted.
+
+  Scoring runs full chunks of ``batch_size`` and the rest of a round in
+  chunks of ``min(r, batch_size)`` for each candidates-per-round ``r`` of
+  ``round_sizes``; clean images and re-checks go in ``RECHECK_BATCH``.
+  """
+  sizes = {batch_size, evaluate.RECHECK_BATCH}
+  sizes.update(min(r, batch_size) for r in round_sizes)
+  return tuple(sorted(sizes))
+
+
+def check_predict(predict, image_shape, batch_sizes) -> int:
   """Checks that ``predict`` maps float32 [B, H, W, C] to float [B, K].
 
-  Uses ``jax.eval_shape``, so nothing is compiled or run. Returns K.
+  Checked at each B of ``batch_sizes`` (the sizes the search will use), with
+  ``jax.eval_shape``, so nothing is compiled or run. Returns K.
   """
   if not callable(predict):
     raise TypeError(f"predict must be callable, got {_describe(predict)}")
-  probe = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
-  try:
-    out = jax.eval_shape(predict, probe)
-  except Exception as error:  # any tracing failure is the model's
-    raise ValueError(
-        f"predict could not be traced on float32 images of shape "
-        f"{probe.shape}: {type(error).__name__}: {error}") from error
-  if (not hasattr(out, "shape") or len(out.shape) != 2
-      or out.shape[0] != batch_size or out.shape[1] < 2
-      or not jnp.issubdtype(out.dtype, jnp.floating)):
-    raise ValueError(
-        f"predict must return float logits of shape [{batch_size}, K] with "
-        f"K >= 2 for images of shape {probe.shape}, got {_describe(out)}")
-  return int(out.shape[1])
+  num_classes = None
+  for batch_size in batch_sizes:
+    probe = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+    works_on = (f" (it must take any batch size: the search calls it on "
+                f"batches of {', '.join(map(str, batch_sizes))})")
+    try:
+      out = jax.eval_shape(predict, probe)
+    except Exception as error:  # any tracing failure is the model's
+      raise ValueError(
+          f"predict could not be traced on float32 images of shape "
+          f"{probe.shape}{works_on}: {type(error).__name__}: {error}"
+      ) from error
+    if (not hasattr(out, "shape") or len(out.shape) != 2
+        or out.shape[0] != batch_size or out.shape[1] < 2
+        or not jnp.issubdtype(out.dtype, jnp.floating)
+        or out.shape[1] != (num_classes or out.shape[1])):
+      expected = "K >= 2" if num_classes is None else f"K = {num_classes}"
+      raise ValueError(
+          f"predict must return float logits of shape [{batch_size}, K] with "
+          f"{expected} for images of shape {probe.shape}{works_on}, got "
+          f"{_describe(out)}")
+    num_classes = int(out.shape[1])
+  return num_classes
 
 
 def check_bool(name: str, value) -> bool:
+  """Returns ``value`` if it is a bool (not merely truthy)."""
   if not isinstance(value, bool):
     raise TypeError(f"{name} must be a bool, got {value!r}")
   return value

@@ -175,12 +175,18 @@ def scan(config: ScanConfig, images, labels, targets) -> ScanState:
 def _corner_attack(config: ScanConfig, images, labels, targets):
   state = scan(config, images, labels, targets)
   fields = verify.finalize(config.predict, state.best, images, labels,
-                           targets, config.batch_size)
+                           targets)
   return fields, state.queries, state.rounds
 
 
 def check_block(block, image_shape) -> int:
-  """``block`` as an int, or the default for the image shape when None."""
+  """``block`` as an int, or the default for the image shape when None.
+
+  Also checks that the scan's ``H * W * 2**C`` candidates can be indexed.
+  """
+  checks.check_int32_count(
+      f"H * W * 2**C for images of shape {tuple(image_shape)}, the corner "
+      "scan's candidates,", scan_size(*image_shape))
   if block is None:
     return default_block(*image_shape)
   return checks.check_int("block", block, minimum=1,
@@ -224,9 +230,9 @@ def corner_attack(predict, images, labels, *, targets=None, early_stop=True,
                                            num_images)
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
   checked = inputs_lib.check_inputs(predict, images, labels, targets, None,
-                                    batch_size)
+                                    batch_size, (block,))
   config = ScanConfig(predict=predict, block=block, early_stop=early_stop,
                       batch_size=batch_size, keep_table=False)
   fields, queries, rounds = _corner_attack(config, checked.images,
                                            checked.labels, checked.targets)
-  return verify.to_result(fields, checked.clean_label, queries, rounds)
+  return verify.to_result(fields, queries, rounds)

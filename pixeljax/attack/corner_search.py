@@ -225,7 +225,7 @@ def _corner_search(config: SearchConfig, images, labels, targets, image_ids,
                              found.best_fitness)
   best = jnp.where(use_search[:, None], search_best, scan_best)
   fields = verify.finalize(config.scan.predict, best, images, labels,
-                           targets, config.scan.batch_size)
+                           targets)
   return (fields, found.queries + state.queries,
           state.queries // config.proposals)
 
@@ -288,8 +288,9 @@ def corner_search(predict, images, labels, *, key, pixels=3, targets=None,
         images.shape[1:], block if scan else proposals, num_images)
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
   key = checks.check_key(key)
-  checked = inputs_lib.check_inputs(predict, images, labels, targets,
-                                    image_ids, batch_size)
+  checked = inputs_lib.check_inputs(
+      predict, images, labels, targets, image_ids, batch_size,
+      (block, proposals) if scan else (proposals,))
   config = SearchConfig(
       scan=corner.ScanConfig(predict=predict, block=block,
                              early_stop=early_stop, batch_size=batch_size,
@@ -299,4 +300,4 @@ def corner_search(predict, images, labels, *, key, pixels=3, targets=None,
   fields, queries, rounds = _corner_search(
       config, checked.images, checked.labels, checked.targets,
       checked.image_ids, key)
-  return verify.to_result(fields, checked.clean_label, queries, rounds)
+  return verify.to_result(fields, queries, rounds)

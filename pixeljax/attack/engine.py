@@ -182,10 +182,10 @@ def run_rounds(config: DEConfig, state: DEState, images, labels, targets,
 def finalize(config: DEConfig, state: DEState, images, labels, targets):
   """Decodes each image's chosen candidate and re-checks it on the model.
 
-  Returns a dict of the ``AttackResult`` fields except ``clean_label``.
+  Returns a dict of the ``AttackResult`` fields.
   """
   fields = verify.finalize(config.predict, state.best, images, labels,
-                           config.goal(targets), config.batch_size)
+                           config.goal(targets))
   return dict(fields, queries=state.queries,
               generations=jnp.maximum(state.rounds - 1, 0))
 
@@ -199,7 +199,7 @@ def attack_shard(config: DEConfig, images, labels, targets, image_ids, valid,
                  key, maxiter, mutation, crossover):
   """The whole attack on one device's images; ``valid`` False marks padding.
 
-  Returns a dict of the ``AttackResult`` fields but ``clean_label``.
+  Returns a dict of the ``AttackResult`` fields.
   """
   length = pixels_lib.candidate_length(config.pixels, images.shape[-1])
   state = initial_state(images.shape[0], config.popsize, length, done=~valid)
@@ -209,9 +209,9 @@ def attack_shard(config: DEConfig, images, labels, targets, image_ids, valid,
   return finalize(config, state, images, labels, targets)
 
 
-def clean_logits_shard(predict, batch_size: int, images):
+def clean_logits_shard(predict, images):
   """Logits float32 [N, K] of one device's unperturbed uint8 images."""
-  return evaluate.logits_in_chunks(predict, images, batch_size)
+  return evaluate.recheck_logits(predict, images)
 
 
 class Prepared(NamedTuple):
@@ -235,8 +235,15 @@ def prepare(predict, images, labels, *, key, targets, pixels, popsize,
   num_images, height, width, _ = images.shape
   pixels = checks.check_int("pixels", pixels, minimum=1,
                             maximum=height * width)
-  popsize = checks.check_int("popsize", popsize, minimum=4)
-  maxiter = checks.check_int("maxiter", maxiter, minimum=0)
+  popsize = checks.check_int("popsize", popsize, minimum=4,
+                             maximum=checks.INT32_MAX)
+  maxiter = checks.check_int("maxiter", maxiter, minimum=0,
+                             maximum=checks.INT32_MAX - 1)
+  checks.check_int32_count("popsize * (maxiter + 1), the evaluations of one "
+                           "image,", popsize * (maxiter + 1))
+  checks.check_int32_count(
+      "popsize * images per device, the candidates of one round,",
+      popsize * (images_per_device or num_images))
   mutation = checks.check_float("mutation", mutation, minimum=0.0,
                                 maximum=2.0, allow_minimum=False)
   if crossover is not None:
@@ -248,7 +255,9 @@ def prepare(predict, images, labels, *, key, targets, pixels, popsize,
                                     images_per_device or num_images)
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
   key = checks.check_key(key)
-  num_classes = checks.check_predict(predict, images.shape[1:], batch_size)
+  num_classes = checks.check_predict(
+      predict, images.shape[1:],
+      checks.model_batch_sizes(batch_size, (popsize,)))
   labels = checks.check_classes("labels", labels, num_images, num_classes)
   if targets is not None:
     targets = checks.check_targets(targets, labels, num_classes)
@@ -298,7 +307,9 @@ def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
       None for every device.
 
   Returns:
-    An ``AttackResult`` of NumPy arrays, one entry per image.
+    An ``AttackResult`` of NumPy arrays, one entry per image. Images the
+    model already gets wrong are attacked too: ``clean_success`` marks them,
+    and ``success_rate`` leaves them out.
   """
   mesh = sharding.default_mesh() if mesh is None else sharding.check_mesh(mesh)
   count = len(images) if hasattr(images, "__len__") else None
@@ -313,16 +324,11 @@ def batched_attack(predict, images, labels, *, key, targets=None, pixels=1,
   placed, valid = sharding.place(
       mesh, prepared.images, prepared.labels, prepared.targets,
       prepared.image_ids)
-  per_device = len(valid) // mesh.size
-  clean = sharding.run_sharded(
-      mesh, clean_logits_shard,
-      (config.predict, min(config.batch_size, per_device)), placed[:1], ())
-  clean = sharding.gather(clean)[:count]
-  checks.check_finite_logits(clean)
+  clean = sharding.gather(sharding.run_sharded(
+      mesh, clean_logits_shard, (config.predict,), placed[:1], ()))
+  checks.check_finite_logits(clean[:count])
   fields = sharding.run_sharded(
       mesh, attack_shard, (config,), (*placed, valid),
       (prepared.key, prepared.maxiter, prepared.mutation, prepared.crossover))
   fields = sharding.gather(fields)
-  return AttackResult(
-      clean_label=np.argmax(clean, -1).astype(np.int32),
-      **{name: value[:count] for name, value in fields.items()})
+  return AttackResult(**{name: value[:count] for name, value in fields.items()})

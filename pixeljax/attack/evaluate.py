@@ -11,14 +11,28 @@ that holds an active image's candidate.
 import jax
 import jax.numpy as jnp
 
+from pixeljax.attack import canonical
 from pixeljax.attack import criteria
 from pixeljax.attack import pixels as pixels_lib
 
 
-def probabilities(predict, images):
-  """Softmax probabilities float32 [B, K] of float32 [B, H, W, C] images."""
-  logits = predict(images).astype(jnp.float32)
-  return jax.nn.softmax(logits, axis=-1)
+# Clean images and final re-checks go through the model in chunks of this
+# fixed size, whatever the batch, chunk or device count: an image's reported
+# probabilities then come from the same computation in every run.
+RECHECK_BATCH = 8
+
+
+def probabilities(logits):
+  """Softmax probabilities float32 [B, K] of logits [B, K]; NaN rows where
+  any logit is NaN or inf.
+
+  Finiteness is judged on the logits: under jit on CPU, the softmax of a NaN
+  row can come out finite, so a check made after it may never fire.
+  """
+  logits = logits.astype(jnp.float32)
+  finite = jnp.all(jnp.isfinite(logits), axis=-1, keepdims=True)
+  probs = jax.nn.softmax(jnp.where(finite, logits, 0.0), axis=-1)
+  return jnp.where(finite, probs, jnp.nan)
 
 
 def score_candidates(predict, images, labels, targets, candidates, active,
@@ -40,6 +54,9 @@ def score_candidates(predict, images, labels, targets, candidates, active,
   """
   num_images, popsize, _ = candidates.shape
   _, height, width, channels = images.shape
+  # The model runs in loop bodies, where XLA CPU leaves non-canonical
+  # convolutions (OIHW, NCHW) on a 25x slower path: see canonical.py.
+  predict = canonical.for_loops(predict)
   # Stable sort: active images first, in their original order.
   order = jnp.argsort(~active, stable=True)
   total = jnp.sum(active) * popsize
@@ -56,7 +73,7 @@ def score_candidates(predict, images, labels, targets, candidates, active,
     perturbation = pixels_lib.decode(flat_candidates[flat], height, width,
                                      channels)
     perturbed = pixels_lib.inject(images[image], perturbation)
-    probs = probabilities(predict, perturbed.astype(jnp.float32))
+    probs = probabilities(predict(perturbed.astype(jnp.float32)))
     chunk_targets = None if targets is None else targets[image]
     fitness = criteria.fitness(probs, labels[image], chunk_targets)
     success = criteria.is_success(jnp.argmax(probs, axis=-1), labels[image],
@@ -92,6 +109,7 @@ def score_candidates(predict, images, labels, targets, candidates, active,
 def logits_in_chunks(predict, images, batch_size: int):
   """Logits float32 [N, K] of [N, H, W, C] images, ``batch_size`` at a time."""
   num_images = images.shape[0]
+  predict = canonical.for_loops(predict)  # runs in lax.map: see canonical.py
   padded = -(-num_images // batch_size) * batch_size
   images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
   chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
@@ -101,6 +119,7 @@ def logits_in_chunks(predict, images, batch_size: int):
   return logits.reshape(padded, -1)[:num_images]
 
 
-def predict_in_chunks(predict, images, batch_size: int):
-  """Probabilities float32 [N, K] of [N, H, W, C] images, chunk by chunk."""
-  return jax.nn.softmax(logits_in_chunks(predict, images, batch_size), axis=-1)
+def recheck_logits(predict, images):
+  """Logits float32 [N, K] of [N, H, W, C] images, in ``RECHECK_BATCH``
+  chunks: the same values whatever else is in the batch."""
+  return logits_in_chunks(predict, images, RECHECK_BATCH)

@@ -87,8 +87,7 @@ def _seeded_attack(config: SeededConfig, images, labels, targets, image_ids,
   use_de = active & criteria.prefer(state.best_success, state.best_fitness,
                                   found.best_success, found.best_fitness)
   best = jnp.where(use_de[:, None], state.best, scan_best)
-  fields = verify.finalize(config.de.predict, best, images, labels, targets,
-                           config.de.batch_size)
+  fields = verify.finalize(config.de.predict, best, images, labels, targets)
   return (fields, found.queries + state.queries,
           jnp.maximum(state.rounds - 1, 0))
 
@@ -142,7 +141,7 @@ def seeded_attack(predict, images, labels, *, key, pixels=1, targets=None,
   checked = inputs_lib.check_inputs(
       predict, prepared.images, prepared.labels,
       de_config.goal(prepared.targets), prepared.image_ids,
-      de_config.batch_size)
+      de_config.batch_size, (block, de_config.popsize))
   config = SeededConfig(
       scan=corner.ScanConfig(predict=predict, block=block,
                              early_stop=de_config.early_stop,
@@ -153,4 +152,4 @@ def seeded_attack(predict, images, labels, *, key, pixels=1, targets=None,
       config, checked.images, checked.labels, checked.targets,
       checked.image_ids, prepared.key, prepared.maxiter, prepared.mutation,
       prepared.crossover)
-  return verify.to_result(fields, checked.clean_label, queries, generations)
+  return verify.to_result(fields, queries, generations)

@@ -25,9 +25,13 @@ def default_mesh() -> Mesh:
 
 
 def check_mesh(mesh) -> Mesh:
+  """Returns ``mesh`` if it is a ``Mesh`` with at least one device."""
   if not isinstance(mesh, Mesh):
     raise TypeError(f"mesh must be a jax.sharding.Mesh, got "
                     f"{type(mesh).__name__}")
+  if mesh.size == 0:
+    raise ValueError(f"mesh must hold at least one device, got a mesh of "
+                     f"shape {dict(mesh.shape)}")
   return mesh
 
 

@@ -41,13 +41,18 @@ def _reset_shard(popsize, length, state, refill):
 def stream_attack(predict, images, labels, *, key, targets=None, slots=64,
                   refill_every=5, pixels=1, popsize=400, maxiter=100,
                   mutation=0.5, crossover=None, early_stop=True,
-                  batch_size=None, image_ids=None,
-                  mesh=None) -> Iterator[tuple[np.ndarray, AttackResult]]:
+                  batch_size=None, image_ids=None, mesh=None,
+                  progress=None) -> Iterator[tuple[np.ndarray, AttackResult]]:
   """Attacks images through ``slots`` slots, yielding results as they finish.
 
   Arguments are those of ``batched_attack``, plus:
     slots: images in flight at once (rounded up to a multiple of the devices).
     refill_every: rounds between looks at the slots (a host round trip each).
+    progress: None, or a function called at every host round trip (also
+      when no image finished) with one int: the model evaluations spent so
+      far on this stream's images, finished and in flight. It is called
+      before the round's results are yielded; at the end it is the sum of
+      every result's ``queries``. The results do not depend on it.
 
   Yields:
     (indices int [n], AttackResult of n images): positions in ``images`` of
@@ -58,15 +63,17 @@ def stream_attack(predict, images, labels, *, key, targets=None, slots=64,
   slots = checks.check_int("slots", slots, minimum=1)
   slots = -(-slots // mesh.size) * mesh.size
   refill_every = checks.check_int("refill_every", refill_every, minimum=1)
+  if progress is not None and not callable(progress):
+    raise TypeError(f"progress must be callable or None, got {progress!r}")
   prepared = engine.prepare(
       predict, images, labels, key=key, targets=targets, pixels=pixels,
       popsize=popsize, maxiter=maxiter, mutation=mutation,
       crossover=crossover, early_stop=early_stop, batch_size=batch_size,
       image_ids=image_ids, images_per_device=slots // mesh.size)
-  return _run(mesh, slots, refill_every, prepared)
+  return _run(mesh, slots, refill_every, prepared, progress)
 
 
-def _run(mesh, slots, refill_every, prepared):
+def _run(mesh, slots, refill_every, prepared, progress):
   config = prepared.config
   count = len(prepared.images)
   length = pixels_lib.candidate_length(config.pixels,
@@ -76,7 +83,6 @@ def _run(mesh, slots, refill_every, prepared):
   # Host copy of what each slot holds; -1 marks an empty slot.
   held = np.full(slots, -1)
   slot_data = [np.zeros((slots, *a.shape[1:]), a.dtype) for a in sources]
-  clean_label = np.zeros(slots, np.int32)
   state = engine.initial_state(slots, config.popsize, length,
                                done=jnp.ones(slots, bool))
   state = jax.tree.map(lambda a: sharding.place(mesh, np.asarray(a))[0][0],
@@ -84,7 +90,7 @@ def _run(mesh, slots, refill_every, prepared):
   replicated = (prepared.key, prepared.maxiter, prepared.mutation,
                 prepared.crossover)
   next_image = 0
-  per_device = slots // mesh.size
+  spent = 0  # evaluations of the images already handed out
   while True:
     refill = np.flatnonzero(held < 0)[:count - next_image]
     if refill.size:
@@ -103,20 +109,21 @@ def _run(mesh, slots, refill_every, prepared):
           mesh, _reset_shard, (config.popsize, length),
           (state, sharding.place(mesh, mask)[0][0]), ())
       logits = sharding.gather(sharding.run_sharded(
-          mesh, engine.clean_logits_shard,
-          (config.predict, min(config.batch_size, per_device)), placed[:1],
+          mesh, engine.clean_logits_shard, (config.predict,), placed[:1],
           ()))[refill]
       checks.check_finite_logits(logits, first_index=int(new[0]))
-      clean_label[refill] = np.argmax(logits, -1)
     state = sharding.run_sharded(
         mesh, _advance_shard, (config,), (state, *placed),
         replicated + (refill_every,))
     done = np.asarray(sharding.gather(state.done))
     finished = np.flatnonzero(done & (held >= 0))
+    if progress is not None:
+      queries = np.asarray(sharding.gather(state.queries), np.int64)
+      progress(spent + int(queries[held >= 0].sum()))
+      spent += int(queries[finished].sum())
     if finished.size:
       fields = sharding.gather(sharding.run_sharded(
           mesh, engine.finalize, (config,), (state, *placed[:3]), ()))
       yield held[finished].copy(), AttackResult(
-          clean_label=clean_label[finished],
           **{name: value[finished] for name, value in fields.items()})
       held[finished] = -1

@@ -2,7 +2,8 @@
 
 The search's own success flag is never trusted: the chosen candidate is
 decoded to integer pixels, written into the image, and the model is run on
-exactly the uint8 image that is returned.
+exactly the uint8 image that is returned. The clean images are scored in the
+same pass, so every search reports which images the model already got wrong.
 """
 
 import jax
@@ -15,8 +16,22 @@ from pixeljax.attack import pixels as pixels_lib
 from pixeljax.attack.result import AttackResult
 
 
-def finalize(predict, best, images, labels, targets, batch_size: int):
+def unchanged_candidates(images, pixels: int):
+  """float32 [N, d * (2 + C)] candidates that leave each image as it is.
+
+  Each of the d pixels rewrites the top-left pixel with its own colour.
+  """
+  corner = images[:, 0, 0, :].astype(jnp.float32)  # [N, C]
+  one = jnp.concatenate([jnp.zeros((images.shape[0], 2)), corner], axis=-1)
+  return jnp.tile(one, (1, pixels))
+
+
+def finalize(predict, best, images, labels, targets):
   """Builds the adversarial images and their verdicts (traceable under jit).
+
+  Where the model's output on the chosen candidate is not finite (NaN or
+  inf logits), the image is returned unchanged, as a failure: such an output
+  is never a success, and every reported probability lies in [0, 1].
 
   Args:
     predict: the model.
@@ -24,32 +39,47 @@ def finalize(predict, best, images, labels, targets, batch_size: int):
     images: uint8 [N, H, W, C].
     labels: int32 [N].
     targets: int32 [N] or None.
-    batch_size: images per model call.
 
   Returns:
     A dict with success bool [N], adv_images uint8 [N, H, W, C],
-    perturbation int32 [N, d, 2 + C], adv_label int32 [N], adv_prob and
-    true_prob float32 [N].
+    perturbation int32 [N, d, 2 + C], adv_label int32 [N], adv_prob,
+    true_prob and target_prob float32 [N], clean_label int32 [N] and
+    clean_success bool [N] (see ``AttackResult``).
   """
   height, width, channels = images.shape[1:]
+  clean = evaluate.probabilities(evaluate.recheck_logits(predict, images))
   perturbation = pixels_lib.decode(best, height, width, channels)
   adv_images = pixels_lib.inject(images, perturbation)
-  probs = evaluate.predict_in_chunks(predict, adv_images.astype(jnp.float32),
-                                     min(batch_size, images.shape[0]))
+  probs = evaluate.probabilities(evaluate.recheck_logits(predict, adv_images))
+  finite = jnp.all(jnp.isfinite(probs), axis=-1)
+  unchanged = pixels_lib.decode(
+      unchanged_candidates(images, best.shape[-1] // (2 + channels)), height,
+      width, channels)
+  perturbation = jnp.where(finite[:, None, None], perturbation, unchanged)
+  adv_images = jnp.where(finite[:, None, None, None], adv_images, images)
+  probs = jnp.where(finite[:, None], probs, clean)
+
   adv_label = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-  success = criteria.is_success(adv_label, labels, targets) & jnp.all(
-      jnp.isfinite(probs), axis=-1)
-  take = lambda cls: jnp.take_along_axis(probs, cls[:, None], 1)[:, 0]
-  return dict(success=success, adv_images=adv_images,
-              perturbation=perturbation, adv_label=adv_label,
-              adv_prob=take(adv_label), true_prob=take(labels))
+  clean_label = jnp.argmax(clean, axis=-1).astype(jnp.int32)
+  take = lambda p, cls: jnp.take_along_axis(p, cls[:, None], 1)[:, 0]
+  if targets is None:
+    # The "target" of a non-targeted attack: the likeliest wrong class.
+    wrong = probs.at[jnp.arange(len(labels)), labels].set(-1.0)
+    target_prob = jnp.max(wrong, axis=-1)
+  else:
+    target_prob = take(probs, targets)
+  return dict(
+      success=finite & criteria.is_success(adv_label, labels, targets),
+      adv_images=adv_images, perturbation=perturbation, adv_label=adv_label,
+      adv_prob=take(probs, adv_label), true_prob=take(probs, labels),
+      target_prob=target_prob, clean_label=clean_label,
+      clean_success=criteria.is_success(clean_label, labels, targets))
 
 
-def to_result(fields: dict, clean_label, queries, generations) -> AttackResult:
+def to_result(fields: dict, queries, generations) -> AttackResult:
   """An ``AttackResult`` of NumPy arrays from ``finalize``'s device fields."""
   fields = jax.device_get(fields)
   return AttackResult(
-      clean_label=np.asarray(clean_label, np.int32),
       queries=np.asarray(queries, np.int32),
       generations=np.asarray(generations, np.int32),
       **{name: np.asarray(value) for name, value in fields.items()})
