@@ -14,7 +14,9 @@ that has the data:
 
 Decoded arrays of sources 1 and 3 are cached as uncompressed .npz files in
 `PIXELJAX_CACHE` (default `~/.cache/pixeljax`), keyed by the source's path, size
-and modification time, so a second load takes a fraction of a second.
+and modification time, so a second load takes a fraction of a second. A cache
+file that cannot be read (truncated, damaged) is decoded again and rewritten; a
+cache that cannot be written is skipped with a warning.
 
 A source that does not exist is noted and the next is tried; when none has the
 data, one `DataNotFoundError` lists each source and why it failed. A source
@@ -31,7 +33,10 @@ import os
 import pathlib
 import pickle
 import tarfile
+import threading
 import urllib.request
+import warnings
+import zipfile
 import zlib
 from typing import NamedTuple, Sequence
 
@@ -46,6 +51,9 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Larger images are refused from their header, before any pixel is decoded: a
+# decompression bomb (a small file claiming a huge size) never gets its memory.
+MAX_IMAGE_PIXELS = 8192 * 8192
 _PY_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 _HOW_TO = (
     "To provide CIFAR-10, do one of:\n"
@@ -75,12 +83,14 @@ class Dataset(NamedTuple):
 
 
 class ImageFolder(NamedTuple):
-    """`Dataset` plus `paths`: the file each image came from (list of N str)."""
+    """`Dataset` plus `paths`: the file each image came from (list of N str), and
+    `skipped`: the (file, reason) pairs of unreadable images left out, if asked."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     paths: list[str]
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 class _Missing(Exception):
@@ -153,8 +163,14 @@ def load_cifar10_sample() -> ImageFolder:
 
 
 def load_image_folder(path: str | os.PathLike, *, size: tuple[int, int] | None = None,
-                      class_names: Sequence[str] | None = None) -> ImageFolder:
+                      class_names: Sequence[str] | None = None,
+                      skip_bad: bool = False) -> ImageFolder:
     """Reads `path/<class>/*.png|jpg|jpeg` into arrays, for attacking your own pictures.
+
+    An image is bad when it cannot be read or decoded, or when its header claims
+    more than `MAX_IMAGE_PIXELS` (8192 x 8192) pixels, or Pillow's
+    `Image.MAX_IMAGE_PIXELS` if lower: such an image (possibly a decompression
+    bomb) is refused before its pixels are decoded.
 
     Args:
       path: a folder with one sub-folder per class.
@@ -162,10 +178,16 @@ def load_image_folder(path: str | os.PathLike, *, size: tuple[int, int] | None =
         the sizes, which must then all be equal.
       class_names: the label order; default: the canonical CIFAR-10 order if the
         sub-folders are exactly those ten classes, else the sorted folder names.
+      skip_bad: leave bad images out (listed in `skipped`) instead of raising.
 
     Returns:
-      `ImageFolder(images uint8 [N,H,W,3], labels int64 [N], class_names, paths)`,
-      sorted by class then file name; grey or RGBA pictures are converted to RGB.
+      `ImageFolder(images uint8 [N,H,W,3], labels int64 [N], class_names, paths,
+      skipped)`, sorted by class then file name; grey or RGBA pictures are
+      converted to RGB. `skipped`: (file, reason) of each bad image left out.
+
+    Raises:
+      DataCorruptError: a bad image (naming it), unless `skip_bad`; with
+        `skip_bad`, when every image is bad.
     """
     root = pathlib.Path(path)
     if not root.is_dir():
@@ -176,13 +198,19 @@ def load_image_folder(path: str | os.PathLike, *, size: tuple[int, int] | None =
         folder = root / name
         if not folder.is_dir():
             raise ValueError(f"class_names: {name!r} has no folder in {root}")
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in folder.iterdir()
+                       if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         items += [(str(f), label) for f in files]
     if not items:
         raise FileNotFoundError(f"path: no {'/'.join(IMAGE_SUFFIXES)} images under {root}/<class>/")
-    images = _decode_all([(p, lambda p=p: pathlib.Path(p).read_bytes()) for p, _ in items], size)
+    images, skipped = _decode_all(
+        [(p, lambda p=p: pathlib.Path(p).read_bytes()) for p, _ in items], size, skip_bad=skip_bad)
+    if skipped:
+        left_out = {i for i, _ in skipped}
+        items = [it for i, it in enumerate(items) if i not in left_out]
     labels = np.array([lab for _, lab in items], np.int64)
-    return ImageFolder(images, labels, classes, [p for p, _ in items])
+    return ImageFolder(images, labels, classes, [p for p, _ in items],
+                       tuple((name, reason) for _, (name, reason) in skipped))
 
 
 # ----------------------------------------------------------------------------
@@ -195,15 +223,34 @@ def _load_path_cached(path: pathlib.Path, split: str) -> Dataset:
     cache = _cache_file(path, split)
     if cache.exists():
         try:
-            with np.load(cache) as z:
-                return Dataset(z["images"], z["labels"], tuple(str(c) for c in z["class_names"]))
-        except (OSError, ValueError, KeyError, zlib.error):
-            cache.unlink(missing_ok=True)  # a half-written cache: rebuild it
+            return _read_cache(cache)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+            pass  # truncated, damaged or unreadable: decode again and rewrite it below
     data = _load_path(path, split)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=data.images, labels=data.labels, class_names=np.array(data.class_names))
-    os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, images=data.images, labels=data.labels,
+                     class_names=np.array(data.class_names))
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+    except OSError as e:  # the cache only saves time: a full or read-only disk costs no data
+        if tmp.exists():
+            tmp.unlink()
+        warnings.warn(f"cannot write the data cache {cache}: {e}; set PIXELJAX_CACHE to a "
+                      "writable folder to skip decoding next time", RuntimeWarning, stacklevel=3)
+    return data
+
+
+def _read_cache(cache: pathlib.Path) -> Dataset:
+    """The arrays of a cache file; raises on a damaged or inconsistent one."""
+    with np.load(cache) as z:
+        data = Dataset(z["images"], z["labels"], tuple(str(c) for c in z["class_names"]))
+    if (data.images.dtype != np.uint8 or data.images.ndim != 4 or data.labels.ndim != 1
+            or len(data.labels) != len(data.images)):
+        raise ValueError(f"{cache}: unexpected arrays")
     return data
 
 
@@ -274,7 +321,7 @@ def _load_image_tar(path: pathlib.Path, split: str) -> Dataset:
     classes = _class_order(sorted({c for _, c, _ in members}), None)
     index = {c: i for i, c in enumerate(classes)}
     members.sort(key=lambda t: (index[t[1]], t[0]))
-    images = _decode_all([(f"{path}:{n}", lambda b=b: b) for n, _, b in members], None)
+    images, _ = _decode_all([(f"{path}:{n}", lambda b=b: b) for n, _, b in members], None)
     _check_cifar_shape(images, path)
     labels = np.array([index[c] for _, c, _ in members], np.int64)
     return Dataset(images, labels, classes)
@@ -378,6 +425,8 @@ def _download_original() -> pathlib.Path:
         with urllib.request.urlopen(CIFAR10_URL, timeout=30) as r, open(part, "wb") as f:
             while block := r.read(1 << 20):
                 f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:  # URLError, timeouts and refused connections are OSErrors
         part.unlink(missing_ok=True)
         raise _Missing(f"download failed ({e})") from None
@@ -400,30 +449,59 @@ def _class_order(found: Sequence[str], given: Sequence[str] | None) -> tuple[str
     return tuple(sorted(found))
 
 
-def _decode_one(name: str, read, size: tuple[int, int] | None) -> np.ndarray:
+def _decode_one(read, size: tuple[int, int] | None) -> np.ndarray | str:
+    """The image uint8 [H, W, 3], or why it cannot be had (str)."""
     try:
-        with Image.open(io.BytesIO(read())) as im:
+        raw = read()
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+    try:
+        # Image.open reads only the header: the size is known before any decoding.
+        with Image.open(io.BytesIO(raw)) as im:
+            limit = min(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS)
+            if im.width * im.height > limit:
+                return (f"{im.width}x{im.height} pixels is over the limit of {limit} "
+                        "(a decompression bomb?)")
             im = im.convert("RGB")
             if size is not None:
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im, np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataCorruptError(f"cannot decode image {name}: {e}") from e
+    except UnidentifiedImageError:  # its message shows the BytesIO, not the file
+        return "not an image Pillow can identify"
+    except Exception as e:  # Pillow's decoders raise many types on damaged input
+        return str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
 
 
-def _decode_all(items, size: tuple[int, int] | None) -> np.ndarray:
-    """Decodes (name, read-bytes callable) pairs in threads: Pillow frees the GIL."""
+def _decode_all(items, size: tuple[int, int] | None, *, skip_bad: bool = False
+                ) -> tuple[np.ndarray, list[tuple[int, tuple[str, str]]]]:
+    """Decodes (name, read-bytes callable) pairs in threads: Pillow frees the GIL.
+
+    Returns:
+      (images uint8 [M, H, W, 3], skipped): with `skip_bad`, the bad images are
+      left out and listed in `skipped` as (position in items, (name, reason));
+      without, the first bad one raises `DataCorruptError`.
+    """
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"size: expected (height, width) of positive ints, got {size!r}")
     workers = min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(lambda it: _decode_one(it[0], it[1], size), items, chunksize=256))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        odd = next(name for (name, _), a in zip(items, arrays) if a.shape != arrays[0].shape)
-        raise ValueError(f"images differ in size: {items[0][0]} is {arrays[0].shape}, {odd} "
+        decoded = list(pool.map(lambda it: _decode_one(it[1], size), items, chunksize=256))
+    skipped = [(i, (name, got)) for i, ((name, _), got) in enumerate(zip(items, decoded))
+               if isinstance(got, str)]
+    if skipped and not skip_bad:
+        name, reason = skipped[0][1]
+        more = f" (and {len(skipped) - 1} more bad images)" if len(skipped) > 1 else ""
+        raise DataCorruptError(f"cannot decode image {name}: {reason}{more}")
+    kept = [(name, a) for (name, _), a in zip(items, decoded) if not isinstance(a, str)]
+    if not kept:
+        raise DataCorruptError(f"every one of the {len(items)} images is bad; the first, "
+                               f"{skipped[0][1][0]}: {skipped[0][1][1]}")
+    first_name, first = kept[0]
+    odd = next((name for name, a in kept if a.shape != first.shape), None)
+    if odd is not None:
+        raise ValueError(f"images differ in size: {first_name} is {first.shape}, {odd} "
                          "is not; pass size=(height, width) to resize them")
-    return np.stack(arrays)
+    return np.stack([a for _, a in kept]), skipped
 
 
 def _check_cifar_shape(images: np.ndarray, where) -> None:

@@ -1,9 +1,12 @@
 """Data loading: image folders, their archives, the CIFAR-10 python format,
 the cache, and the errors for missing or damaged data."""
 
+import io
 import os
 import pickle
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -124,6 +127,43 @@ def test_cache_hit_is_identical_and_skips_decoding(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("keep", [0, 0.5, -30])
+def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch, keep):
+    _make_tree(tmp_path / "tree")
+    first = load_cifar10("test", source=tmp_path / "tree")
+    [cache] = (tmp_path / "cache").glob("cifar10-test-*.npz")
+    raw = cache.read_bytes()
+    cache.write_bytes(raw[: int(keep * len(raw)) if isinstance(keep, float) else keep])
+    decoded = []
+    real = data._load_path
+    monkeypatch.setattr(data, "_load_path", lambda *a: decoded.append(a) or real(*a))
+    second = load_cifar10("test", source=tmp_path / "tree")
+    assert len(decoded) == 1
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert cache.read_bytes() == raw  # rewritten whole
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.name]  # no temp file left
+
+
+def test_cache_is_synced_before_it_is_renamed(tmp_path, monkeypatch):
+    _make_tree(tmp_path / "tree")
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda *a: calls.append("replace") or real_replace(*a))
+    load_cifar10("test", source=tmp_path / "tree")
+    assert calls == ["fsync", "replace"]
+
+
+def test_unwritable_cache_still_gives_the_data(tmp_path, monkeypatch):
+    expected = _make_tree(tmp_path / "tree")
+    (tmp_path / "blocker").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("PIXELJAX_CACHE", str(tmp_path / "blocker"))
+    with pytest.warns(RuntimeWarning, match="cannot write the data cache"):
+        ds = load_cifar10("test", source=tmp_path / "tree")
+    np.testing.assert_array_equal(ds.images, expected["test"][0])
+
+
 def test_cache_is_keyed_by_source(tmp_path):
     _make_tree(tmp_path / "a")
     _make_tree(tmp_path / "b", per_class=(1, 1, 1))
@@ -155,8 +195,9 @@ def test_truncated_archive_names_the_file(tmp_path):
 def test_unreadable_image_names_the_file(tmp_path):
     _make_tree(tmp_path / "tree")
     (tmp_path / "tree" / "test" / "dog" / "9999.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(DataCorruptError, match="9999.jpg"):
+    with pytest.raises(DataCorruptError, match="9999.jpg") as e:
         load_cifar10("test", source=tmp_path / "tree")
+    assert "BytesIO" not in str(e.value)
 
 
 def test_bad_split():
@@ -176,6 +217,78 @@ def test_image_folder_resize_and_paths(tmp_path):
     assert got.images.shape == (3, 24, 16, 3) and got.images.dtype == np.uint8
     assert got.class_names == ("a", "b") and got.labels.tolist() == [0, 0, 1]
     assert [os.path.basename(p) for p in got.paths] == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def _png_claiming(width, height):
+    """A valid 4x4 PNG whose header (IHDR) claims width x height."""
+    buf = io.BytesIO()
+    Image.fromarray(_image(0, (4, 4))).save(buf, "PNG")
+    raw = bytearray(buf.getvalue())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    return bytes(raw)
+
+
+def _folder_with_bad_images(root):
+    """root/{a,b}/: three good PNGs, a truncated JPEG and two bombs."""
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    good = [_image(i) for i in range(3)]
+    Image.fromarray(good[0]).save(root / "a" / "0.png")
+    Image.fromarray(good[1]).save(root / "a" / "3.png")
+    Image.fromarray(good[2]).save(root / "b" / "1.png")
+    Image.fromarray(_image(9)).save(root / "a" / "1.jpg")
+    jpeg = (root / "a" / "1.jpg").read_bytes()
+    (root / "a" / "1.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "a" / "2.png").write_bytes(_png_claiming(100_000, 100_000))  # Pillow's own limit
+    (root / "b" / "0.png").write_bytes(_png_claiming(9000, 9000))  # 81 Mpx: over ours
+    return good
+
+
+def test_bad_images_name_the_file(tmp_path):
+    _folder_with_bad_images(tmp_path)
+    with pytest.raises(DataCorruptError, match=r"(?i)1\.jpg: .*truncated.*2 more") as e:
+        load_image_folder(tmp_path)
+    assert "BytesIO" not in str(e.value)
+    (tmp_path / "a" / "1.jpg").unlink()
+    with pytest.raises(DataCorruptError, match=r"2\.png: .*decompression bomb"):
+        load_image_folder(tmp_path)
+    (tmp_path / "a" / "2.png").unlink()
+    with pytest.raises(DataCorruptError, match=r"0\.png: 9000x9000 pixels is over the limit"):
+        load_image_folder(tmp_path)
+
+
+def test_bad_images_can_be_skipped(tmp_path):
+    good = _folder_with_bad_images(tmp_path)
+    got = load_image_folder(tmp_path, skip_bad=True)
+    np.testing.assert_array_equal(got.images, np.stack(good))
+    assert got.labels.tolist() == [0, 0, 1]
+    assert [os.path.relpath(p, tmp_path) for p in got.paths] == [
+        os.path.join("a", "0.png"), os.path.join("a", "3.png"), os.path.join("b", "1.png")]
+    reasons = {os.path.relpath(p, tmp_path): r for p, r in got.skipped}
+    assert sorted(reasons) == [os.path.join(*p) for p in
+                               (("a", "1.jpg"), ("a", "2.png"), ("b", "0.png"))]
+    assert "truncated" in reasons[os.path.join("a", "1.jpg")].lower()
+    assert "decompression bomb" in reasons[os.path.join("a", "2.png")]
+    assert "9000x9000 pixels is over the limit" in reasons[os.path.join("b", "0.png")]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pillows_lower_pixel_limit_is_honoured(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(_image(0, (40, 40))).save(tmp_path / "a" / "big.png")
+    Image.fromarray(_image(1, (40, 10))).save(tmp_path / "a" / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: Pillow only warns
+    got = load_image_folder(tmp_path, size=(8, 8), skip_bad=True)
+    assert [os.path.basename(p) for p in got.paths] == ["small.png"]
+    assert "big.png" in got.skipped[0][0] and "over the limit of 1000" in got.skipped[0][1]
+
+
+def test_only_bad_images_is_an_error_even_when_skipping(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataCorruptError, match="every one of the 1 images is bad.*x.png"):
+        load_image_folder(tmp_path, skip_bad=True)
 
 
 def test_packaged_sample():

@@ -1,5 +1,6 @@
 """Weights on disk: round trip, sharding, card checks, and the shipped victims."""
 
+import hashlib
 import json
 
 import jax
@@ -113,3 +114,88 @@ def test_shipped_smallcnn_matches_its_card():
     accuracy = float((logits.argmax(-1) == sample.labels).mean())
     # 300 images: the standard error is about 2.6 points.
     assert abs(accuracy - card["test_accuracy"]) < 0.08, (accuracy, card["test_accuracy"])
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")  # what a plain open() makes under this umask
+    mode = reference.stat().st_mode & 0o777
+    model = _trained_like_model()
+    card_path = save_weights(model, tmp_path / "w", "m", architecture="smallcnn",
+                             max_shard_bytes=300_000)
+    written = sorted((tmp_path / "w").iterdir())
+    assert len(written) >= 5 and not any(p.name.startswith(".") for p in written)  # no temp file
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: mode for p in written}
+    load_weights(card_path)
+
+
+@pytest.mark.parametrize("edit, field, phrase", [
+    (lambda c: [c], "", "expected a JSON object, got a JSON list"),
+    (lambda c: {**c, "files": list(c["files"])}, "'files'", "expected a non-empty object"),
+    (lambda c: {**c, "files": {}}, "'files'", "expected a non-empty object"),
+    (lambda c: {**c, "files": {k: 1 for k in c["files"]}}, "'files'", "sha256"),
+    (lambda c: {**c, "tensors": list(c["tensors"])}, "'tensors'", "expected an object"),
+    (lambda c: {**c, "tensors": {"a": "3x3"}}, "'tensors'", "shape as a list of ints"),
+    (lambda c: {**c, "num_classes": "ten"}, "'num_classes'", "expected an int from 2"),
+    (lambda c: {**c, "num_classes": True}, "'num_classes'", "expected an int from 2"),
+    (lambda c: {**c, "param_count": 1.5}, "'param_count'", "expected an int"),
+    (lambda c: {**c, "architecture": ["smallcnn"]}, "'architecture'", "expected a registry"),
+    (lambda c: {k: v for k, v in c.items() if k != "tensors"}, "", "missing ['tensors']"),
+    (lambda c: {**c, "format": {"a": 1}}, "", "is not a pixeljax.weights/1 card"),
+])
+def test_malformed_card_is_a_clear_value_error(saved, edit, field, phrase):
+    saved.write_text(json.dumps(edit(json.loads(saved.read_text()))))
+    with pytest.raises(ValueError) as e:
+        load_weights(saved)
+    assert type(e.value) is ValueError
+    assert str(saved) in str(e.value) and field in str(e.value) and phrase in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2", "\xff\xfe{", "[" * 100_000 + "]" * 100_000])
+def test_unreadable_card_is_a_clear_value_error(tmp_path, text):
+    (tmp_path / "x.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match="cannot read weights card .*x.json"):
+        load_weights(tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("fname", ["../m.safetensors", "/etc/passwd", "sub/m.safetensors",
+                                   "..", ".m.safetensors", "c:m.safetensors"])
+def test_card_may_name_only_files_in_its_folder(tmp_path, fname, monkeypatch):
+    outside = tmp_path / "m.safetensors"
+    saved = save_weights(_trained_like_model(), tmp_path / "card", "m", architecture="smallcnn")
+    (saved.parent / "m.safetensors").rename(outside)
+    (saved.parent / "sub").mkdir()
+    (saved.parent / "sub" / "m.safetensors").write_bytes(outside.read_bytes())
+    _edit(saved, lambda c: c.update(files={fname: c["files"]["m.safetensors"]}))
+    opened = []
+    monkeypatch.setattr("pixeljax.models.weights._sha256", lambda p: opened.append(p))
+    with pytest.raises(ValueError, match=f"{saved}: field 'files': .*only files in its own"):
+        load_weights(saved)
+    assert not opened
+
+
+def test_card_file_linked_outside_its_folder_is_refused(tmp_path):
+    saved = save_weights(_trained_like_model(), tmp_path / "card", "m", architecture="smallcnn")
+    (saved.parent / "m.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (saved.parent / "m.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(ValueError, match="'m.safetensors' resolves outside the card's folder"):
+        load_weights(saved)
+
+
+@pytest.mark.parametrize("name", ["/tmp/evil", "../up", "a/b", "a\\b", ".", "..", ".hidden",
+                                  "", "tab\there", 7, None])
+def test_card_name_must_be_a_plain_file_stem(saved, name):
+    _edit(saved, lambda c: c.update(name=name))
+    with pytest.raises(ValueError, match=f"{saved}: field 'name': expected a plain file name"):
+        load_weights(saved)
+    with pytest.raises(ValueError, match="name: expected a plain file name"):
+        save_weights(_trained_like_model(), saved.parent / "out", name, architecture="smallcnn")
+
+
+def test_damaged_safetensors_with_matching_card_is_a_value_error(saved):
+    f = saved.parent / "m.safetensors"
+    f.write_bytes(b"garbage!" * 4)
+    _edit(saved, lambda c: c.update(files={"m.safetensors": hashlib.sha256(f.read_bytes())
+                                           .hexdigest()}))
+    with pytest.raises(ValueError, match="m.safetensors: not a readable safetensors file"):
+        load_weights(saved)

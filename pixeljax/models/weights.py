@@ -12,7 +12,8 @@ shape, the sha256 of every file, and whatever the trainer adds (test accuracy
 and on which data, the training command, the date). Loading rebuilds the
 architecture, checks the card and files against it and fails with a
 ValueError on any mismatch: safetensors holds plain arrays, so loading an
-untrusted file runs no code.
+untrusted file runs no code. A card is untrusted input too: every field is
+type-checked, and it may name only files in its own folder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import pathlib
+import re
+import reprlib
 from importlib import resources
 from typing import Any, Callable
 
@@ -34,6 +38,8 @@ from pixeljax.models.registry import MODELS, create_model, make_predict, param_c
 
 CARD_FORMAT = "pixeljax.weights/1"
 MAX_SHARD_BYTES = 16 * 2**20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_NAME = 200  # leaves room for the longest suffix within a 255-byte file name
 
 
 def _flat(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -47,6 +53,44 @@ def _sha256(path: pathlib.Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_name(name: Any, what: str = "name") -> str:
+    """Returns `name` if it is a plain file name (or stem) in one folder, else
+    raises a ValueError saying why, naming it `what`.
+
+    Plain: a non-empty str of at most 200 characters, with no path separator
+    (/ or \\), no ':', no control character and no leading '.' (so neither '.'
+    nor '..', nor hidden); it can never reach outside the folder it is joined to.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{what}: expected a plain file name (str), got {type(name).__name__} "
+                         f"{reprlib.repr(name)}")
+    why = ("is empty" if not name
+           else f"is longer than {_MAX_NAME} characters" if len(name) > _MAX_NAME
+           else "holds a path separator or ':'" if any(c in name for c in "/\\:")
+           else "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name)
+           else "starts with '.'" if name.startswith(".")
+           else None)
+    if why:
+        raise ValueError(f"{what}: expected a plain file name in one folder, got "
+                         f"{reprlib.repr(name)}, which {why}")
+    return name
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    """Writes `path` so that a reader sees the old file or the whole new one;
+    its mode follows the umask, as for any file `open` makes."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -78,6 +122,7 @@ def save_weights(model: nnx.Module, directory: str | pathlib.Path, name: str, *,
     Returns:
       The card's path, `directory/name.json`.
     """
+    check_name(name)
     if architecture not in MODELS:
         raise ValueError(f"architecture: expected one of {sorted(MODELS)}, got {architecture!r}")
     if max_shard_bytes < 1:
@@ -91,15 +136,16 @@ def save_weights(model: nnx.Module, directory: str | pathlib.Path, name: str, *,
     for i, group in enumerate(groups, 1):
         fname = (f"{name}.safetensors" if len(groups) == 1
                  else f"{name}-{i:05d}-of-{len(groups):05d}.safetensors")
-        safetensors.numpy.save_file(group, directory / fname)
+        # Not safetensors.numpy.save_file: it makes files readable by their owner only.
+        _write_atomic(directory / fname, safetensors.numpy.save(group))
         files[fname] = _sha256(directory / fname)
     index = None
     if len(groups) > 1:
         index = f"{name}.safetensors.index.json"
         weight_map = {t: f for f, g in zip(files, groups) for t in g}
         total = sum(a.nbytes for a in tensors.values())
-        (directory / index).write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        _write_atomic(directory / index, json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1).encode())
     out = {
         "format": CARD_FORMAT,
         "name": name,
@@ -114,7 +160,7 @@ def save_weights(model: nnx.Module, directory: str | pathlib.Path, name: str, *,
         **(card or {}),
     }
     path = directory / f"{name}.json"
-    path.write_text(json.dumps(out, indent=1))
+    _write_atomic(path, json.dumps(out, indent=1).encode())  # last: it names the files above
     return path
 
 
@@ -123,17 +169,64 @@ def _logits_bias(tensors: dict[str, np.ndarray]) -> str:
     return [k for k in tensors if k.endswith("classifier.bias") or k.endswith("fc3.bias")][-1]
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def read_card(card_path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads and sanity-checks a weights card (JSON)."""
+    """Reads a weights card (JSON) and checks the type of every field it uses.
+
+    Raises:
+      ValueError: naming the card file and the field, when the card cannot be
+        read, is not a JSON object of format `CARD_FORMAT`, lacks a field, or
+        holds a field of the wrong type; or when `name`, `files` or `index`
+        is not a plain file name (see `check_name`).
+    """
     path = pathlib.Path(card_path)
     try:
-        card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        card = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or encoding
         raise ValueError(f"card_path: cannot read weights card {path}: {e}") from e
+    if not isinstance(card, dict):
+        raise ValueError(f"card_path: {path} is not a {CARD_FORMAT} card: expected a JSON "
+                         f"object, got a JSON {type(card).__name__}")
     missing = {"format", "architecture", "param_count", "tensors", "files"} - set(card)
     if card.get("format") != CARD_FORMAT or missing:
         raise ValueError(f"card_path: {path} is not a {CARD_FORMAT} card "
-                         f"(format {card.get('format')!r}, missing {sorted(missing)})")
+                         f"(format {reprlib.repr(card.get('format'))}, missing {sorted(missing)})")
+
+    def bad(field, expected):
+        return ValueError(f"{path}: field {field!r}: expected {expected}, got "
+                          f"{reprlib.repr(card[field])}")
+
+    def plain(field, name):
+        try:
+            check_name(name, f"{path}: field {field!r}")
+        except ValueError as e:
+            raise ValueError(f"{e}; a card may name only files in its own folder") from None
+
+    if "name" in card:
+        plain("name", card["name"])
+    if not isinstance(card["architecture"], str):
+        raise bad("architecture", "a registry name (str)")
+    if "num_classes" in card and not (_is_int(card["num_classes"])
+                                      and 2 <= card["num_classes"] < 2**31):
+        raise bad("num_classes", "an int from 2 to 2**31 - 1")
+    if not _is_int(card["param_count"]) or card["param_count"] < 0:
+        raise bad("param_count", "an int >= 0")
+    tensors = card["tensors"]
+    if not (isinstance(tensors, dict) and all(
+            isinstance(v, list) and all(_is_int(d) and d >= 0 for d in v)
+            for v in tensors.values())):
+        raise bad("tensors", "an object {tensor name: shape as a list of ints >= 0}")
+    files = card["files"]
+    if not (isinstance(files, dict) and files and all(
+            isinstance(v, str) and _SHA256.fullmatch(v) for v in files.values())):
+        raise bad("files", "a non-empty object {file name: sha256 as 64 lowercase hex digits}")
+    for fname in files:
+        plain("files", fname)
+    if card.get("index") is not None:
+        plain("index", card["index"])
     return card
 
 
@@ -150,9 +243,10 @@ def load_weights(card_path: str | pathlib.Path, *, dtype=jnp.float32
       `make_predict` for inference), and the card as a dict.
 
     Raises:
-      ValueError: the card does not match the architecture (tensor names,
-        shapes, parameter count), a file's sha256 differs from the card, or a
-        file's tensors differ from the card.
+      ValueError: the card is malformed (see `read_card`) or names a file that
+        resolves outside its folder; the card does not match the architecture
+        (tensor names, shapes, parameter count); a file's sha256 differs from
+        the card; or a file's tensors differ from the card.
     """
     card_path = pathlib.Path(card_path)
     card = read_card(card_path)
@@ -160,6 +254,11 @@ def load_weights(card_path: str | pathlib.Path, *, dtype=jnp.float32
     if arch not in MODELS:
         raise ValueError(f"{card_path}: unknown architecture {arch!r}; known: {sorted(MODELS)}")
     num_classes = card.get("num_classes", 10)
+    folder = card_path.parent.resolve()
+    for fname in card["files"]:
+        if (card_path.parent / fname).resolve().parent != folder:
+            raise ValueError(f"{card_path}: field 'files': {fname!r} resolves outside the "
+                             f"card's folder {folder} (a link?); refusing to read it")
     model = nnx.eval_shape(lambda: create_model(arch, rngs=nnx.Rngs(0),
                                                 num_classes=num_classes, dtype=dtype))
     expected = {k: list(v.get_value().shape) for k, v in _flat(model).items()}
@@ -179,7 +278,10 @@ def load_weights(card_path: str | pathlib.Path, *, dtype=jnp.float32
         if (actual := _sha256(fpath)) != digest:
             raise ValueError(f"{fpath}: sha256 {actual} differs from the card's {digest}: "
                              "the file is corrupt or does not belong to this card")
-        arrays.update(safetensors.numpy.load_file(fpath))
+        try:
+            arrays.update(safetensors.numpy.load_file(fpath))
+        except (safetensors.SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{fpath}: not a readable safetensors file: {e}") from e
     for k, shape in expected.items():
         if k not in arrays or list(arrays[k].shape) != shape or arrays[k].dtype != np.float32:
             got = None if k not in arrays else (arrays[k].shape, arrays[k].dtype)
