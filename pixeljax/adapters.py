@@ -1,0 +1,354 @@
+"""PyTorch and ONNX models as a ``predict`` that every search takes.
+
+``from_torch(module)`` and ``from_onnx(path)`` return ``predict(images
+float32 [B, H, W, C] pixels 0..255) -> logits float32 [B, K]``, a jittable
+function that calls the model through ``jax.pure_callback``. The model gets
+the pixels as they are (normalisation stays inside it), in NHWC or, with
+``nchw=True``, NCHW order, in its own input dtype; its output must be logits
+[B, K]. The number of classes K is read from one forward pass on a blank
+image, at the first trace for each image shape.
+
+Cost: each model call leaves the compiled search for Python. ``pure_callback``
+hands the callback host arrays, so the images cross to the host (on a GPU,
+device to host), go to the framework's device and come back as logits the
+same way; DLPack cannot spare these copies from inside a callback. On a CPU
+the copies are small next to the forward pass. Install the frameworks with
+``pip install "pixeljax[torch]"`` or ``"pixeljax[onnx]"``.
+
+``load_external`` builds such a predict from command-line style strings (an
+ONNX file, or a ``module:function`` torch factory and a weights file).
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import numbers
+import pathlib
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _require(module: str, extra: str):
+  try:
+    return importlib.import_module(module)
+  except ImportError as error:
+    raise ImportError(f"{module} is needed for this adapter: pip install "
+                      f"\"pixeljax[{extra}]\" ({error})") from error
+
+
+def _check_batch_size(batch_size):
+  if batch_size is None:
+    return None
+  if (isinstance(batch_size, bool)
+      or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+    raise ValueError(f"batch_size must be None or an int >= 1, got "
+                     f"{batch_size!r}")
+  return int(batch_size)
+
+
+def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
+  """A jittable predict around ``run``, a host function.
+
+  Args:
+    run: float32 [b, H, W, C] NumPy pixels -> array-like logits [b, K].
+    batch_size: at most this many images per ``run`` call (None: all).
+    fixed_batch: the one batch size the model accepts, or None; shorter
+      pieces are padded with blank images, whose logits are dropped.
+    argument: the argument named in errors about the model's output.
+  """
+  step = fixed_batch or batch_size
+  classes = {}  # image shape (H, W, C) -> K
+
+  def forward(images):
+    """float32 [n, H, W, C] -> float32 [n, K], ``step`` images at a time."""
+    outputs, size = [], step or max(len(images), 1)
+    for start in range(0, len(images), size):
+      piece = images[start:start + size]
+      count = len(piece)
+      if fixed_batch and count < fixed_batch:
+        blank = np.zeros((fixed_batch - count, *piece.shape[1:]), piece.dtype)
+        piece = np.concatenate([piece, blank])
+      logits = np.asarray(run(piece))
+      if logits.ndim != 2 or logits.shape[0] != len(piece):
+        raise ValueError(
+            f"{argument}: expected logits [B, K] for images of shape "
+            f"{piece.shape} (NHWC), got an output of shape {logits.shape}")
+      outputs.append(logits[:count].astype(np.float32))
+    return np.concatenate(outputs)
+
+  def host(images):
+    images = np.asarray(images, np.float32)
+    flat = images.reshape(-1, *images.shape[-3:])
+    return forward(flat).reshape(*images.shape[:-3], -1)
+
+  def predict(images):
+    if images.ndim != 4:
+      raise ValueError(f"images: expected float [B, H, W, C] pixels 0..255, "
+                       f"got shape {tuple(images.shape)}")
+    shape = tuple(int(d) for d in images.shape[1:])
+    if shape not in classes:
+      classes[shape] = forward(np.zeros((1, *shape), np.float32)).shape[1]
+    out = jax.ShapeDtypeStruct((images.shape[0], classes[shape]), jnp.float32)
+    # The model is batched already: under vmap it gets the stacked batches
+    # (host() folds every leading axis into one batch).
+    return jax.pure_callback(host, out, images.astype(jnp.float32),
+                             vmap_method="broadcast_all")
+
+  return predict
+
+
+def from_torch(module, *, nchw: bool = False, device=None, dtype=None,
+               batch_size: int | None = None) -> Callable:
+  """A PyTorch module as a pixeljax ``predict``.
+
+  Args:
+    module: a ``torch.nn.Module`` in eval mode, ``module(x) -> logits
+      [B, K]`` with ``x`` pixels 0..255 as float [B, H, W, C], or [B, C, H, W]
+      when ``nchw``. It runs under ``torch.no_grad()``.
+    nchw: the module takes NCHW images (the PyTorch convention).
+    device: where the module runs (a ``torch.device`` or a string); default:
+      the device of its first parameter or buffer, else the CPU.
+    dtype: the module's input dtype (a floating ``torch.dtype``); default:
+      the dtype of its first floating parameter, else float32.
+    batch_size: at most this many images per module call (None: each chunk
+      of the search in one call).
+
+  Returns:
+    ``predict(images float32 [B, H, W, C]) -> logits float32 [B, K]``.
+  """
+  torch = _require("torch", "torch")
+  if not isinstance(module, torch.nn.Module):
+    raise TypeError(f"module must be a torch.nn.Module, got "
+                    f"{type(module).__name__}")
+  if module.training:
+    raise ValueError("module: expected a module in eval mode (batch norm on "
+                     "its running statistics, dropout off); call "
+                     "module.eval() first")
+  if not isinstance(nchw, bool):
+    raise TypeError(f"nchw must be a bool, got {nchw!r}")
+  tensors = [*module.parameters(), *module.buffers()]
+  device = torch.device(device) if device is not None else (
+      tensors[0].device if tensors else torch.device("cpu"))
+  if dtype is None:
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()),
+                 torch.float32)
+  if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+
+  def run(images):
+    if nchw:
+      images = images.transpose(0, 3, 1, 2)
+    # A writable, contiguous copy where needed: torch shares its memory.
+    images = np.require(images, requirements=["C", "W"])
+    with torch.no_grad():
+      out = module(torch.from_numpy(images).to(device=device, dtype=dtype))
+    if not isinstance(out, torch.Tensor):
+      raise TypeError(f"module: expected a tensor of logits [B, K], got "
+                      f"{type(out).__name__}")
+    return out.detach().to(device="cpu", dtype=torch.float32).numpy()
+
+  return _callback_predict(run, batch_size=_check_batch_size(batch_size),
+                           fixed_batch=None, argument="module")
+
+
+_ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
+
+
+def _onnx_layout(declared, image_shape, nchw):
+  """Whether images [H, W, C] go to a model input declared ``declared``
+  (ints or names per axis) as NCHW; ``nchw`` None: as the model declares."""
+  height, width, channels = image_shape
+  fits = lambda dims: all(not isinstance(d, int) or d == e
+                          for d, e in zip(declared[1:], dims))
+  as_nhwc, as_nchw = fits((height, width, channels)), fits(
+      (channels, height, width))
+  if nchw is None:
+    if as_nhwc != as_nchw:
+      return as_nchw
+    fit = "both" if as_nchw else "neither of"
+    raise ValueError(
+        f"nchw: the model's input {list(declared)} fits {fit} [B, H, W, C] "
+        f"and [B, C, H, W] for images [H, W, C] = {list(image_shape)}; pass "
+        f"nchw=True or nchw=False")
+  if not (as_nchw if nchw else as_nhwc):
+    order = "[B, C, H, W]" if nchw else "[B, H, W, C]"
+    raise ValueError(
+        f"images of shape [H, W, C] = {list(image_shape)} as {order} do not "
+        f"fit the model's input {list(declared)} (nchw={nchw})")
+  return nchw
+
+
+def from_onnx(path, *, nchw: bool | None = None, providers=None,
+              session_options=None, batch_size: int | None = None
+              ) -> Callable:
+  """An ONNX model, run by onnxruntime, as a pixeljax ``predict``.
+
+  Args:
+    path: the .onnx file. Its one input takes pixels 0..255 (float32,
+      float16, float64 or uint8); its first output is logits [B, K].
+    nchw: the input is [B, C, H, W]; None: read from the input's declared
+      shape (an error when it fits both orders or declares no sizes).
+    providers: onnxruntime execution providers; default: every available
+      one, in onnxruntime's order of preference.
+    session_options: an ``onnxruntime.SessionOptions`` (threads, graph
+      optimisation), or None for onnxruntime's defaults.
+    batch_size: at most this many images per call (None: each chunk of the
+      search in one call). A model whose batch axis is fixed gets exactly
+      that many, padded with blank images.
+
+  Returns:
+    ``predict(images float32 [B, H, W, C]) -> logits float32 [B, K]``.
+  """
+  ort = _require("onnxruntime", "onnx")
+  if nchw is not None and not isinstance(nchw, bool):
+    raise TypeError(f"nchw must be None or a bool, got {nchw!r}")
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"path: no such ONNX file: {path}")
+  session = ort.InferenceSession(
+      str(path), sess_options=session_options,
+      providers=providers or ort.get_available_providers())
+  inputs = session.get_inputs()
+  if len(inputs) != 1:
+    raise ValueError(f"path: expected a model with one input (the images), "
+                     f"{path} has {[i.name for i in inputs]}")
+  declared = list(inputs[0].shape)
+  if len(declared) != 4 or inputs[0].type not in _ONNX_DTYPES:
+    raise ValueError(
+        f"path: expected an input of rank 4 of type "
+        f"{', '.join(_ONNX_DTYPES)}, {path} declares {inputs[0].type} "
+        f"{declared}")
+  name, dtype = inputs[0].name, _ONNX_DTYPES[inputs[0].type]
+  batch_axis = declared[0]
+  fixed = batch_axis if isinstance(batch_axis, int) and batch_axis > 0 else None
+  layouts = {}  # image shape -> NCHW or not
+
+  def run(images):
+    shape = images.shape[1:]
+    if shape not in layouts:
+      layouts[shape] = _onnx_layout(declared, shape, nchw)
+    if layouts[shape]:
+      images = images.transpose(0, 3, 1, 2)
+    feed = np.ascontiguousarray(images.astype(dtype, copy=False))
+    return session.run(None, {name: feed})[0]
+
+  return _callback_predict(run, batch_size=_check_batch_size(batch_size),
+                           fixed_batch=fixed, argument="path")
+
+
+class External(NamedTuple):
+  """A model from outside pixeljax, as the command line needs it.
+
+  Attributes:
+    predict: float32 [B, H, W, C] pixels 0..255 -> logits float32 [B, K].
+    num_classes: K.
+    identity: name, architecture and {file name: sha256} of the files read.
+  """
+  predict: Callable
+  num_classes: int
+  identity: dict
+
+
+def _sha256(path: pathlib.Path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _factory(spec: str):
+  """The callable that ``spec``, "package.module:function" or
+  "path/to/file.py:function", names."""
+  where, _, function = spec.rpartition(":")
+  if not where or not function:
+    raise ValueError(f"torch_factory: expected 'module:function' or "
+                     f"'path/to/file.py:function', got {spec!r}")
+  if where.endswith(".py"):
+    file = pathlib.Path(where)
+    if not file.is_file():
+      raise FileNotFoundError(f"torch_factory: no such file: {file}")
+    loader = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+  else:
+    module = importlib.import_module(where)
+  found = getattr(module, function, None)
+  if not callable(found):
+    raise ValueError(f"torch_factory: {where} has no function {function!r}")
+  return found
+
+
+def _torch_module(factory: str, weights):
+  """The factory's module, with the weights file loaded, in eval mode."""
+  torch = _require("torch", "torch")
+  module = _factory(factory)()
+  if not isinstance(module, torch.nn.Module):
+    raise TypeError(f"torch_factory: {factory} returned "
+                    f"{type(module).__name__}, expected a torch.nn.Module")
+  if weights is not None:
+    if weights.suffix == ".safetensors":
+      from safetensors.torch import load_file
+      state = load_file(weights)
+    else:  # weights_only: loading runs no code from the file
+      state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+      module.load_state_dict(state)
+    except RuntimeError as error:
+      raise ValueError(f"weights: {weights} does not fit the module of "
+                       f"{factory}: {error}") from error
+  return module.eval()
+
+
+def load_external(*, onnx=None, torch_factory: str | None = None,
+                  weights=None, nchw: bool | None = None,
+                  image_shape=(32, 32, 3), num_classes: int | None = None,
+                  batch_size: int | None = None) -> External:
+  """A model named the way a command line names it.
+
+  Args:
+    onnx: an .onnx file (see ``from_onnx``); or else
+    torch_factory: "package.module:function" or "path/to/file.py:function",
+      a function of no arguments that returns the ``torch.nn.Module``;
+    weights: with ``torch_factory``, a state dict file (.safetensors, or a
+      ``torch.save`` file, read with ``weights_only=True``), loaded strictly.
+    nchw: the model takes NCHW images; None: from the ONNX input's declared
+      shape, and NHWC for a torch module.
+    image_shape: [H, W, C] of the images to attack: K is read at this shape.
+    num_classes: the number of classes the images have; an error if the
+      model gives another number of logits.
+    batch_size: at most this many images per model call.
+
+  Returns:
+    An ``External``: the predict, K, and an identity for the run settings.
+  """
+  if (onnx is None) == (torch_factory is None):
+    raise ValueError("load_external: pass exactly one of onnx and "
+                     "torch_factory")
+  if onnx is not None and weights is not None:
+    raise ValueError("weights: only for torch_factory; an ONNX file holds "
+                     "its weights")
+  files = []
+  if onnx is not None:
+    files.append(pathlib.Path(onnx))
+    predict = from_onnx(onnx, nchw=nchw, batch_size=batch_size)
+    identity = dict(name=files[0].stem, architecture="onnx")
+  else:
+    if weights is not None:
+      weights = pathlib.Path(weights)
+      if not weights.is_file():
+        raise FileNotFoundError(f"weights: no such file: {weights}")
+      files.append(weights)
+    module = _torch_module(torch_factory, weights)
+    predict = from_torch(module, nchw=bool(nchw), batch_size=batch_size)
+    identity = dict(name=torch_factory.rpartition(":")[2],
+                    architecture=f"torch:{torch_factory}")
+  probe = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  classes = int(jax.eval_shape(predict, probe).shape[1])
+  if num_classes is not None and classes != num_classes:
+    raise ValueError(f"num_classes: the model gives {classes} logits for "
+                     f"images [H, W, C] = {list(image_shape)}, but there are "
+                     f"{num_classes} classes")
+  identity["files"] = {f.name: _sha256(f) for f in files}
+  return External(predict, classes, identity)

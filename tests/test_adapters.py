@@ -1,0 +1,209 @@
+"""PyTorch and ONNX models through pixeljax.adapters: the same logits and the
+same attacks as the JAX model they were rebuilt from."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import pixeljax  # noqa: E402
+from pixeljax import adapters  # noqa: E402
+from pixeljax import data  # noqa: E402
+from pixeljax.models import make_predict  # noqa: E402
+from pixeljax.models import weights  # noqa: E402
+
+torch_victims = pytest.importorskip("benchmarks.torch_victims")
+
+_IMAGES, _LABELS = (a[:4] for a in data.load_cifar10_sample()[:2])
+# Small enough to compile quickly; the shipped SmallCNN's decisions on these
+# images are far from ties (probabilities agree to ~1e-6 across frameworks).
+_ATTACK = dict(key=jax.random.key(0), popsize=16, maxiter=4, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def victim():
+  """The shipped SmallCNN: (JAX predict, torch module on NCHW, JAX result)."""
+  model = weights.load_victim("smallcnn")
+  predict = make_predict(model)
+  return (predict, torch_victims.to_torch(model),
+          pixeljax.batched_attack(predict, _IMAGES, _LABELS, **_ATTACK))
+
+
+def _export(module, path, *, dynamic_batch=True):
+  """``module`` (NCHW, 32 x 32 x 3) as an ONNX file: the legacy exporter,
+  which needs neither onnxscript nor a network, and takes a second."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.onnx.export(
+        module, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+        input_names=["pixels"],
+        dynamic_axes={"pixels": {0: "batch"}} if dynamic_batch else None)
+  return path
+
+
+def _assert_same_attack(got, want):
+  for name in ("success", "adv_images", "perturbation", "adv_label",
+               "queries", "generations", "clean_label"):
+    np.testing.assert_array_equal(getattr(got, name), getattr(want, name),
+                                  err_msg=name)
+  for name in ("true_prob", "adv_prob", "target_prob"):
+    np.testing.assert_allclose(getattr(got, name), getattr(want, name),
+                               atol=1e-5, err_msg=name)
+
+
+def test_torch_model_is_attacked_as_the_jax_model(victim):
+  predict, module, want = victim
+  got = pixeljax.batched_attack(adapters.from_torch(module, nchw=True),
+                                _IMAGES, _LABELS, **_ATTACK)
+  assert want.success.any() and not want.success.all()
+  _assert_same_attack(got, want)
+
+
+def test_onnx_model_is_attacked_as_the_jax_model(victim, tmp_path):
+  pytest.importorskip("onnxruntime")
+  predict, module, want = victim
+  path = _export(module, tmp_path / "smallcnn.onnx")
+  # The layout is read from the declared input [batch, 3, 32, 32].
+  got = pixeljax.batched_attack(adapters.from_onnx(path), _IMAGES, _LABELS,
+                                **_ATTACK)
+  _assert_same_attack(got, want)
+
+
+class _Counting(torch.nn.Module):
+  """An NHWC module that records the batch size of each call."""
+
+  def __init__(self, module):
+    super().__init__()
+    self.module, self.calls = module, []
+
+  def forward(self, x):
+    self.calls.append(x.shape[0])
+    return self.module(x.permute(0, 3, 1, 2))
+
+
+def test_torch_logits_batches_and_vmap(victim):
+  predict, module, _ = victim
+  counting = _Counting(module).eval()
+  wrapped = adapters.from_torch(counting, batch_size=2)
+  images = jnp.asarray(_IMAGES[:3], jnp.float32)
+  want = jax.jit(predict)(images)
+  np.testing.assert_allclose(jax.jit(wrapped)(images), want, atol=1e-5)
+  assert counting.calls == [1, 2, 1]  # the probe for K, then 3 in pieces of 2
+  stacked = jax.vmap(wrapped)(jnp.stack([images, images[::-1]]))
+  np.testing.assert_allclose(stacked[1], want[::-1], atol=1e-5)
+
+
+def test_onnx_fixed_batch_is_padded(victim, tmp_path):
+  pytest.importorskip("onnxruntime")
+  predict, module, _ = victim
+  path = _export(module, tmp_path / "fixed.onnx", dynamic_batch=False)
+  images = jnp.asarray(_IMAGES[:3], jnp.float32)
+  np.testing.assert_allclose(jax.jit(adapters.from_onnx(path))(images),
+                             jax.jit(predict)(images), atol=1e-5)
+
+
+class _Output(torch.nn.Module):
+  def __init__(self, make):
+    super().__init__()
+    self.make = make
+
+  def forward(self, x):
+    return self.make(x)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda x: x[:, :, 0, :], r"module: expected logits \[B, K\] .* got an "
+     r"output of shape \(1, 4, 3\)"),
+    (lambda x: (x.mean(dim=(1, 2)),), "module: expected a tensor"),
+], ids=["rank-3", "tuple"])
+def test_output_not_logits_is_a_clear_error(make, match):
+  predict = adapters.from_torch(_Output(make).eval())
+  images = np.zeros((2, 4, 4, 3), np.float32)
+  with pytest.raises(ValueError, match=match):
+    pixeljax.batched_attack(predict, images, np.zeros(2, int),
+                            key=jax.random.key(0), popsize=4, maxiter=1)
+
+
+def test_bad_arguments():
+  module = torch.nn.Flatten()
+  with pytest.raises(ValueError, match=r"module: expected a module in eval"):
+    adapters.from_torch(module.train())
+  with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+    adapters.from_torch(lambda x: x)
+  with pytest.raises(ValueError, match="batch_size must be None or an int"):
+    adapters.from_torch(module.eval(), batch_size=0)
+  with pytest.raises(FileNotFoundError, match="path: no such ONNX file"):
+    adapters.from_onnx("missing.onnx")
+
+
+def test_onnx_layout_must_be_decidable(tmp_path):
+  pytest.importorskip("onnxruntime")
+  square = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+  square(torch.zeros(1, 3, 3, 3))
+  path = tmp_path / "square.onnx"
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.onnx.export(square.eval(), (torch.zeros(1, 3, 3, 3),), str(path),
+                      dynamo=False)
+  images = jnp.zeros((1, 3, 3, 3), jnp.float32)
+  with pytest.raises(ValueError, match=r"nchw: .* fits both"):
+    adapters.from_onnx(path)(images)
+  assert adapters.from_onnx(path, nchw=True)(images).shape == (1, 2)
+  with pytest.raises(ValueError, match=r"do not fit the model's input"):
+    adapters.from_onnx(path, nchw=False)(jnp.zeros((1, 3, 3, 4)))
+
+
+_FACTORY = """
+import torch
+
+def build():
+  torch.manual_seed(0)
+  return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+"""
+
+
+def test_load_external_torch_and_onnx(tmp_path):
+  (tmp_path / "factory.py").write_text(_FACTORY)
+  factory = f"{tmp_path / 'factory.py'}:build"
+  trained = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+  state = tmp_path / "state.pt"
+  torch.save(trained.state_dict(), state)
+  images = jnp.asarray(np.arange(2 * 48).reshape(2, 4, 4, 3), jnp.float32)
+  with torch.no_grad():
+    want = trained(torch.from_numpy(np.array(images))).numpy()
+
+  external = adapters.load_external(torch_factory=factory, weights=state,
+                                    image_shape=(4, 4, 3), num_classes=3)
+  assert external.num_classes == 3
+  assert external.identity["architecture"] == f"torch:{factory}"
+  assert set(external.identity["files"]) == {"state.pt"}
+  np.testing.assert_allclose(external.predict(images), want, rtol=1e-5)
+
+  with pytest.raises(ValueError, match="num_classes: the model gives 3"):
+    adapters.load_external(torch_factory=factory, image_shape=(4, 4, 3),
+                           num_classes=10)
+  with pytest.raises(ValueError, match="exactly one of onnx and"):
+    adapters.load_external()
+  with pytest.raises(ValueError, match="torch_factory: expected"):
+    adapters.load_external(torch_factory="no_function_here")
+  with pytest.raises(ValueError, match="weights: .* does not fit"):
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), wrong)
+    adapters.load_external(torch_factory=factory, weights=wrong,
+                           image_shape=(4, 4, 3))
+
+  pytest.importorskip("onnxruntime")
+  path = tmp_path / "linear.onnx"
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.onnx.export(trained.eval(), (torch.zeros(1, 4, 4, 3),), str(path),
+                      dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})
+  external = adapters.load_external(onnx=path, image_shape=(4, 4, 3))
+  assert external.identity["name"] == "linear"
+  assert external.num_classes == 3
+  np.testing.assert_allclose(external.predict(images), want, rtol=1e-5)
