@@ -48,11 +48,13 @@ def time_call(function, *, min_seconds: float, min_repeats: int = 2,
   return float(np.median(times))
 
 
-def write_results(name: str, payload: dict, markdown: str) -> tuple[str, str]:
-  """Writes ``name``.json and ``name``.md under benchmarks/results/."""
-  os.makedirs(RESULTS_DIR, exist_ok=True)
-  json_path = os.path.join(RESULTS_DIR, f"{name}.json")
-  md_path = os.path.join(RESULTS_DIR, f"{name}.md")
+def write_results(name: str, payload: dict, markdown: str,
+                  directory: str = RESULTS_DIR) -> tuple[str, str]:
+  """Writes ``name``.json and ``name``.md in ``directory`` (default
+  benchmarks/results/)."""
+  os.makedirs(directory, exist_ok=True)
+  json_path = os.path.join(directory, f"{name}.json")
+  md_path = os.path.join(directory, f"{name}.md")
   with open(json_path, "w") as f:
     json.dump(payload, f, indent=2)
     f.write("\n")

@@ -30,7 +30,9 @@ Cost: each attack evaluates the model at most popsize x (maxiter + 1) times
 4,500 targeted 1-pixel attacks per model: at most 242 million evaluations.
 
 A model in --models without trained weights is skipped, with a message;
-when none is left the command fails (exit code 3). Train a victim with
+when none is left the command fails (exit code 3). Its run folders from
+earlier sessions (VGG16's weights may exist only where it was trained) still
+show in the table, as they are. Train a victim with
 `pixeljax train --model NAME --out DIR`, then pass --weights-dir DIR (or
 ship DIR/NAME.* under pixeljax/weights/).
 
@@ -305,6 +307,10 @@ def markdown(payload) -> str:
   text += "Images attacked: " + "; ".join(
       f"{e['model']} {e['images']} (skipped {e['looked'] - e['images']} "
       f"misclassified of the first {e['looked']})" for e in chosen) + ".\n\n"
+  if payload.get("shown_from_earlier_sessions"):
+    text += ("Not attacked in this session (no trained weights here), shown "
+             "from earlier sessions' run folders: "
+             f"{', '.join(payload['shown_from_earlier_sessions'])}.\n\n")
   if payload["skipped"]:
     text += (f"Skipped, no trained weights: {', '.join(payload['skipped'])} "
              "(train with `pixeljax train --model NAME --out DIR`, then pass "
@@ -401,11 +407,13 @@ def _started(out_dir, step) -> bool:
   return (run_dir(out_dir, *step) / runs.SETTINGS_FILE).is_file()
 
 
-def build_payload(args, models, skipped, plan) -> dict:
+def build_payload(args, models, skipped, plan, earlier=()) -> dict:
   """Everything the table reports, from the run folders and sessions.
 
   Run folders not started yet are listed under ``not_started``; a run cut
-  short shows how many of its attacks are done (``complete`` false).
+  short shows how many of its attacks are done (``complete`` false);
+  ``earlier`` names the models shown from earlier sessions' run folders
+  only (no weights this session).
   """
   # Shown by model, then mode and pixels.
   order = sorted(plan, key=lambda s: (list(models).index(s[0]), s[1], s[2]))
@@ -422,7 +430,8 @@ def build_payload(args, models, skipped, plan) -> dict:
                     out_dir=_shown(args.out_dir)),
       not_the_protocol=_protocol_notes(args, list(models)),
       models=list(models),
-      skipped=skipped, class_names=[str(c) for c in saved["class_names"]],
+      skipped=skipped, shown_from_earlier_sessions=list(earlier),
+      class_names=[str(c) for c in saved["class_names"]],
       runs=entries,
       not_started=[f"{m} {'targeted' if t else 'non-targeted'} {p}-pixel"
                    for m, t, p in plan if (m, t, p) not in started],
@@ -447,6 +456,11 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return errors.EXIT_INPUT
   plan = make_plan(list(models), args.pixels, args.targeted_pixels)
+  earlier = [m for m in skipped if any(
+      _started(args.out_dir, step)
+      for step in make_plan([m], args.pixels, args.targeted_pixels))]
+  shown = {**models, **dict.fromkeys(earlier)}
+  shown_plan = make_plan(list(shown), args.pixels, args.targeted_pixels)
   pathlib.Path(args.out_dir).mkdir(parents=True, exist_ok=True)
   # A kill by `timeout` or a scheduler, like Ctrl-C, still logs the session.
   signal.signal(signal.SIGTERM, _interrupt)
@@ -460,8 +474,10 @@ def main(argv=None) -> int:
     print("interrupted: finished attacks are kept; rerun to resume. The "
           "table below is partial.", file=sys.stderr)
     status = errors.EXIT_INTERRUPTED
-  if any(_started(args.out_dir, step) for step in plan):
-    write_table(args, build_payload(args, models, skipped, plan))
+  if any(_started(args.out_dir, step) for step in shown_plan):
+    write_table(args, build_payload(
+        args, shown, {m: why for m, why in skipped.items() if m not in earlier},
+        shown_plan, earlier))
   return status
 
 

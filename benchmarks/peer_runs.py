@@ -49,7 +49,8 @@ def from_unit_nchw(images) -> np.ndarray:
 
   Rounds like ``Pixels01``, so the result is the image the model scored.
   """
-  images = np.asarray(images.detach() if torch.is_tensor(images) else images)
+  images = np.asarray(images.detach().cpu() if torch.is_tensor(images)
+                      else images)
   pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
   return pixels.transpose(0, 2, 3, 1)
 
@@ -101,7 +102,7 @@ def run_torchattacks(model, images, labels, *, pixels: int, popsize: int,
 
 
 def run_art(model, images, labels, *, pixels: int, maxiter: int, seed: int,
-            num_classes: int) -> Run:
+            num_classes: int, device_type: str = "cpu") -> Run:
   """ART ``PixelAttack`` with differential evolution (``es=1``).
 
   ART fixes the population at ``400 // (5 * pixels) * 5 * pixels`` and the
@@ -109,6 +110,7 @@ def run_art(model, images, labels, *, pixels: int, maxiter: int, seed: int,
 
   Args:
     model: torch module on [0, 1] NCHW images (``Pixels01``).
+    device_type: ART's "cpu" or "gpu" (it moves the model to cuda:0).
   """
   from art.attacks.evasion import PixelAttack
   from art.estimators.classification import PyTorchClassifier
@@ -118,7 +120,7 @@ def run_art(model, images, labels, *, pixels: int, maxiter: int, seed: int,
       model=counting, loss=torch.nn.CrossEntropyLoss(),
       input_shape=(images.shape[3],) + images.shape[1:3],
       nb_classes=num_classes, clip_values=(0.0, 1.0), channels_first=True,
-      device_type="cpu")
+      device_type=device_type)
   attack = PixelAttack(classifier, th=pixels, es=1, max_iter=maxiter,
                        targeted=False, verbose=False)
   np.random.seed(seed)  # its DE draws from NumPy's global generator

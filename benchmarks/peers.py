@@ -15,10 +15,13 @@ CPU cores; other work on the machine slows the peers' Python loops most, and
 ART spends up to 40,400 evaluations on an image it cannot fool):
   nice -n 10 python -m benchmarks.peers
   python -m benchmarks.peers --images 2 --maxiter 5     # a quick look
+  python -m benchmarks.peers --weights DIR/allconv.json --images 16 \
+      --torch-device cuda                                # a GPU, both sides
 Writes benchmarks/results/peers_<platform>.{json,md,png}.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -121,11 +124,35 @@ def pick_images(predict, count: int):
   return sample.images[chosen], sample.labels[chosen], chosen
 
 
+def _device(torch_model) -> torch.device:
+  return next(torch_model.parameters()).device
+
+
+@contextlib.contextmanager
+def full_float32():
+  """Both frameworks at full float32 precision: on a recent GPU their default
+  float32 convolutions (JAX's matmuls too) run in TF32, whose rounding alone
+  would exceed the logit tolerance."""
+  saved = (torch.backends.cudnn.allow_tf32,
+           torch.backends.cuda.matmul.allow_tf32)
+  torch.backends.cudnn.allow_tf32 = False
+  torch.backends.cuda.matmul.allow_tf32 = False
+  try:
+    with jax.default_matmul_precision("highest"):
+      yield
+  finally:
+    (torch.backends.cudnn.allow_tf32,
+     torch.backends.cuda.matmul.allow_tf32) = saved
+
+
 def logit_gap(predict, torch_model, images) -> float:
-  """Max |JAX logits - torch logits| over ``images`` uint8 [N, H, W, C]."""
-  jax_logits = np.asarray(jax.jit(predict)(jnp.asarray(images, jnp.float32)))
-  with torch.no_grad():
-    torch_logits = torch_model(peer_runs.to_unit_nchw(images)).numpy()
+  """Max |JAX logits - torch logits| over ``images`` uint8 [N, H, W, C], both
+  computed at full float32 precision."""
+  with full_float32(), torch.no_grad():
+    jax_logits = np.asarray(jax.jit(predict)(jnp.asarray(images,
+                                                         jnp.float32)))
+    torch_logits = torch_model(peer_runs.to_unit_nchw(images).to(
+        _device(torch_model))).cpu().numpy()
   return float(np.abs(jax_logits - torch_logits).max())
 
 
@@ -140,11 +167,14 @@ def forward_rates(predict, torch_model, batch: int, seconds: float) -> dict:
       0, 256, (batch, 32, 32, 3)).astype(np.uint8)
   jitted = jax.jit(predict)
   jax_images = jnp.asarray(images, jnp.float32)
-  torch_images = peer_runs.to_unit_nchw(images)
+  device = _device(torch_model)
+  torch_images = peer_runs.to_unit_nchw(images).to(device)
 
   def torch_forward():
     with torch.no_grad():
       torch_model(torch_images)
+    if device.type == "cuda":
+      torch.cuda.synchronize(device)
 
   return {
       "batch": batch,
@@ -156,7 +186,8 @@ def forward_rates(predict, torch_model, batch: int, seconds: float) -> dict:
 
 def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
                   maxiter: int, tools=TOOLS, seed: int = 0,
-                  forward_seconds: float = 2.0, log=print) -> tuple[list[dict], float]:
+                  forward_seconds: float = 2.0, log=print,
+                  torch_device: str = "cpu") -> tuple[list[dict], float]:
   """Attacks ``images`` with each tool for each pixel count.
 
   Args:
@@ -164,6 +195,7 @@ def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
     images: uint8 [N, H, W, 3]; labels: int [N], classified correctly.
     forward_seconds: time spent measuring the plain forward pass of the JAX
       and the torch model before each run.
+    torch_device: where the peers' torch model runs ("cpu" or "cuda").
 
   Returns:
     (rows, logit gap): one row per (pixels, tool) with success, wall time,
@@ -174,7 +206,8 @@ def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
     RuntimeError: the torch rebuild's logits differ by more than 1e-4.
   """
   predict = models.make_predict(model)
-  torch_model = torch_victims.Pixels01(torch_victims.to_torch(model))
+  torch_model = torch_victims.Pixels01(torch_victims.to_torch(model)).to(
+      torch_device)
   gap = logit_gap(predict, torch_model, images)
   if not gap <= LOGIT_TOLERANCE:
     raise RuntimeError(f"the torch rebuild's logits differ from the JAX "
@@ -199,8 +232,9 @@ def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
         run = peer_runs.run_torchattacks(torch_model, images, labels,
                                          popsize=popsize, **budget)
       elif tool == "art":
-        run = peer_runs.run_art(torch_model, images, labels,
-                                num_classes=num_classes, **budget)
+        run = peer_runs.run_art(
+            torch_model, images, labels, num_classes=num_classes,
+            device_type="cpu" if torch_device == "cpu" else "gpu", **budget)
       else:
         raise ValueError(f"tools: unknown tool {tool!r}; expected {TOOLS}")
       check = peer_runs.verify(predict, images, run.adv_images, labels, pixels)
@@ -260,7 +294,8 @@ def render_markdown(payload: dict) -> str:
       f"generations. The torch rebuild's logits match the JAX model's to "
       f"{payload['logit_gap']:.1e}. Success is re-checked on each tool's "
       f"returned uint8 images with the JAX model (at most d pixels changed). "
-      f"jax {stamp['jax']}, torch {payload['versions']['torch']}, "
+      f"jax {stamp['jax']}, torch {payload['versions']['torch']} (on "
+      f"{setup.get('torch_device', 'cpu')}), "
       f"torchattacks {payload['versions']['torchattacks']}, ART "
       f"{payload['versions']['art']}; {stamp['cpu_count']} CPU cores, "
       f"load average {load['start']:.1f} at the start and {load['end']:.1f} "
@@ -337,6 +372,12 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--name", default=None,
                       help="results file stem (default peers_<platform>)")
+  parser.add_argument("--forward-seconds", type=float, default=2.0,
+                      help="time spent on each plain forward measurement")
+  parser.add_argument("--torch-device", default="cpu",
+                      choices=("cpu", "cuda"),
+                      help="where the peers' torch model runs (default cpu)")
+  parser.add_argument("--results-dir", default=common.RESULTS_DIR)
   args = parser.parse_args(argv)
 
   import art
@@ -351,7 +392,8 @@ def main(argv=None):
       model, images, labels,
       pixel_counts=[int(p) for p in args.pixels.split(",")],
       popsize=args.popsize, maxiter=args.maxiter,
-      tools=args.tools.split(","), seed=args.seed)
+      tools=args.tools.split(","), seed=args.seed,
+      forward_seconds=args.forward_seconds, torch_device=args.torch_device)
   total = time.perf_counter() - started
   payload = {
       "stamp": common.stamp(),
@@ -366,6 +408,11 @@ def main(argv=None):
           "popsize": args.popsize, "maxiter": args.maxiter,
           "targeted": False, "seed": args.seed,
           "torch_threads": torch.get_num_threads(),
+          "torch_device": args.torch_device,
+          # The attacks run at each framework's default float32 precision.
+          "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+          "jax_matmul_precision": str(
+              jax.config.jax_default_matmul_precision or "default"),
           # Above the core count, other work shared the CPU with this run.
           "load_average": {"start": load_before,
                            "end": os.getloadavg()[0]},
@@ -379,9 +426,10 @@ def main(argv=None):
       "rows": rows,
   }
   name = args.name or f"peers_{payload['stamp']['platform']}"
-  for path in common.write_results(name, payload, render_markdown(payload)):
+  for path in common.write_results(name, payload, render_markdown(payload),
+                                   args.results_dir):
     print(f"wrote {path}")
-  png = os.path.join(common.RESULTS_DIR, f"{name}.png")
+  png = os.path.join(args.results_dir, f"{name}.png")
   plot(payload, png)
   print(f"wrote {png}")
 

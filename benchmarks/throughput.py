@@ -1,22 +1,31 @@
 """Attack throughput and engine efficiency on whatever device JAX sees.
 
 Measures, for an AllConv-sized victim (random weights unless --weights):
-  * plain ``predict`` images/s at the chunk size the attack uses;
+  * plain ``predict`` images/s at the chunk size the attack uses (with
+    --bf16 also in bfloat16 compute and in float32 at full matmul precision:
+    on a recent GPU JAX's default float32 precision is TF32);
   * attack model evaluations/s at the same chunk size with early stop off, so
     every generation is full; their ratio is the engine's efficiency (1.0:
     the attack costs exactly its forward passes);
-  * images attacked per second at the paper's settings as N grows;
+  * the model's FLOPs per image (XLA's cost analysis) and the attack's
+    FLOP/s as a share of the chip's peak, where the chip is known;
+  * images attacked per second at the paper's settings as N grows (with
+    --weights, on test images the victim classifies correctly; sizes whose
+    projected time exceeds --budget-seconds are skipped and listed);
   * attack evaluations/s against the number of devices (on a CPU, forced host
     devices in subprocesses: they share the same cores);
   * continuous batching (``stream_attack``) against static batches on a
-    trained victim (the shipped SmallCNN) and real CIFAR-10 test images, a
-    natural mix of easy and hard images.
+    trained victim (--weights, else the shipped SmallCNN) and real CIFAR-10
+    test images, a natural mix of easy and hard images.
 
 Run from the repository root:
   python -m benchmarks.throughput                      # CPU-sized defaults
   python -m benchmarks.throughput --sizes 64,256,1024 --batch 4000 \
       --devices 1 --stream-images 1024 --slots 256     # a GPU
-Writes benchmarks/results/throughput_<platform>.{json,md}.
+  python -m benchmarks.throughput --weights runs/allconv/allconv.json --bf16 \
+      --batch 4000 --generations 20 --devices "" \
+      --sizes 1,4,16,64,256,1024,4096 --budget-seconds 240   # trained, a GPU
+Writes benchmarks/results/throughput_<platform>.{json,md} (--results-dir).
 """
 
 import argparse
@@ -34,12 +43,59 @@ from flax import nnx
 import pixeljax
 from benchmarks import common
 from pixeljax import models
+from pixeljax.models import weights as weights_lib
+
+# Dense peak FLOP/s by device kind, from NVIDIA's H100 and H200 SXM data
+# sheets (the tensor-core figures there are quoted with sparsity: halved).
+PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": {"float32": 67e12, "tf32": 494.5e12,
+                              "bfloat16": 989.5e12},
+    "NVIDIA H200": {"float32": 67e12, "tf32": 494.5e12, "bfloat16": 989.5e12},
+}
 
 
-def build_predict(name: str, seed: int):
-  """A pure predict for ``name`` with random weights."""
-  model = models.create_model(name, rngs=nnx.Rngs(seed))
+def build_predict(name: str, seed: int, weights=None, dtype=jnp.float32):
+  """A pure predict for ``name`` with random weights, or for the model of
+  the weights card ``weights``; ``dtype`` is the compute dtype."""
+  if weights:
+    model, _ = weights_lib.load_weights(weights, dtype=dtype)
+  else:
+    model = models.create_model(name, rngs=nnx.Rngs(seed), dtype=dtype)
   return models.make_predict(model), models.param_count(model)
+
+
+def plain_rate(predict, batch: int, seconds: float = 2.0) -> float:
+  """Plain jitted ``predict`` images/s on ``batch`` noise images; traced
+  under the caller's ``jax.default_matmul_precision``."""
+  jitted = jax.jit(predict)
+  images = jnp.asarray(random_images(batch, 0), jnp.float32)
+  return batch / common.time_call(lambda: jitted(images).block_until_ready(),
+                                  min_seconds=seconds)
+
+
+def flops_per_image(predict, batch: int):
+  """FLOPs of one image's forward pass by XLA's cost analysis (of the
+  program before compilation: nothing is compiled), or None."""
+  shape = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
+  cost = jax.jit(predict).lower(shape).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (cost or {}).get("flops")
+  return float(flops) / batch if flops else None
+
+
+def peak_flops(override_tflops=None):
+  """(peak FLOP/s of float32 predict at JAX's matmul precision, its name)."""
+  if override_tflops:
+    return override_tflops * 1e12, "--peak-tflops"
+  kind = jax.devices()[0].device_kind
+  peaks = next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+  if peaks is None:
+    return None, None
+  # JAX's default float32 precision runs on TF32 tensor cores on these chips.
+  full = jax.config.jax_default_matmul_precision in ("highest", "float32",
+                                                     "F32_F32_F32")
+  name = "float32" if full else "tf32"
+  return peaks[name], f"{kind} dense {name}"
 
 
 def random_images(count: int, seed: int):
@@ -87,19 +143,41 @@ def measure_efficiency(predict, batch: int, popsize: int, generations: int,
 
 
 def measure_images_per_second(predict, sizes, batch: int, popsize: int,
-                              maxiter: int):
-  """Images attacked per second with the paper's DE and early stop, per N."""
-  rows = []
+                              maxiter: int, pool=None, budget=None):
+  """Images attacked per second with the paper's DE and early stop, per N.
+
+  Attacks the first N images of ``pool`` (uint8 images, labels) if given,
+  else N noise images labelled by the model. With ``budget`` (seconds), a
+  size whose projected time (the last size's, scaled by N, twice: a
+  compiling call and the timed one) would pass it is skipped.
+
+  Returns:
+    (rows, skipped sizes).
+  """
+  rows, skipped, spent = [], [], 0.0
   for count in sizes:
-    images = random_images(count, 2)
-    labels = np.asarray(jnp.argmax(
-        jax.jit(predict)(jnp.asarray(images, jnp.float32)), -1))
+    last = rows[-1] if rows else None
+    projected = 2 * last["seconds"] * count / last["images"] if last else 0.0
+    if (budget is not None and spent + projected > budget) or (
+        pool is not None and count > len(pool[0])):
+      skipped.append(count)
+      print(f"  N={count}: skipped (projected {projected:.0f} s, "
+            f"{spent:.0f} s of the budget spent)")
+      continue
+    begun = time.perf_counter()
+    if pool is not None:
+      images, labels = pool[0][:count], pool[1][:count]
+    else:
+      images = random_images(count, 2)
+      labels = np.asarray(jnp.argmax(
+          jax.jit(predict)(jnp.asarray(images, jnp.float32)), -1))
     kwargs = dict(key=jax.random.key(1), popsize=popsize, maxiter=maxiter,
                   batch_size=min(batch, count * popsize))
     pixeljax.batched_attack(predict, images, labels, **kwargs)  # compile
     started = time.perf_counter()
     result = pixeljax.batched_attack(predict, images, labels, **kwargs)
     elapsed = time.perf_counter() - started
+    spent += time.perf_counter() - begun
     rows.append({
         "images": count,
         "seconds": elapsed,
@@ -110,7 +188,7 @@ def measure_images_per_second(predict, sizes, batch: int, popsize: int,
     })
     print(f"  N={count}: {count / elapsed:.2f} images/s, "
           f"success {result.success_rate:.2f}")
-  return rows
+  return rows, skipped
 
 
 def _device_worker(devices: int, model: str, batch: int, popsize: int,
@@ -153,11 +231,12 @@ def measure_devices(counts, args):
   return rows
 
 
-def _victim_and_images(count: int):
-  """The shipped SmallCNN and ``count`` test images it classifies correctly."""
+def _victim_and_images(count: int, predict=None):
+  """``predict`` (default: the shipped SmallCNN) and ``count`` test images it
+  classifies correctly (fewer if the test set holds fewer)."""
   from pixeljax import data
-  from pixeljax.models import weights
-  predict = weights.load_predict("smallcnn")
+  if predict is None:
+    predict = weights_lib.load_predict("smallcnn")
   try:
     images, labels = data.load_cifar10("test")[:2]
     source = "CIFAR-10 test split (PIXELJAX_DATA or another source)"
@@ -172,9 +251,11 @@ def _victim_and_images(count: int):
   return predict, images[correct], labels[correct], source
 
 
-def measure_streaming(args):
-  """Wall time of static batches against continuous batching, same images."""
-  predict, images, labels, source = _victim_and_images(args.stream_images)
+def measure_streaming(args, predict=None, victim="smallcnn (shipped)"):
+  """Wall time of static batches against continuous batching, same images,
+  on ``predict`` (default: the shipped SmallCNN)."""
+  predict, images, labels, source = _victim_and_images(args.stream_images,
+                                                       predict)
   settings = dict(key=jax.random.key(0), popsize=args.popsize,
                   maxiter=args.stream_maxiter, batch_size=args.batch)
   slots = args.slots
@@ -204,7 +285,7 @@ def measure_streaming(args):
   (static_q, static_s), static_t = timings["static"]
   (cont_q, cont_s), cont_t = timings["continuous"]
   assert np.array_equal(static_q, cont_q) and np.array_equal(static_s, cont_s)
-  row = {"victim": "smallcnn (shipped)", "images": count, "source": source,
+  row = {"victim": victim, "images": count, "source": source,
          "slots": slots, "refill_every": args.refill_every,
          "maxiter": args.stream_maxiter, "success_rate": float(static_s.mean()),
          "mean_queries": float(static_q.mean()),
@@ -221,19 +302,19 @@ def _markdown(payload) -> str:
   text = (
       f"# Attack throughput: {settings['model']}, {stamp['device']} "
       f"({stamp['platform']}), {stamp['date']}\n\n"
-      f"jax {stamp['jax']}, {stamp['cpu_count']} CPU cores. Random weights, "
-      f"{settings['parameters']:,} parameters; chunk of {settings['batch']} "
-      f"candidates; popsize {settings['popsize']}.\n\n"
-      + common.markdown_table(
-          ["measure", "value"],
-          [["plain predict, images/s",
-            f"{payload['predict_images_per_second']:.1f}"],
-           ["attack (early stop off), evaluations/s",
-            f"{payload['attack_evaluations_per_second']:.1f}"],
-           ["efficiency (attack / predict)", f"{payload['efficiency']:.3f}"]]))
+      f"jax {stamp['jax']}, {stamp['cpu_count']} CPU cores, matmul precision "
+      f"{stamp.get('matmul_precision', 'default')}. Weights: "
+      f"{settings['weights']}, {settings['parameters']:,} parameters; chunk "
+      f"of {settings['batch']} candidates; popsize {settings['popsize']}.\n\n"
+      + common.markdown_table(["measure", "value"], _measures(payload)))
   if payload.get("images_per_second"):
-    text += (f"\nImages attacked per second, at most {settings['maxiter']} "
-             "generations, early stop on:\n\n" + common.markdown_table(
+    skipped = payload.get("images_per_second_skipped")
+    images = settings.get("sweep_images", "noise images")
+    text += (f"\nImages attacked per second ({images}), at most "
+             f"{settings['maxiter']} generations, early stop on"
+             + (f"; skipped, over the time budget: N = "
+                f"{', '.join(map(str, skipped))}" if skipped else "")
+             + ":\n\n" + common.markdown_table(
                  ["N", "seconds", "images/s", "evaluations/s", "success rate",
                   "mean queries"],
                  [[r["images"], f"{r['seconds']:.1f}",
@@ -255,9 +336,9 @@ def _markdown(payload) -> str:
   if stream:
     text += (f"\nContinuous batching against static batches of "
              f"{stream['slots']} on {stream['images']} images of "
-             f"{stream['source']} that the shipped SmallCNN classifies "
-             f"correctly (at most {stream['maxiter']} generations; success "
-             f"{stream['success_rate']:.2f}, mean queries "
+             f"{stream['source']} that the victim, {stream['victim']}, "
+             f"classifies correctly (at most {stream['maxiter']} generations; "
+             f"success {stream['success_rate']:.2f}, mean queries "
              f"{stream['mean_queries']:.0f}, max {stream['max_queries']}; "
              "identical per-image results):\n\n" + common.markdown_table(
                  ["static s", "continuous s", "speedup"],
@@ -267,17 +348,44 @@ def _markdown(payload) -> str:
   return text
 
 
+def _measures(payload) -> list:
+  """The rows of the headline table (newer fields only where measured)."""
+  rows = [["plain predict, images/s",
+           f"{payload['predict_images_per_second']:.1f}"]]
+  for name, rate in payload.get("predict_images_per_second_variants",
+                                {}).items():
+    rows.append([f"plain predict, {name}, images/s", f"{rate:.1f}"])
+  rows += [["attack (early stop off), evaluations/s",
+            f"{payload['attack_evaluations_per_second']:.1f}"],
+           ["efficiency (attack / predict)", f"{payload['efficiency']:.3f}"]]
+  if payload.get("flops_per_image"):
+    rows.append(["forward GFLOP per image (XLA cost analysis)",
+                 f"{payload['flops_per_image'] / 1e9:.3f}"])
+    rows.append(["attack TFLOP/s",
+                 f"{payload['attack_flops_per_second'] / 1e12:.2f}"])
+  if payload.get("attack_share_of_peak") is not None:
+    rows.append([f"share of peak ({payload['peak_flops_source']}, "
+                 f"{payload['peak_flops'] / 1e12:.0f} TFLOP/s)",
+                 f"{payload['attack_share_of_peak']:.1%}"])
+  return rows
+
+
 def _csv(text: str):
   return [int(v) for v in text.split(",") if v]
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  # `pixeljax bench` runs this; `python -m benchmarks.throughput` too.
+  parser = argparse.ArgumentParser(prog="pixeljax bench",
+                                   description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", default="allconv",
-                      choices=sorted(models.MODELS))
+                      choices=sorted(models.MODELS),
+                      help="victim architecture, random weights unless "
+                      "--weights (default allconv)")
   parser.add_argument("--batch", type=int, default=800,
                       help="candidates per model call (default 800)")
-  parser.add_argument("--popsize", type=int, default=400)
+  parser.add_argument("--popsize", type=int, default=400,
+                      help="DE population per image (default 400)")
   parser.add_argument("--generations", type=int, default=2,
                       help="generations for the efficiency run (default 2)")
   parser.add_argument("--repeats", type=int, default=3,
@@ -288,50 +396,108 @@ def main(argv=None):
                       help="comma-separated N for the images/s run; empty: skip")
   parser.add_argument("--devices", default="1,2,4",
                       help="device counts to compare; empty: skip")
-  parser.add_argument("--device-images", type=int, default=4)
+  parser.add_argument("--device-images", type=int, default=4,
+                      help="images attacked in the device-count run "
+                      "(default 4)")
   parser.add_argument("--stream-images", type=int, default=64,
                       help="images for continuous vs static; 0: skip")
-  parser.add_argument("--slots", type=int, default=16)
-  parser.add_argument("--refill-every", type=int, default=5)
-  parser.add_argument("--stream-maxiter", type=int, default=100)
+  parser.add_argument("--slots", type=int, default=16,
+                      help="continuous batching: images in flight, and the "
+                      "static batch size it is compared with (default 16)")
+  parser.add_argument("--refill-every", type=int, default=5,
+                      help="continuous batching: rounds between refills "
+                      "(default 5)")
+  parser.add_argument("--stream-maxiter", type=int, default=100,
+                      help="continuous vs static: most generations per "
+                      "image (default 100)")
   parser.add_argument("--device-worker", type=int, default=0,
                       help=argparse.SUPPRESS)
   parser.add_argument("--name", default=None,
                       help="results file stem (default throughput_<platform>)")
+  parser.add_argument("--weights", metavar="CARD",
+                      help="a trained victim's weights card (NAME.json); "
+                      "--model is then its architecture")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also time plain predict in bfloat16 compute and "
+                      "in float32 at full matmul precision")
+  parser.add_argument("--budget-seconds", type=float,
+                      help="skip sizes of the images/s run projected to end "
+                      "past this many seconds of it")
+  parser.add_argument("--peak-tflops", type=float,
+                      help="the device's peak TFLOP/s for the precision used "
+                      "(default: a table of known chips)")
+  parser.add_argument("--results-dir", default=common.RESULTS_DIR,
+                      help="folder for the JSON and markdown results "
+                      "(default benchmarks/results)")
   args = parser.parse_args(argv)
   if args.device_worker:
     _device_worker(args.device_worker, args.model, args.batch, args.popsize,
                    args.generations, args.device_images)
     return
+  if args.weights:
+    args.model = weights_lib.read_card(args.weights)["architecture"]
 
-  predict, params = build_predict(args.model, seed=0)
-  print(f"{args.model} ({params:,} parameters, random weights) on "
+  predict, params = build_predict(args.model, 0, args.weights)
+  weights = args.weights or "random"
+  print(f"{args.model} ({params:,} parameters, weights {weights}) on "
         f"{jax.devices()[0].device_kind}")
   predict_rate, attack_rate, count, evaluations = measure_efficiency(
       predict, args.batch, args.popsize, args.generations, args.repeats)
   efficiency = attack_rate / predict_rate
   print(f"  predict {predict_rate:.1f} images/s, attack {attack_rate:.1f} "
         f"evaluations/s: efficiency {efficiency:.3f}")
+  variants = {}
+  if args.bf16:
+    seconds = 0.5 * args.repeats
+    with jax.default_matmul_precision("highest"):
+      variants["float32_highest"] = plain_rate(predict, args.batch, seconds)
+    variants["bfloat16"] = plain_rate(
+        build_predict(args.model, 0, args.weights, jnp.bfloat16)[0],
+        args.batch, seconds)
+    print("  plain predict, images/s: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in variants.items()))
+  flops = flops_per_image(predict, args.batch)
+  peak, peak_name = peak_flops(args.peak_tflops)
+  attack_flops = attack_rate * flops if flops else None
+  pool = None
+  if args.weights and _csv(args.sizes):
+    pool = _victim_and_images(max(_csv(args.sizes)), predict)[1:3]
+  sweep, skipped = measure_images_per_second(
+      predict, _csv(args.sizes), args.batch, args.popsize, args.maxiter,
+      pool, args.budget_seconds)
   payload = {
-      "stamp": common.stamp(),
-      "settings": {"model": args.model, "weights": "random",
+      "stamp": {**common.stamp(), "matmul_precision": str(
+          jax.config.jax_default_matmul_precision or "default")},
+      "settings": {"model": args.model, "weights": weights,
                    "parameters": params, "batch": args.batch,
                    "popsize": args.popsize, "mutation": 0.5,
                    "crossover": None, "pixels": 1,
                    "efficiency_generations": args.generations,
-                   "maxiter": args.maxiter},
+                   "maxiter": args.maxiter,
+                   "sweep_images": "correctly classified test images"
+                   if pool is not None else "noise images",
+                   "budget_seconds": args.budget_seconds},
       "predict_images_per_second": predict_rate,
+      "predict_images_per_second_variants": variants,
       "attack_evaluations_per_second": attack_rate,
       "efficiency": efficiency,
       "efficiency_run": {"images": count, "evaluations": evaluations,
                          "repeats": args.repeats},
-      "images_per_second": measure_images_per_second(
-          predict, _csv(args.sizes), args.batch, args.popsize, args.maxiter),
+      "flops_per_image": flops,
+      "attack_flops_per_second": attack_flops,
+      "peak_flops": peak, "peak_flops_source": peak_name,
+      "attack_share_of_peak": attack_flops / peak
+      if attack_flops and peak else None,
+      "images_per_second": sweep,
+      "images_per_second_skipped": skipped,
       "devices": measure_devices(_csv(args.devices), args),
-      "streaming": measure_streaming(args) if args.stream_images else None,
+      "streaming": (measure_streaming(
+          args, *((predict, f"{args.model} ({weights})") if args.weights
+                  else ())) if args.stream_images else None),
   }
   name = args.name or f"throughput_{payload['stamp']['platform']}"
-  for path in common.write_results(name, payload, _markdown(payload)):
+  for path in common.write_results(name, payload, _markdown(payload),
+                                   args.results_dir):
     print(f"wrote {path}")
 
 

@@ -14,7 +14,12 @@ trains with the model's defaults (`DEFAULTS`), chosen to reach or beat the
 paper's accuracies (AllConv 86.9%, NiN 87.4%, VGG16 83.4%) on a GPU; recipes
 of this kind (batch norm, crop + flip, 60 epochs of cosine SGD) typically give
 about 90% or more, but these have not yet been run to the end here.
-The final weights and their card go to `--out/<model>.json` + safetensors.
+The final weights and their card go to `--out/<model>.json` + safetensors;
+the card's test accuracy is that of the float32 network as stored (evaluated
+at full float32 matmul precision, also after a `--bf16` run). `--time-limit S`
+stops after the last epoch that fits in S seconds (checkpoint kept, no final
+weights): rerun with `--resume` to continue. `--label-smoothing` smooths the
+targets of the cross-entropy (the fast CIFAR-10 recipes use 0.1 to 0.2).
 
     PIXELJAX_DATA=../shared/data/cifar10-jpeg.tar.gz \
       nice python -m pixeljax.train --model smallcnn --out runs/smallcnn
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -72,7 +78,9 @@ class TrainConfig:
     augment: bool = True
     bf16: bool = False
     seed: int = 0
+    label_smoothing: float = 0.0      # weight of the uniform target in the cross-entropy
     resume: bool = False
+    time_limit: float | None = None   # seconds: stop after the last epoch that fits (resumable)
     limit_train: int | None = None    # use the first N training images (quick runs)
     limit_test: int | None = None
     data: str | None = None           # data source; default PIXELJAX_DATA / load_cifar10 order
@@ -90,6 +98,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(cfg, name)}")
+        if not 0.0 <= cfg.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1), got "
+                             f"{cfg.label_smoothing}")
+        if cfg.time_limit is not None and (cfg.time_limit <= 0 or cfg.out is None):
+            raise ValueError(f"time_limit: expected seconds > 0 with out= set (the checkpoint "
+                             f"to resume from), got {cfg.time_limit} with out={cfg.out!r}")
         return cfg
 
 
@@ -98,7 +112,8 @@ class TrainResult:
     model: nnx.Module               # trained, in eval mode
     test_accuracy: float
     history: list[dict[str, float]]
-    card_path: pathlib.Path | None  # None when config.out is None
+    card_path: pathlib.Path | None  # None when config.out is None or the run is not complete
+    complete: bool = True           # False: stopped by time_limit; resume from the checkpoint
 
 
 def augment(key: jax.Array, images: jax.Array) -> jax.Array:
@@ -131,12 +146,17 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
                        optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
 
 
-def make_steps(graphdef, tx: optax.GradientTransformation, *, seed: int, do_augment: bool):
+def make_steps(graphdef, tx: optax.GradientTransformation, *, seed: int, do_augment: bool,
+               label_smoothing: float = 0.0):
     """Pure jitted train and eval steps over (params, rest) = nnx.split(model, nnx.Param, ...).
 
     train_step(params, rest, opt_state, images u8 [N,H,W,C], labels i64 [N],
                idx i32 [B], step i32) -> (params, rest, opt_state, loss f32, correct i32)
     eval_step(params, rest, images u8 [B,H,W,C], labels i64 [B], mask bool [B]) -> correct i32
+
+    train_step donates (params, rest, opt_state): pass it the state it returned last.
+    The loss is the cross-entropy against targets smoothed by `label_smoothing`
+    (0: the one-hot labels).
     """
     base_key = jax.random.key(seed)
 
@@ -144,10 +164,15 @@ def make_steps(graphdef, tx: optax.GradientTransformation, *, seed: int, do_augm
         # copy=True: fresh Variables at this trace level, so batch norm may update them.
         model = nnx.merge(graphdef, params, rest, copy=True)
         logits = model(x, rngs=nnx.Rngs(dropout=key))
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        if label_smoothing:
+            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+        else:
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
-    @jax.jit
+    # Donated: no second copy of the weights and optimizer state per step.
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def train_step(params, rest, opt_state, images, labels, idx, step):
         k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
         x = images[idx].astype(jnp.float32)  # gathered on the device: no host copy per step
@@ -246,9 +271,29 @@ def _limit(data, n: int | None):
     return data.images[idx], data.labels[idx]
 
 
+# What a resumed run must share with its checkpoint (absent in old checkpoints: the default).
+_RECIPE = ("model", "epochs", "batch_size", "lr", "weight_decay", "schedule", "momentum",
+           "warmup_epochs", "augment", "bf16", "seed", "label_smoothing", "limit_train")
+
+
+def _check_resume(saved: dict[str, Any], cfg: TrainConfig, out: pathlib.Path) -> None:
+    defaults = TrainConfig()
+    diffs = [f"{k}: checkpoint {saved.get(k, getattr(defaults, k))!r}, now {getattr(cfg, k)!r}"
+             for k in _RECIPE if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)]
+    if diffs:
+        raise ValueError(f"resume: the checkpoint in {out} was made with another recipe ("
+                         + "; ".join(diffs) + "); pass the same options, or another --out")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Trains `config.model`; writes checkpoints and the final weights + card to
-    `config.out` (when set). Returns the trained model and its test accuracy."""
+    `config.out` (when set). Returns the trained model and its test accuracy
+    (float32 compute at full precision, whatever the training dtype).
+
+    With `time_limit`, stops before an epoch that would end past it (judged by
+    the last epoch's time) and returns `complete=False`, no card: the
+    checkpoint holds the run so far, and `resume=True` continues it."""
+    started = time.perf_counter()
     cfg = config.resolved()
     train_data = load_cifar10("train", source=cfg.data)
     test_data = load_cifar10("test", source=cfg.data)
@@ -263,7 +308,8 @@ def train(config: TrainConfig) -> TrainResult:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(cfg, steps_per_epoch)
     state = (params, rest, tx.init(params))
-    train_step, eval_step = make_steps(graphdef, tx, seed=cfg.seed, do_augment=cfg.augment)
+    train_step, eval_step = make_steps(graphdef, tx, seed=cfg.seed, do_augment=cfg.augment,
+                                       label_smoothing=cfg.label_smoothing)
 
     out = pathlib.Path(cfg.out) if cfg.out else None
     first_epoch, history = 0, []
@@ -274,25 +320,35 @@ def train(config: TrainConfig) -> TrainResult:
             if meta["config"]["model"] != cfg.model:
                 raise ValueError(f"resume: checkpoint in {out} is for model "
                                  f"{meta['config']['model']!r}, not {cfg.model!r}")
+            _check_resume(meta["config"], cfg, out)
             first_epoch, history = meta["epoch"], meta["history"]
 
     images_dev, labels_dev = jax.device_put(x_train), jax.device_put(y_train)
     test_acc = history[-1]["test_acc"] if history else float("nan")
+    complete = True
     for epoch in range(first_epoch, cfg.epochs):
+        elapsed = time.perf_counter() - started
+        if cfg.time_limit is not None and history and (
+                elapsed + history[-1]["seconds"] > cfg.time_limit):
+            complete = False
+            break
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Summed on the device: reading them back every step would stall the GPU's queue.
+        loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
+        show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, leave=False, file=sys.stderr)
+                   disable=not show, leave=False, file=sys.stderr)
         for i in bar:
             step = epoch * steps_per_epoch + i
             idx = order[i * batch:(i + 1) * batch].astype(np.int32)
             *state, loss, ok = train_step(*state, images_dev, labels_dev, idx, step)
-            loss_sum, correct, seen = loss_sum + float(loss) * batch, correct + int(ok), seen + batch
-            if i % 10 == 0 or i == steps_per_epoch - 1:
+            loss_sum, correct, seen = loss_sum + loss * batch, correct + ok, seen + batch
+            if show and (i % 10 == 0 or i == steps_per_epoch - 1):
                 rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}",
+                                acc=f"{int(correct) / seen:.3f}", img_s=f"{rate:.0f}")
+        loss_sum, correct = float(loss_sum), int(correct)  # waits for the epoch's last step
         seconds = time.perf_counter() - t0
         test_acc = evaluate(eval_step, state[0], state[1], x_test, y_test, cfg.eval_batch_size)
         history.append(dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
@@ -308,43 +364,71 @@ def train(config: TrainConfig) -> TrainResult:
                          order="default_rng([seed, epoch]).permutation"),
                 config=dataclasses.asdict(cfg), history=history))
 
+    if not complete:
+        nnx.update(model, state[0], state[1])
+        model.eval()
+        return TrainResult(model, test_acc, history, None, complete=False)
+    # The victim is the float32 network as stored: evaluate it so, whatever the
+    # training dtype and the device's default matmul precision (TF32 on recent GPUs);
+    # a float32 run on a CPU was evaluated so already.
+    model = nnx.eval_shape(lambda: create_model(cfg.model, rngs=nnx.Rngs(cfg.seed),
+                                                num_classes=len(train_data.class_names)))
     nnx.update(model, state[0], state[1])
+    if cfg.bf16 or jax.default_backend() != "cpu":
+        graphdef32, params32, rest32 = nnx.split(model, nnx.Param, ...)
+        _, eval32 = make_steps(graphdef32, tx, seed=cfg.seed, do_augment=False)
+        with jax.default_matmul_precision("highest"):
+            test_acc = evaluate(eval32, params32, rest32, x_test, y_test, cfg.eval_batch_size)
     model.eval()
     card_path = None
     if out is not None:
         card_path = save_weights(model, out, cfg.model, architecture=cfg.model, card=dict(
             test_accuracy=test_acc,
+            test_accuracy_precision="float32 compute, jax default_matmul_precision 'highest'",
             eval_data=dict(split="test", source=cfg.data or os.environ.get("PIXELJAX_DATA")
                            or "load_cifar10 default order", num_images=len(x_test)),
             train_data=dict(split="train", num_images=len(x_train)),
             training_command=cfg.command,
             training=dict(config=dataclasses.asdict(cfg), history=history,
                           train_seconds=sum(h["seconds"] for h in history),
-                          device=str(jax.devices()[0]), jax=jax.__version__)))
+                          device=str(jax.devices()[0]), device_kind=jax.devices()[0].device_kind,
+                          jax=jax.__version__)))
     return TrainResult(model, test_acc, history, card_path)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pixeljax.train", description=__doc__,
+    # `pixeljax train` and `python -m pixeljax.train` are the same program.
+    p = argparse.ArgumentParser(prog="pixeljax train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--model", required=True, choices=sorted(MODELS),
+                   help="the architecture to train")
     p.add_argument("--out", required=True, help="folder for checkpoints and final weights")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=("cosine", "onecycle"))
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the model's recipe)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the model's recipe)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
+    p.add_argument("--weight-decay", type=float,
+                   help="L2 weight decay on the kernels (default: the model's recipe)")
+    p.add_argument("--schedule", choices=("cosine", "onecycle"),
+                   help="learning-rate schedule (default: the model's recipe)")
+    p.add_argument("--momentum", type=float, default=0.9,
+                   help="Nesterov momentum (default 0.9)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up before the cosine decay, in epochs (default 1)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random-crop and flip augmentation")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute (GPU/TPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, the data order and the augmentation (default 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="weight of the uniform target in the cross-entropy (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.json")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after the last epoch that fits (checkpoint kept; --resume goes on)")
     p.add_argument("--limit-train", type=int, help="train on N images (quick runs)")
     p.add_argument("--limit-test", type=int, help="evaluate on N images")
     p.add_argument("--data", help="CIFAR-10 source (default: PIXELJAX_DATA, then the "
                                   "load_cifar10 order)")
-    p.add_argument("--quiet", dest="progress", action="store_false")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
@@ -354,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     args = vars(_parser().parse_args(argv))
     cfg = TrainConfig(**args, command="python -m pixeljax.train " + " ".join(argv))
     result = train(cfg)
+    if not result.complete:
+        print(f"{cfg.model}: time limit: stopped after epoch {len(result.history)} of "
+              f"{cfg.resolved().epochs} (test accuracy "
+              f"{result.test_accuracy:.4f}); rerun with --resume to continue")
+        return result
     print(f"{cfg.model}: test accuracy {result.test_accuracy:.4f}"
           + (f"; weights and card in {result.card_path.parent}" if result.card_path else ""))
     return result

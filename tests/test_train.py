@@ -6,12 +6,16 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from PIL import Image
 
 from pixeljax import train as T
+from pixeljax.data import load_cifar10
 from pixeljax.models import create_model
+from pixeljax.models import load_weights
+from pixeljax.models import make_predict
 
 
 # VGG16 (20M parameters, dropout 0.5) needs a gentler rate on a batch of 8.
@@ -108,3 +112,51 @@ def test_bad_config():
         T.TrainConfig(model="resnet").resolved()
     with pytest.raises(ValueError, match="schedule"):
         T.TrainConfig(schedule="step").resolved()
+
+
+def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets():
+    model = create_model("smallcnn", rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(8, dtype=np.int64) % 10
+    # The step's loss is taken before its update: the logits of the model as it is.
+    logits = nnx.merge(graphdef, params, rest, copy=True)(jnp.asarray(images, jnp.float32))
+    cfg = T.TrainConfig(model="smallcnn", epochs=1, lr=0.01).resolved()
+    tx = T.make_optimizer(cfg, steps_per_epoch=2)
+    train_step, _ = T.make_steps(graphdef, tx, seed=0, do_augment=False, label_smoothing=0.2)
+    state = (params, rest, tx.init(params))
+    *_, loss, _ = train_step(*state, images, labels, np.arange(8, dtype=np.int32), 0)
+    # 0.8 on the label, 0.2 spread over the 10 classes.
+    targets = jax.nn.one_hot(labels, 10) * 0.8 + 0.02
+    smoothed = float(optax.softmax_cross_entropy(logits, targets).mean())
+    plain = float(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
+    assert float(loss) == pytest.approx(smoothed, rel=1e-5) and abs(smoothed - plain) > 0.01
+
+
+def test_time_limit_stops_after_an_epoch_and_resume_finishes(tiny_cifar, tmp_path):
+    cut = T.train(_config(tiny_cifar, tmp_path / "run", epochs=3, time_limit=1e-6))
+    assert not cut.complete and cut.card_path is None and len(cut.history) == 1
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["epoch"] == 1
+    assert not (tmp_path / "run" / "smallcnn.json").exists()
+    done = T.train(_config(tiny_cifar, tmp_path / "run", epochs=3, resume=True))
+    assert done.complete and [h["epoch"] for h in done.history] == [1, 2, 3]
+    assert done.card_path == tmp_path / "run" / "smallcnn.json"
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(tiny_cifar, tmp_path):
+    T.train(_config(tiny_cifar, tmp_path / "run", epochs=2, time_limit=1e-6))
+    with pytest.raises(ValueError, match=r"another recipe \(lr: checkpoint 0.15, now 0.3\)"):
+        T.train(_config(tiny_cifar, tmp_path / "run", epochs=2, lr=0.3, resume=True))
+
+
+def test_card_accuracy_is_the_float32_network_after_bf16_training(tiny_cifar, tmp_path):
+    result = T.train(_config(tiny_cifar, tmp_path / "run", epochs=1, bf16=True))
+    card = json.loads(result.card_path.read_text())
+    model, _ = load_weights(result.card_path)
+    test = load_cifar10("test", source=tiny_cifar)
+    logits = make_predict(model)(jnp.asarray(test.images, jnp.float32))
+    accuracy = float(np.mean(np.asarray(logits.argmax(-1)) == test.labels))
+    assert card["test_accuracy"] == result.test_accuracy == accuracy
+    assert "highest" in card["test_accuracy_precision"]
+    assert card["training"]["config"]["bf16"] is True
