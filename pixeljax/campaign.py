@@ -1,6 +1,7 @@
 """Attacks many images from a data set, resumably: what `pixeljax attack` runs.
 
-Steps: load the victim (a shipped model or a weights card) and the images
+Steps: load the victim (a shipped model, a weights card, or an ONNX or
+PyTorch model through ``pixeljax.adapters``) and the images
 (CIFAR-10 test, the packaged sample when no data set is found, or a folder of
 the user's own pictures); pick, with a seeded shuffle, the first N images the
 model classifies correctly; then attack them with ``stream_attack`` (a fixed
@@ -14,10 +15,13 @@ result does not depend on what else was in flight with it.
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import pathlib
+import pickle
+import re
 import sys
 import time
 from typing import Callable, NamedTuple, Optional
@@ -39,9 +43,14 @@ from pixeljax.models import weights as weights_lib
 # The default victim: the first of these whose weights ship.
 DEFAULT_MODEL_ORDER = ("allconv", "nin", "vgg16", "smallcnn")
 RUN_FORMAT = "pixeljax.run/1"
+# Settings that describe rather than decide: the same images named by another
+# path (relative or absolute, a link, a copy) resume the same run.
+_UNCOMPARED = (("data", "source"),)
+_SAMPLE_SOURCE = "packaged CIFAR-10 test sample"
 _SELECT_BATCH = 250
 _OPTION_NAMES = {
-    "model": "--model/--weights", "data": "data (--data/--folder/--size)",
+    "model": "--model/--weights/--onnx/--torch",
+    "data": "data (--data/--folder/--size)",
     "images": "--images", "seed": "--seed", "pixels": "--pixels",
     "targeted": "--targeted", "target": "--target", "popsize": "--popsize",
     "maxiter": "--maxiter", "mutation": "--mutation",
@@ -58,9 +67,14 @@ class AttackOptions:
   out: Optional[str] = None  # None: default_out()
   model: Optional[str] = None
   weights: Optional[str] = None
+  onnx: Optional[str] = None  # an ONNX file
+  torch: Optional[str] = None  # "module:function" or "file.py:function"
+  torch_weights: Optional[str] = None  # a state dict for --torch
+  nchw: Optional[bool] = None  # None: the ONNX input's layout; torch: NHWC
   data: Optional[str] = None
   folder: Optional[str] = None
   size: int = 32
+  skip_bad_images: bool = False  # --folder: leave unreadable images out
   download: bool = True
   images: int = 500
   pixels: tuple = (1,)
@@ -153,6 +167,69 @@ def load_victim(name: Optional[str], weights: Optional[str]) -> Victim:
                 identity)
 
 
+# The arguments of pixeljax.adapters that its messages start with.
+_ADAPTER_ARGUMENTS = ("path", "torch_factory", "module", "weights", "nchw")
+
+
+def _file_sha256(path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_external_victim(options: AttackOptions) -> Victim:
+  """The --onnx or --torch (with --torch-weights) model as a Victim, its
+  K read from one forward pass at the run's image shape ([size, size, 3]
+  for --folder, else [32, 32, 3]).
+
+  Its identity holds the name (the ONNX file's stem, or the factory's
+  function), the architecture, the layout and the sha256 of each file read
+  (the ONNX file; a --torch factory file and its weights), not their paths.
+  ``InputError`` naming the option when the model cannot be loaded or run.
+  """
+  from pixeljax import adapters
+  if options.onnx is not None:
+    flag, framework, extra = f"--onnx {options.onnx}", "onnxruntime", "onnx"
+  else:
+    flag, framework, extra = f"--torch {options.torch}", "torch", "torch"
+  if importlib.util.find_spec(framework) is None:
+    raise InputError(f"{flag}: needs {framework}, which is not installed: "
+                     f"pip install \"pixeljax[{extra}]\"")
+  size = options.size if options.folder is not None else 32
+  try:
+    external = adapters.load_external(
+        onnx=options.onnx, torch_factory=options.torch,
+        weights=options.torch_weights, nchw=options.nchw,
+        image_shape=(size, size, 3))
+  except Exception as e:
+    # The factory's code and the frameworks raise what they like; what
+    # names a bad file or model is the user's to fix, anything else a bug.
+    foreign = type(e).__module__.split(".")[0] in ("onnxruntime",
+                                                   "safetensors")
+    if not foreign and not isinstance(e, (
+        ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError,
+        pickle.UnpicklingError)):
+      raise
+    argument, colon, rest = str(e).partition(": ")
+    if colon and argument in _ADAPTER_ARGUMENTS:  # adapters' own checks
+      where = (f"--torch-weights {options.torch_weights}"
+               if argument == "weights" else flag)
+      raise InputError(f"{where}: {rest}") from None
+    # The file, the framework or the factory's own code failed.
+    hint = ("; a module that takes [B, C, H, W] needs --nchw"
+            if options.torch is not None and not options.nchw
+            and isinstance(e, RuntimeError) else "")
+    raise InputError(f"{flag}: cannot load or run the model: "
+                     f"{type(e).__name__}: {e}{hint}") from None
+  identity = dict(external.identity, nchw=bool(options.nchw))
+  where, _, function = (options.torch or "").rpartition(":")
+  if where.endswith(".py"):  # the factory's code is part of the model
+    factory = pathlib.Path(where)
+    identity["architecture"] = f"torch:{factory.name}:{function}"
+    identity["files"] = {factory.name: _file_sha256(factory),
+                         **identity["files"]}
+  return Victim(external.predict, external.num_classes, identity)
+
+
 def _fingerprint(images, labels) -> str:
   digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
   digest.update(np.asarray(labels, np.int64).tobytes())
@@ -162,7 +239,7 @@ def _fingerprint(images, labels) -> str:
 def load_pool(options: AttackOptions) -> Pool:
   """The images to attack: a folder, CIFAR-10 test, or the packaged sample."""
   if options.folder is not None:
-    return _load_folder(options.folder, options.size)
+    return _load_folder(options.folder, options.size, options.skip_bad_images)
   if options.data is not None and not os.path.exists(options.data):
     raise InputError(f"--data {options.data}: no such file or folder")
   try:
@@ -174,7 +251,7 @@ def load_pool(options: AttackOptions) -> Pool:
     if options.data is not None:
       raise InputError(f"--data: {e}") from None
     found = data_lib.load_cifar10_sample()
-    where = "packaged CIFAR-10 test sample"
+    where = _SAMPLE_SOURCE
     _say("No CIFAR-10 data set found (set PIXELJAX_DATA or pass --data); "
          f"using the packaged sample of {len(found.images)} test images.")
   except data_lib.DataCorruptError as e:
@@ -184,13 +261,24 @@ def load_pool(options: AttackOptions) -> Pool:
                    sha256=_fingerprint(found.images, found.labels)))
 
 
-def _load_folder(folder: str, size: int) -> Pool:
+def _load_folder(folder: str, size: int, skip_bad: bool) -> Pool:
   """A folder ``<class>/*.png|jpg`` of the user's pictures, resized to
-  ``size`` x ``size``, labelled in the CIFAR-10 class order."""
+  ``size`` x ``size``, labelled in the CIFAR-10 class order; with
+  ``skip_bad``, unreadable images are left out and listed on stderr."""
   try:
-    found = data_lib.load_image_folder(folder, size=(size, size))
-  except (FileNotFoundError, data_lib.DataCorruptError, ValueError) as e:
+    found = data_lib.load_image_folder(folder, size=(size, size),
+                                       skip_bad=skip_bad)
+  except data_lib.DataCorruptError as e:
+    hint = ("" if skip_bad
+            else "; pass --skip-bad-images to leave bad images out")
+    raise InputError(f"--folder: {e}{hint}") from None
+  except (FileNotFoundError, ValueError) as e:
     raise InputError(f"--folder: {e}") from None
+  if found.skipped:
+    _say(f"Skipped {len(found.skipped)} bad images of {folder} "
+         "(--skip-bad-images):\n" + "\n".join(
+             f"  {os.path.relpath(p, folder)}: {why}"
+             for p, why in found.skipped))
   classes = data_lib.CIFAR10_CLASSES
   unknown = [c for c in found.class_names if c not in classes]
   if unknown:
@@ -279,7 +367,7 @@ def _tasks(settings, labels, num_classes):
   return tasks
 
 
-def _record(task, index, label, result, i, seconds, path) -> dict:
+def _record(task, index, label, result, i, seconds_share, path) -> dict:
   pixels, _, target = task
   where = {} if path is None else dict(path=path)
   return dict(
@@ -288,16 +376,81 @@ def _record(task, index, label, result, i, seconds, path) -> dict:
       success=bool(result.success[i]), adv_label=int(result.adv_label[i]),
       adv_prob=float(result.adv_prob[i]),
       true_prob=float(result.true_prob[i]),
+      target_prob=float(result.target_prob[i]),
       perturbation=result.perturbation[i].tolist(),
       queries=int(result.queries[i]), generations=int(result.generations[i]),
-      seconds=seconds)
+      seconds_share=seconds_share)
 
 
 def example_path(directory, record) -> pathlib.Path:
-  """Where the PNG of one attack goes."""
+  """Where the PNG of one attack goes: examples/<d>px/ then the image's index
+  (``00042``), or for a --folder run its file (``horse/12.jpg``), then
+  ``_to<target>`` when targeted, and ``.png``."""
   aim = "" if record["target"] is None else f"_to{record['target']}"
+  name = record.get("path") or f"{record['image']:05d}"
   return (pathlib.Path(directory) / "examples" / f"{record['pixels']}px"
-          / f"{record['image']:05d}{aim}.png")
+          / f"{name}{aim}.png")
+
+
+class _Progress:
+  """The progress bar of a run: model evaluations against the run's budget,
+  and the attacks done and fooled per pixel count.
+
+  The budget is each attack's most evaluations, popsize * (maxiter + 1); an
+  attack that ends early (it succeeded) is credited its whole budget, so the
+  bar moves with every evaluation and ends full.
+  """
+
+  def __init__(self, settings, tasks, records, enabled: bool):
+    self.budget = settings["popsize"] * (settings["maxiter"] + 1)
+    self.attacks = dict.fromkeys(settings["pixels"], 0)
+    for pixels, _, _ in tasks:
+      self.attacks[pixels] += 1
+    self.done = dict.fromkeys(self.attacks, 0)
+    self.fooled = dict.fromkeys(self.attacks, 0)
+    self.evaluations = 0  # spent in this session
+    self._stream = 0  # spent by the current stream_attack call
+    self._stream_finished = 0  # of which by its finished attacks
+    self._count(records)
+    self.bar = tqdm(
+        total=len(tasks) * self.budget,
+        initial=sum(self.done.values()) * self.budget,
+        disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+        "{postfix}")
+    self._show()
+
+  def _count(self, records):
+    for r in records:
+      self.done[r["pixels"]] += 1
+      self.fooled[r["pixels"]] += bool(r["success"])
+
+  def stream(self, pixels: int):
+    """A ``stream_attack`` call for ``pixels`` begins."""
+    self.bar.set_description(f"{pixels}-pixel")
+    self._stream = self._stream_finished = 0
+
+  def evaluated(self, evaluations: int):
+    """``stream_attack``'s progress callback: its evaluations so far."""
+    self.evaluations += evaluations - self._stream
+    self._stream = evaluations
+    self._show()
+
+  def finished(self, records):
+    """Attacks of the current stream that finished."""
+    self._count(records)
+    self._stream_finished += sum(r["queries"] for r in records)
+    self._show()
+
+  def _show(self):
+    fooled = ", ".join(f"{d}px {self.fooled[d]}/{self.done[d]}"
+                       for d in self.attacks)
+    self.bar.set_postfix_str(
+        f"attacks {sum(self.done.values())}/{sum(self.attacks.values())}; "
+        f"fooled {fooled}; {self.evaluations:,} evaluations", refresh=False)
+    in_flight = self._stream - self._stream_finished
+    position = sum(self.done.values()) * self.budget + in_flight
+    self.bar.update(max(0, position - self.bar.n))  # redraws at most 10/s
 
 
 def _attack_all(store, victim, saved, settings, options):
@@ -314,7 +467,6 @@ def _attack_all(store, victim, saved, settings, options):
   tasks = _tasks(settings, labels, victim.num_classes)
   records = store.records()
   done = {runs.task_key(r) for r in records}
-  successes = sum(r["success"] for r in records)
   key_of = lambda t: (t[0], int(index[t[1]]), t[2])  # noqa: E731
   pending = [t for t in tasks if key_of(t) not in done]
   if done:
@@ -322,16 +474,13 @@ def _attack_all(store, victim, saved, settings, options):
          f"already in {store.results_path}.")
   slots = min(options.slots, len(tasks) // len(settings["pixels"]))
   key = jax.random.key(settings["seed"])
-  bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending),
-             unit="img", disable=not options.progress, file=sys.stderr,
-             dynamic_ncols=True)
-  with bar:
-    bar.set_postfix_str(f"fooled {successes}")
+  progress = _Progress(settings, tasks, records, options.progress)
+  with progress.bar:
     for pixels in settings["pixels"]:
       todo = [t for t in pending if t[0] == pixels]
       if not todo:
         continue
-      bar.set_description(f"{pixels}-pixel")
+      progress.stream(pixels)
       positions = np.array([t[1] for t in todo])
       targets = None
       # An attack's id seeds its random stream: image, and target if any.
@@ -346,47 +495,80 @@ def _attack_all(store, victim, saved, settings, options):
             key=key, targets=targets, slots=slots, pixels=pixels,
             popsize=settings["popsize"], maxiter=settings["maxiter"],
             mutation=settings["mutation"], crossover=settings["crossover"],
-            batch_size=options.batch_size, image_ids=ids):
+            batch_size=options.batch_size, image_ids=ids,
+            progress=progress.evaluated):
           # Wall time since the last hand-back, shared by what it returned.
           now = time.perf_counter()
-          seconds, started = (now - started) / len(finished), now
+          share, started = (now - started) / len(finished), now
           new = [_record(todo[j], index[todo[j][1]], labels[todo[j][1]],
-                         result, i, seconds, paths and paths[todo[j][1]])
+                         result, i, share, paths and paths[todo[j][1]])
                  for i, j in enumerate(finished)]
           if options.examples:
             for j, r in zip(finished, new):
-              plots.save_example(
-                  example_path(store.directory, r),
-                  saved["images"][todo[j][1]], r["perturbation"],
-                  class_names=class_names, label=r["label"],
-                  clean_prob=float(saved["clean_prob"][todo[j][1]]),
-                  adv_label=r["adv_label"], adv_prob=r["adv_prob"],
-                  success=r["success"], target=r["target"])
+              path = example_path(store.directory, r)
+              with runs.writing(path):
+                plots.save_example(
+                    path, saved["images"][todo[j][1]], r["perturbation"],
+                    class_names=class_names, label=r["label"],
+                    clean_prob=float(saved["clean_prob"][todo[j][1]]),
+                    adv_label=r["adv_label"], adv_prob=r["adv_prob"],
+                    success=r["success"], target=r["target"])
           store.append(new)
-          successes += sum(r["success"] for r in new)
-          bar.update(len(new))
-          bar.set_postfix_str(f"fooled {successes}")
+          progress.finished(new)
       except (ValueError, TypeError) as e:  # the engine's input checks
         raise UsageError(str(e)) from None
 
 
+def _choose_images(options, victim, pool, target) -> dict:
+  """The images of a run, as images.npz holds them (see ``select_images``)."""
+  positions, clean_prob, looked = select_images(
+      victim.predict, pool, options.images, options.seed, target)
+  if not len(positions):
+    raise InputError("the model classifies none of the images correctly; "
+                     "nothing to attack")
+  saved = dict(images=pool.images[positions], index=positions,
+               labels=pool.labels[positions], clean_prob=clean_prob,
+               class_names=np.array(pool.class_names),
+               looked=np.int64(looked))
+  if pool.paths is not None:
+    saved["paths"] = np.array([pool.paths[i] for i in positions])
+  return saved
+
+
+def _rebuild_images(store, damage, options, victim, pool, target) -> dict:
+  """Chooses a resumed run's images again when images.npz is damaged: the
+  choice is a function of the settings (data, model, seed), which resume
+  has checked. Refuses if the recorded results name other images."""
+  _say(f"{damage}; choosing the images again from the run's settings.")
+  saved = _choose_images(options, victim, pool, target)
+  position = {int(i): n for n, i in enumerate(saved["index"])}
+  paths = saved.get("paths")
+  for r in store.records():
+    n = position.get(r["image"])
+    if (n is None or int(saved["labels"][n]) != r["label"]
+        or r.get("path") != (None if paths is None else str(paths[n]))):
+      raise InputError(
+          f"{store.directory / runs.IMAGES_FILE} is damaged, and the images "
+          f"chosen again do not match the results recorded in "
+          f"{store.results_path} (image {r['image']}); keep that folder "
+          "aside and rerun with another --out to start over")
+  store.save_images(saved)
+  _say(f"Rebuilt {store.directory / runs.IMAGES_FILE}: its images match the "
+       "recorded results.")
+  return saved
+
+
 def _prepare_images(store, options, victim, pool, target, settings):
-  """Selects and saves the images of a new run, or reads a resumed run's."""
-  if store.resumed:
-    saved = store.images()
-  else:
-    positions, clean_prob, looked = select_images(
-        victim.predict, pool, options.images, options.seed, target)
-    if not len(positions):
-      raise InputError("the model classifies none of the images correctly; "
-                       "nothing to attack")
-    saved = dict(images=pool.images[positions], index=positions,
-                 labels=pool.labels[positions], clean_prob=clean_prob,
-                 class_names=np.array(pool.class_names),
-                 looked=np.int64(looked))
-    if pool.paths is not None:
-      saved["paths"] = np.array([pool.paths[i] for i in positions])
+  """Selects and saves the images of a new run, or reads a resumed run's
+  (rebuilding a damaged images.npz)."""
+  if not store.resumed:
+    saved = _choose_images(options, victim, pool, target)
     store.start(settings, saved)
+  else:
+    try:
+      saved = store.images()
+    except runs.DamagedImagesError as e:
+      saved = _rebuild_images(store, e, options, victim, pool, target)
   looked, count = int(saved["looked"]), len(saved["index"])
   short = (f" (only {count} of the {options.images} asked for)"
            if count < options.images else "")
@@ -411,44 +593,104 @@ def write_summary(store, settings):
            f"{settings['data']['source']}")
   clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
             for k, v in row.items()} for row in rows]
-  (store.directory / "summary.json").write_text(json.dumps(
+  runs.write_atomic(store.directory / "summary.json", (json.dumps(
       dict(settings=settings, rows=clean, version=pixeljax.__version__),
-      indent=1) + "\n")
-  (store.directory / "summary.md").write_text(
-      f"# {title}\n\n" + metrics.format_markdown(rows))
+      indent=1) + "\n").encode())
+  runs.write_atomic(store.directory / "summary.md", (
+      f"# {title}\n\n" + metrics.format_markdown(rows)).encode())
   return title, rows
 
 
-def default_out(options: AttackOptions, model: str) -> str:
-  """A folder named after the main settings, so that rerunning the same
-  command resumes it and changing them starts another."""
-  mode = ("targeted" if options.targeted else "untargeted"
-          if options.target is None else f"to-{options.target}")
-  pixels = "-".join(map(str, options.pixels))
-  return os.path.join(
-      "pixeljax-runs", f"{model}_{mode}_{pixels}px_n{options.images}_pop"
-      f"{options.popsize}_it{options.maxiter}_seed{options.seed}")
+def _safe(text, limit: int = 40) -> str:
+  """``text`` as a piece of a file name: letters, digits and ``.+_-`` only,
+  no leading dot, at most ``limit`` characters, never empty."""
+  return re.sub(r"[^A-Za-z0-9.+_-]+", "-", str(text)).strip(".-")[:limit] or "x"
+
+
+def _short_hash(value) -> str:
+  return hashlib.sha256(
+      json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_out(options: AttackOptions, victim: Victim, pool: Pool,
+                target: Optional[int]) -> str:
+  """A folder under pixeljax-runs/ named after the model (a weights card's
+  name and a hash of its files), the data (where from, and a hash of the
+  images) and the settings, so that rerunning the same command resumes it
+  and changing any of them starts another. Always one plain folder name,
+  whatever a card's name holds."""
+  model = _safe(victim.identity["name"])
+  if options.weights is not None:
+    model += "-" + _short_hash(victim.identity["files"])
+  elif options.onnx is not None or options.torch is not None:
+    model += "-" + _short_hash(victim.identity)  # files, factory, layout
+  if options.folder is not None:
+    data = _safe(os.path.basename(os.path.abspath(options.folder)))
+  else:
+    data = "sample" if pool.identity["source"] == _SAMPLE_SOURCE else "cifar10"
+  data += "-" + pool.identity["sha256"][:8]
+  mode = ("targeted" if options.targeted else "untargeted" if target is None
+          else f"to-{_safe(pool.class_names[target])}")
+  search = f"pop{options.popsize}_it{options.maxiter}"
+  if options.mutation != AttackOptions.mutation:
+    search += f"_F{options.mutation:g}"
+  if options.crossover is not None:
+    search += f"_cr{options.crossover:g}"
+  name = (f"{model}_{data}_{mode}_{'-'.join(map(str, options.pixels))}px_n"
+          f"{options.images}_{search}_seed{options.seed}")
+  if len(name) > 200:  # many pixel counts: keep within a file name's limit
+    name = f"{name[:190]}-{_short_hash(name)}"
+  return os.path.join("pixeljax-runs", name)
+
+
+def check_settings(options: AttackOptions, victim: Victim, pool: Pool,
+                   target: Optional[int]):
+  """Runs the engine's own input checks (``stream_attack`` checks every
+  argument before it starts) on the first image with the run's settings, so
+  that one it refuses (``--pixels`` above the pixels of an image, ...)
+  stops the run before anything is written; ``UsageError`` if so."""
+  label = int(pool.labels[0])
+  aimed = options.targeted or target is not None
+  per_pixels = options.images * (victim.num_classes - 1 if options.targeted
+                                 else 1)
+  try:
+    pixeljax.stream_attack(
+        victim.predict, pool.images[:1], pool.labels[:1],
+        key=jax.random.key(options.seed),
+        targets=np.array([(label + 1) % victim.num_classes]) if aimed
+        else None, slots=min(options.slots, per_pixels),
+        pixels=max(options.pixels), popsize=options.popsize,
+        maxiter=options.maxiter, mutation=options.mutation,
+        crossover=options.crossover, batch_size=options.batch_size)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f"the attack refuses these settings: {e}") from None
 
 
 def run_attack(options: AttackOptions) -> list:
   """Runs (or resumes) the attack described by ``options``.
 
+  Every option is checked before anything is written; a run that fails
+  before it starts leaves no folder of its own behind.
+
   Returns:
     The summary rows (``metrics.summarize``) over the whole run folder.
   """
-  victim = load_victim(options.model, options.weights)
-  if options.out is None:
-    options = dataclasses.replace(
-        options, out=default_out(options, victim.identity["name"]))
-  runs.ensure_writable(pathlib.Path(options.out))
+  if options.onnx is not None or options.torch is not None:
+    victim = load_external_victim(options)
+  else:
+    victim = load_victim(options.model, options.weights)
+  if options.out:  # before the data, which may take long to load
+    runs.check_writable(options.out)
   pool = load_pool(options)
   if victim.num_classes != len(pool.class_names):
     raise InputError(f"the model has {victim.num_classes} classes, the data "
                      f"{len(pool.class_names)}")
   target = resolve_target(options.target, list(pool.class_names))
+  check_settings(options, victim, pool, target)
   settings = _settings(options, victim, pool, target)
   store = runs.RunStore.create_or_resume(
-      options.out, settings, describe=lambda k: _OPTION_NAMES.get(k, k))
+      options.out or default_out(options, victim, pool, target), settings,
+      describe=lambda k: _OPTION_NAMES.get(k, k), uncompared=_UNCOMPARED)
   enable_compile_cache()
   try:
     saved = _prepare_images(store, options, victim, pool, target, settings)
@@ -458,7 +700,8 @@ def run_attack(options: AttackOptions) -> list:
     store.close()
   print(f"{title}\n{metrics.format_table(rows)}", end="")
   if options.figures:
-    plots.draw_run(store.directory)
+    with runs.writing(store.directory / "figures"):
+      plots.draw_run(store.directory)
   _say(f"Results in {store.directory}: {runs.RESULTS_FILE}, summary.md"
        + (", examples/" if options.examples else "")
        + (", figures/" if options.figures else ""))

@@ -27,13 +27,22 @@ _EPILOG = """exit codes:
   1    unexpected internal error (a bug; a traceback is printed)
   2    usage error: unknown option or bad value
   3    data, model or file problem (unknown model, missing data, unreadable
-       image, output folder not writable)
+       image, output folder not writable, disk full)
   4    the output folder holds a run with other settings
   130  interrupted (Ctrl-C): finished work is kept, rerun to resume
 """
 
 _ATTACK_HELP = f"""Attack images with the few-pixel differential evolution of
 Su et al. (2019) and write per-image results, a summary and figures.
+
+The model is a shipped one (--model), a weights card (--weights), an ONNX
+file (--onnx) or a PyTorch module from a factory (--torch, with
+--torch-weights). An --onnx or --torch model takes pixels 0..255 in its
+input's dtype (normalisation is its own) as [B, H, W, C], or [B, C, H, W]
+(--nchw), and returns logits [B, K], K the number of classes of the data
+(10 for CIFAR-10 and --folder). The compiled search calls it back on the
+host, slower than a JAX model; install onnxruntime or torch with pip
+install "pixeljax[onnx]" or "pixeljax[torch]".
 
 Images are CIFAR-10 test images (from --data, PIXELJAX_DATA, ...; the
 packaged sample of 300 when no data set is found) or your own pictures
@@ -48,17 +57,33 @@ on a 2-core CPU. --paper: the paper's settings (popsize 400, maxiter 100,
 
 Each attack's result is written to the output folder as soon as it
 finishes; rerun the same command after an interruption (even a kill) to
-resume where it stopped.
+resume where it stopped. The progress bar moves with the model evaluations
+spent against the run's budget (popsize x (maxiter + 1) per attack, an
+attack that succeeds early being counted whole) and shows the attacks done
+and fooled per pixel count.
 
-output folder:
-  run.json         settings (a rerun must match them to resume)
-  images.npz       the attacked images
-  results.jsonl    one line per attack: image, label, target, pixels,
-                   success, adv_label, adv_prob, true_prob, perturbation
-                   [[x, y, r, g, b], ...], queries, generations, seconds
-                   (and path, for --folder)
-  summary.md/json  the summary table
-  examples/        a PNG per attack: original, adversarial, pixels marked
+output folder (default pixeljax-runs/<model>_<data>_<settings>, named after
+the model, the data and the settings, with a hash of the model's files (a
+--weights card's, an --onnx file, a --torch factory file and its weights)
+and of the images, so that the same command resumes and another starts anew):
+  run.json         settings (a rerun must match them to resume; the data
+                   is matched by content, not by path)
+  images.npz       the attacked images (rebuilt from the settings if
+                   damaged)
+  results.jsonl    one line per attack: image (index in the data), label,
+                   target, pixels, success, adv_label, adv_prob (the
+                   probability of adv_label), true_prob, target_prob (of
+                   the target class; non-targeted: of the likeliest class
+                   other than the label), perturbation [[x, y, r, g, b], ...],
+                   queries, generations, seconds_share (this attack's
+                   share of the wall time: the time between two hand-backs
+                   of the engine, split evenly among the attacks finished
+                   in it), and for --folder path (the image's file)
+  summary.md/json  the summary table (attacks/s: attacks, not images, per
+                   second of attack wall time)
+  examples/        a PNG per attack: original, adversarial, pixels marked;
+                   <d>px/<image>[_to<target>].png, or for --folder
+                   <d>px/<path>[_to<target>].png
   figures/         grid_<d>px.png, class_pairs_<d>px.png,
                    success_vs_pixels.png
 """
@@ -103,6 +128,22 @@ def _attack_parser(subparsers):
   victim.add_argument("--weights", metavar="CARD",
                       help="a weights card NAME.json written by "
                       "`pixeljax train` (the .safetensors next to it)")
+  victim.add_argument("--onnx", metavar="PATH",
+                      help="an ONNX model file: one input of images, its "
+                      "first output the logits [B, K]")
+  victim.add_argument("--torch", metavar="MODULE:FUNCTION",
+                      help="a PyTorch model: FUNCTION() in MODULE (an "
+                      "importable module, or path/to/file.py) returns the "
+                      "torch.nn.Module; it runs in eval mode")
+  p.add_argument("--torch-weights", metavar="FILE",
+                 help="--torch: a state dict loaded into the module, "
+                 "strictly: .safetensors, or a torch.save file (read with "
+                 "weights_only=True: no code in it runs)")
+  p.add_argument("--nchw", action="store_true", default=None,
+                 help="--onnx/--torch: the model takes [B, C, H, W] images "
+                 "(default: an ONNX model's layout is read from its "
+                 "declared input shape, an error when both would fit; a "
+                 "torch module gets [B, H, W, C])")
   source = p.add_mutually_exclusive_group()
   source.add_argument("--data", metavar="PATH",
                       help="CIFAR-10 source: image-folder tree, .tar.gz or "
@@ -113,6 +154,10 @@ def _attack_parser(subparsers):
   p.add_argument("--size", type=_int_at_least(1), default=32,
                  help="--folder images are resized to SIZE x SIZE "
                  "(default 32)")
+  p.add_argument("--skip-bad-images", action="store_true",
+                 help="--folder: leave out unreadable images (corrupt, or "
+                 "over 8192 x 8192 pixels) and list them, instead of "
+                 "stopping at the first")
   p.add_argument("--no-download", dest="download", action="store_false",
                  help="never download CIFAR-10")
   p.add_argument("--images", type=_int_at_least(1), metavar="N",
@@ -148,8 +193,9 @@ def _attack_parser(subparsers):
                  help="attacks in flight at once (default 32; results do "
                  "not depend on it)")
   p.add_argument("--out", metavar="DIR",
-                 help="output folder (default pixeljax-runs/<settings>); "
-                 "an existing run with the same settings is resumed")
+                 help="output folder (default pixeljax-runs/<model>_<data>_"
+                 "<settings>); an existing run with the same settings is "
+                 "resumed")
   p.add_argument("--no-examples", dest="examples", action="store_false",
                  help="skip the per-attack PNGs")
   p.add_argument("--no-figures", dest="figures", action="store_false",
@@ -191,10 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_attack(args) -> int:
   from pixeljax import campaign  # flax and matplotlib: only when used
+  if args.torch_weights is not None and args.torch is None:
+    raise errors.UsageError("--torch-weights: only with --torch (an ONNX file "
+                            "holds its weights; a --weights card names its "
+                            "own)")
+  if args.nchw and args.onnx is None and args.torch is None:
+    raise errors.UsageError("--nchw: only with --onnx or --torch (the "
+                            "shipped models and weights cards take NHWC)")
   chosen = PAPER if args.paper else QUICK
   options = campaign.AttackOptions(
-      out=args.out, model=args.model, weights=args.weights, data=args.data,
-      folder=args.folder, size=args.size, download=args.download,
+      out=args.out, model=args.model, weights=args.weights, onnx=args.onnx,
+      torch=args.torch, torch_weights=args.torch_weights, nchw=args.nchw,
+      data=args.data,
+      folder=args.folder, size=args.size,
+      skip_bad_images=args.skip_bad_images, download=args.download,
       images=args.images or chosen["images"],
       pixels=tuple(sorted(set(args.pixels))),
       targeted=args.targeted, target=args.target,
@@ -209,7 +265,14 @@ def _run_attack(args) -> int:
 
 def _run_figures(args) -> int:
   from pixeljax import plots
-  for path in plots.draw_run(args.run_dir):
+  from pixeljax import runs
+  try:
+    with runs.writing(pathlib.Path(args.run_dir) / "figures"):
+      written = plots.draw_run(args.run_dir)
+  except runs.DamagedImagesError as e:
+    raise errors.InputError(f"{e}; rerun the `pixeljax attack` command of "
+                            "that run: it rebuilds the file") from None
+  for path in written:
     print(path)
   return errors.EXIT_OK
 

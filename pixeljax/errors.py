@@ -6,7 +6,7 @@ Exit codes (stable: scripts may rely on them):
   2    usage error: an unknown option or a bad option value.
   3    a data, model or file problem: unknown model or missing weights, no
        such data set or image folder, an unreadable image, an output folder
-       that cannot be written.
+       that cannot be written, a write that fails (a full disk).
   4    the output folder holds a run with other settings (resume refused).
   130  interrupted (Ctrl-C); finished images are on disk, rerun to resume.
 """

@@ -2,8 +2,10 @@
 
 A record is one finished attack as written to results.jsonl: a dict with at
 least ``pixels``, ``label``, ``target`` (None when non-targeted), ``success``,
-``adv_label``, ``adv_prob``, ``queries`` and ``seconds`` (its share of the wall
-time of the engine call that returned it).
+``adv_label``, ``adv_prob``, ``queries`` and ``seconds_share`` (its share of
+the wall time: the time since the engine's previous hand-back, split evenly
+among the attacks it handed back; run folders of earlier versions call it
+``seconds``).
 """
 
 import math
@@ -17,7 +19,7 @@ _COLUMNS = (
     ("mean_confidence", "mean confidence (successes)", "{:.1%}"),
     ("mean_queries", "mean queries", "{:.0f}"),
     ("seconds", "wall time (s)", "{:.1f}"),
-    ("images_per_second", "images/s", "{:.2f}"),
+    ("attacks_per_second", "attacks/s", "{:.2f}"),
 )
 
 
@@ -27,14 +29,15 @@ def summarize(records) -> list:
   Returns a list of dicts: pixels, attacks (images, or image-target pairs
   when targeted), successes, success_rate, mean_confidence (mean ``adv_prob``
   of the successes; NaN when none), mean_queries, seconds (attack wall time,
-  summed over resumed sessions) and images_per_second (attacks per second).
+  summed over resumed sessions) and attacks_per_second (attacks, not images:
+  a targeted run attacks each image K - 1 times).
   """
   rows = []
   for pixels in sorted({r["pixels"] for r in records}):
     group = [r for r in records if r["pixels"] == pixels]
     success = np.array([r["success"] for r in group], bool)
     confidence = np.array([r["adv_prob"] for r in group], np.float64)[success]
-    seconds = float(sum(r["seconds"] for r in group))
+    seconds = float(sum(_seconds_share(r) for r in group))
     rows.append(dict(
         pixels=pixels,
         attacks=len(group),
@@ -44,8 +47,14 @@ def summarize(records) -> list:
                          else math.nan),
         mean_queries=float(np.mean([r["queries"] for r in group])),
         seconds=seconds,
-        images_per_second=len(group) / seconds if seconds > 0 else math.nan))
+        attacks_per_second=(len(group) / seconds if seconds > 0
+                            else math.nan)))
   return rows
+
+
+def _seconds_share(record) -> float:
+  # Run folders written before the field's rename call it "seconds".
+  return record.get("seconds_share", record.get("seconds", 0.0))
 
 
 def _cells(row) -> list:

@@ -10,14 +10,19 @@ Layout of a run folder:
 Records are appended with flush + fsync as they come, so a run killed at any
 moment (SIGKILL included) loses only the attacks in flight; a last line
 cut short by the kill is dropped when the folder is opened again, and the
-attacks it held are redone.
+attacks it held are redone. Every other file is written whole or not at all
+(a temporary file, fsync, then ``os.replace``). A write that fails (a full
+disk, a folder made read-only) raises ``InputError`` naming the file; what
+was written before stays as it was.
 """
 
+import contextlib
 import fcntl
 import json
 import os
 import pathlib
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -28,6 +33,13 @@ SETTINGS_FILE = "run.json"
 IMAGES_FILE = "images.npz"
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = "run.lock"
+# The arrays of images.npz (``paths`` too, for a folder of the user's own).
+IMAGE_ARRAYS = ("images", "index", "labels", "clean_prob", "class_names",
+                "looked")
+
+
+class DamagedImagesError(InputError):
+  """images.npz is missing, cut short or otherwise unreadable as arrays."""
 
 
 def task_key(record) -> tuple:
@@ -35,25 +47,84 @@ def task_key(record) -> tuple:
   return (record["pixels"], record["image"], record["target"])
 
 
-def _write_atomic(path: pathlib.Path, data: bytes):
-  """Writes ``path`` so that a reader sees the old file or the whole new one."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def ensure_writable(directory: pathlib.Path):
-  """Creates ``directory`` if needed and checks that files can be made in it."""
+@contextlib.contextmanager
+def writing(path):
+  """Turns an ``OSError`` raised inside (a full disk, a folder made
+  read-only, ...) into an ``InputError`` (exit 3) naming ``path``."""
   try:
-    directory.mkdir(parents=True, exist_ok=True)
+    yield
+  except OSError as e:
+    raise InputError(
+        f"cannot write {path}: {e.strerror or e}; what was written before is "
+        "kept: fix that (free some space, ...) and rerun the same command to "
+        "resume") from None
+
+
+def write_atomic(path, content):
+  """Writes ``path`` so that a reader sees the old file or the whole new one.
+
+  ``content``: bytes, or a function that writes them to the binary file it
+  is given. Raises ``InputError`` if the write fails; no temporary file is
+  left behind.
+  """
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    with writing(path):
+      with open(tmp, "wb") as f:
+        if isinstance(content, bytes):
+          f.write(content)
+        else:
+          content(f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+  finally:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+
+
+def _make_dirs(directory: pathlib.Path) -> list:
+  """Creates ``directory`` and its missing parents; returns those it made,
+  deepest first."""
+  missing = []
+  for folder in [directory, *directory.parents]:
+    if folder.exists():
+      break
+    missing.append(folder)
+  directory.mkdir(parents=True, exist_ok=True)
+  return missing
+
+
+def check_writable(directory):
+  """Raises ``InputError`` if ``directory`` could not be made or written in,
+  as far as can be told without making anything (see ``ensure_writable``)."""
+  directory = pathlib.Path(directory)
+  for folder in [directory, *directory.parents]:
+    if folder.exists():
+      why = ("is not a folder" if not folder.is_dir()
+             else "is not writable" if not os.access(folder, os.W_OK | os.X_OK)
+             else None)
+      if why:
+        raise InputError(f"output folder {directory} cannot be written: "
+                         f"{folder} {why}; choose another with --out")
+      return
+
+
+def ensure_writable(directory: pathlib.Path) -> list:
+  """Creates ``directory`` if needed and checks that files can be made in it.
+
+  Returns:
+    The folders it created (``directory`` and missing parents), deepest first.
+  """
+  try:
+    created = _make_dirs(directory)
     with tempfile.TemporaryFile(dir=directory):
       pass
   except OSError as e:
     raise InputError(f"output folder {directory} cannot be written: "
                      f"{e.strerror or e}; choose another with --out") from None
+  return created
 
 
 class RunStore:
@@ -63,6 +134,7 @@ class RunStore:
   def __init__(self, directory):
     self.directory = pathlib.Path(directory)
     self._lock = None
+    self._made = []  # what create_or_resume created: removed unless started
     self.resumed = False  # set by create_or_resume
 
   @property
@@ -81,37 +153,54 @@ class RunStore:
 
   @classmethod
   def create_or_resume(cls, directory, settings: dict,
-                       describe=lambda key: key) -> "RunStore":
+                       describe=lambda key: key,
+                       uncompared=()) -> "RunStore":
     """Opens ``directory`` for writing a run with ``settings``.
 
     A new folder is made ready; a folder with a run of the same settings is
     resumed (its cut-off last record, if any, is dropped); a folder with other
     settings is refused with ``RunConflictError`` naming each difference.
     ``describe`` turns a settings key into the option a person would change.
+    ``uncompared`` names (key, sub-key) pairs of ``settings`` that describe
+    rather than decide (where the data came from): they may differ on resume,
+    and the saved ones are kept.
     """
     store = cls(directory)
-    ensure_writable(store.directory)
+    created = ensure_writable(store.directory)
+    lock_path = store.directory / LOCK_FILE
+    new_lock = not lock_path.exists()
     store._acquire_lock()
-    saved = store.settings() if (
-        store.directory / SETTINGS_FILE).is_file() else None
+    store._made = [lock_path] * new_lock + created
+    try:
+      store._open(settings, describe, uncompared)
+    except BaseException:
+      store.close()
+      raise
+    return store
+
+  def _open(self, settings, describe, uncompared):
+    """Checks the saved settings against ``settings`` (see
+    ``create_or_resume``)."""
+    saved = self.settings() if (
+        self.directory / SETTINGS_FILE).is_file() else None
     if saved is None:
-      if store.results_path.exists():
+      if self.results_path.exists():
         raise RunConflictError(
-            f"{store.directory} holds {RESULTS_FILE} but no {SETTINGS_FILE}; "
+            f"{self.directory} holds {RESULTS_FILE} but no {SETTINGS_FILE}; "
             "use an empty folder for --out")
-    elif saved != settings:
+      return
+    saved, settings = (_without(s, uncompared) for s in (saved, settings))
+    if saved != settings:
       keys = sorted(set(saved) | set(settings))
       diffs = [f"  {describe(k)}: saved {saved.get(k)!r}, "
                f"now {settings.get(k)!r}"
                for k in keys if saved.get(k) != settings.get(k)]
       raise RunConflictError(
-          f"{store.directory} holds a run with other settings:\n"
+          f"{self.directory} holds a run with other settings:\n"
           + "\n".join(diffs) + "\nRerun with the saved settings to resume "
           "it, or choose another --out folder.")
-    else:
-      store._drop_partial_line()
-      store.resumed = True
-    return store
+    self._drop_partial_line()
+    self.resumed = True
 
   def _acquire_lock(self):
     self._lock = open(self.directory / LOCK_FILE, "a")
@@ -119,23 +208,41 @@ class RunStore:
       fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       self._lock.close()
+      self._lock = None
       raise RunConflictError(f"another process is writing {self.directory}; "
                              "wait for it or choose another --out") from None
 
   def close(self):
-    """Releases the folder's lock (also released when the process dies)."""
-    if self._lock is not None:
-      self._lock.close()
-      self._lock = None
+    """Releases the folder's lock (also released when the process dies).
+
+    A run that never started (no run.json: it failed or was interrupted
+    before) leaves nothing behind: the lock file and the folders that
+    ``create_or_resume`` made are removed if they hold nothing else. A folder
+    that was there before, and anything else in it, is kept.
+    """
+    if self._lock is None:
+      return
+    if not (self.directory / SETTINGS_FILE).exists():
+      # Removed while still held, so no other process can take it meanwhile.
+      for path in self._made:
+        try:
+          path.unlink() if path.name == LOCK_FILE else path.rmdir()
+        except OSError:  # not empty: something else is in it now
+          break
+    self._made = []
+    self._lock.close()
+    self._lock = None
 
   def start(self, settings: dict, images: dict):
     """Saves the images (a dict of arrays) then the settings, atomically."""
-    path = self.directory / IMAGES_FILE
-    tmp = path.with_name(f".{IMAGES_FILE}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **images)
-    os.replace(tmp, path)
-    _write_atomic(self.directory / SETTINGS_FILE,
-                  (json.dumps(settings, indent=1) + "\n").encode())
+    self.save_images(images)
+    write_atomic(self.directory / SETTINGS_FILE,
+                 (json.dumps(settings, indent=1) + "\n").encode())
+
+  def save_images(self, images: dict):
+    """Writes images.npz (see ``start``) atomically."""
+    write_atomic(self.directory / IMAGES_FILE,
+                 lambda f: np.savez(f, **images))
 
   def settings(self) -> dict:
     """The saved settings (run.json)."""
@@ -146,20 +253,37 @@ class RunStore:
       raise InputError(f"cannot read {path}: {e}") from None
 
   def images(self) -> dict:
-    """The saved image arrays (see ``start``)."""
+    """The saved image arrays (see ``start``).
+
+    Raises:
+      DamagedImagesError: the file is missing, cut short, or lacks arrays.
+      InputError: it cannot be read (no permission, ...).
+    """
     path = self.directory / IMAGES_FILE
     try:
       with np.load(path) as z:
-        return {name: z[name] for name in z.files}
-    except (OSError, ValueError) as e:
+        arrays = {name: z[name] for name in z.files}
+    except FileNotFoundError:
+      raise DamagedImagesError(f"{path} is missing") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise DamagedImagesError(f"{path} is damaged: {e}") from None
+    except OSError as e:
       raise InputError(f"cannot read {path}: {e}") from None
+    count = len(arrays.get("index", ()))
+    if (any(name not in arrays for name in IMAGE_ARRAYS) or any(
+        len(arrays[name]) != count for name in ("images", "labels",
+                                                "clean_prob"))):
+      raise DamagedImagesError(f"{path} is damaged: expected the arrays "
+                               f"{list(IMAGE_ARRAYS)}, one entry per image; "
+                               f"got {sorted(arrays)}")
+    return arrays
 
   def _drop_partial_line(self):
     """Cuts a last line that a kill left without its newline."""
     path = self.results_path
     if not path.exists():
       return
-    with open(path, "rb+") as f:
+    with writing(path), open(path, "rb+") as f:
       data = f.read()
       keep = data.rfind(b"\n") + 1
       if keep < len(data):
@@ -188,10 +312,36 @@ class RunStore:
     return records
 
   def append(self, records: list):
-    """Appends records, one JSON line each, and forces them to disk."""
+    """Appends records, one JSON line each, and forces them to disk.
+
+    If that fails, the file is cut back to what it held before (a kill can
+    still leave a last line cut short: the next ``create_or_resume`` drops
+    it).
+    """
     data = "".join(json.dumps(r, separators=(",", ":")) + "\n"
-                   for r in records)
-    with open(self.results_path, "a") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
+                   for r in records).encode()
+    with writing(self.results_path):
+      fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                   0o666)
+      try:
+        size = os.fstat(fd).st_size
+        try:
+          written = 0
+          while written < len(data):
+            written += os.write(fd, data[written:])
+          os.fsync(fd)
+        except OSError:
+          with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+          raise
+      finally:
+        os.close(fd)
+
+
+def _without(settings: dict, uncompared) -> dict:
+  """``settings`` less the (key, sub-key) pairs of ``uncompared``."""
+  settings = dict(settings)
+  for key, sub in uncompared:
+    if isinstance(settings.get(key), dict):
+      settings[key] = {k: v for k, v in settings[key].items() if k != sub}
+  return settings

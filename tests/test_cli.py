@@ -1,4 +1,5 @@
-"""The `pixeljax` command end to end, in subprocesses, on tiny settings.
+"""The `pixeljax` command end to end, on tiny settings: in subprocesses where
+the process matters (the entry point, a kill), else through cli.main here.
 
 The victim is the shipped SmallCNN when it is there, else a SmallCNN with
 random weights saved to a temporary card (it fools nothing, but every code
@@ -7,25 +8,50 @@ downloads are off. Compiled attacks are cached in a temporary PIXELJAX_CACHE
 shared by the whole module, so later runs with the same shapes start fast.
 """
 
+import errno
+import hashlib
+import importlib.util
 import json
 import os
 import pathlib
+import re
+import select
+import shutil
 import signal
+import struct
 import subprocess
 import sys
-import time
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-# 6 images x 2 pixel counts, 4 in flight at once: slow enough that a run can
-# be killed half-way.
+# 6 images x 2 pixel counts, 4 in flight at once: several hand-backs each.
 TINY = ["--images", "6", "--pixels", "1", "3", "--popsize", "12",
         "--maxiter", "40", "--slots", "4", "--no-download", "--quiet"]
+# Cheaper, for the runs in this process: 4 attacks of one generation, in
+# the shapes of TINY's 1-pixel attack (compiled once, then from the cache).
+CHEAP = ["--images", "4", "--pixels", "1", "--popsize", "12", "--maxiter", "1",
+         "--slots", "4", "--no-download", "--no-figures", "--no-examples",
+         "--quiet"]
 FIELDS = {"image", "label", "target", "pixels", "success", "adv_label",
-          "adv_prob", "true_prob", "perturbation", "queries", "generations",
-          "seconds"}
+          "adv_prob", "true_prob", "target_prob", "perturbation", "queries",
+          "generations", "seconds_share"}
+# `pixeljax ARGS` (cli.main) that stops for good once its first records are
+# on disk (appended and fsync'd), until the test kills or interrupts it: the
+# signal always comes mid-run, however loaded the machine.
+STOP_AFTER_FIRST_RECORDS = """
+import sys
+from pixeljax import cli, runs
+append = runs.RunStore.append
+def append_then_stop(store, records):
+  append(store, records)
+  print("appended", flush=True)
+  sys.stdin.read()  # returns only when the test ends the process
+runs.RunStore.append = append_then_stop
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +82,20 @@ def read_records(folder):
 def comparable(records):
   """Records keyed by attack, without the wall time."""
   return {(r["pixels"], r["image"], r["target"]):
-          {k: v for k, v in r.items() if k != "seconds"} for r in records}
+          {k: v for k, v in r.items() if k != "seconds_share"}
+          for r in records}
+
+
+def check_probabilities(records):
+  """What target_prob must be next to adv_prob; each in [0, 1]."""
+  for r in records:
+    assert 0 <= r["target_prob"] <= r["adv_prob"] <= 1
+    if r["target"] is None:
+      assert r["success"] == (r["adv_label"] != r["label"])
+    else:
+      assert r["success"] == (r["adv_label"] == r["target"])
+    if r["success"]:  # the class reached is the likeliest
+      assert r["target_prob"] == r["adv_prob"]
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +112,15 @@ def test_attack_writes_results_images_and_summary(straight):
   out, done = straight
   assert "packaged sample" in done.stderr
   assert "skipped" in done.stderr
-  assert "success rate" in done.stdout and "images/s" in done.stdout
+  assert "success rate" in done.stdout and "attacks/s" in done.stdout
   records = read_records(out)
   assert len(records) == 12 and len(comparable(records)) == 12
   saved = np.load(out / "images.npz")
+  check_probabilities(records)
   for r in records:
     assert set(r) == FIELDS
     assert r["target"] is None
     assert len(r["perturbation"]) == r["pixels"]
-    assert r["success"] == (r["adv_label"] != r["label"])
     assert r["queries"] == 12 * (r["generations"] + 1)
     png = out / "examples" / f"{r['pixels']}px" / f"{r['image']:05d}.png"
     assert Image.open(png).format == "PNG"
@@ -98,34 +137,34 @@ def test_attack_writes_results_images_and_summary(straight):
 def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
                                                      tmp_path):
   out = tmp_path / "killed"
-  command = [sys.executable, "-m", "pixeljax.cli", "attack", *victim, *TINY,
-             "--out", str(out)]
+  command = [sys.executable, "-c", STOP_AFTER_FIRST_RECORDS, "attack",
+             *victim, *TINY, "--out", str(out)]
 
-  def start_and_stop(sig, lines_before):
-    """Starts the run and sends ``sig`` once a new record is on disk."""
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and proc.poll() is None:
-      if results.exists() and results.read_bytes().count(b"\n") > lines_before:
-        break
-      time.sleep(0.02)
+  def stopped_mid_run(sig):
+    """Starts the run, waits until it stops after its first records, and
+    sends it ``sig``; returns (exit code, stderr)."""
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], 280)
+    line = proc.stdout.readline() if ready else "(no records in 280 s)"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
+    assert line == "appended\n", (line, stderr)
     return proc.returncode, stderr
 
-  code, _ = start_and_stop(signal.SIGKILL, 0)
+  code, _ = stopped_mid_run(signal.SIGKILL)
   assert code == -signal.SIGKILL
   lines = len(read_records(out))
-  assert 1 <= lines < 12, "the run ended before the kill: make it slower"
+  assert 1 <= lines <= 4  # one hand-back of the 4 slots, of 12 attacks
   # A kill in the middle of a write leaves a line without its newline.
   with open(out / "results.jsonl", "a") as f:
     f.write('{"image": 3, "label": 1, "tar')
 
-  code, stderr = start_and_stop(signal.SIGINT, lines)
+  code, stderr = stopped_mid_run(signal.SIGINT)
   assert code == 130, stderr
   assert "rerun" in stderr and "Traceback" not in stderr
+  assert lines < len(read_records(out)) < 12
 
   done = pixeljax("attack", *victim, *TINY, "--out", out,
                   env=env)
@@ -137,19 +176,19 @@ def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
   # found what the straight run found.
   expected = comparable(read_records(straight[0]))
   for key, record in comparable(records).items():
-    for field in ("adv_prob", "true_prob"):
+    for field in ("adv_prob", "true_prob", "target_prob"):
       assert record.pop(field) == pytest.approx(expected[key].pop(field),
                                                 rel=1e-5)
     assert record == expected[key]
 
 
-def test_figures_redraws_from_saved_results(straight, env):
+def test_figures_redraws_from_saved_results(straight, main):
   out, _ = straight
   for png in (out / "figures").iterdir():
     png.unlink()
-  done = pixeljax("figures", out, env=env)
-  assert done.returncode == 0, done.stderr
-  paths = [pathlib.Path(p) for p in done.stdout.split()]
+  code, stdout, err = main("figures", out)
+  assert code == 0, err
+  paths = [pathlib.Path(p) for p in stdout.split()]
   assert {p.name for p in paths} == {
       "grid_1px.png", "grid_3px.png", "class_pairs_1px.png",
       "class_pairs_3px.png", "success_vs_pixels.png"}
@@ -165,56 +204,62 @@ def test_own_image_folder(env, victim, tmp_path):
     folder = tmp_path / "pictures" / sample.class_names[sample.labels[i]]
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sample.images[i]).save(folder / f"{i}.png")
+  # Bad images, left out with --skip-bad-images: a corrupt one, and a bomb
+  # (a PNG whose header claims 100000 x 100000 pixels).
+  (tmp_path / "pictures" / "horse" / "broken.png").write_bytes(b"not a png")
+  bomb = bytearray((folder / f"{i}.png").read_bytes())
+  bomb[16:24] = struct.pack(">II", 100_000, 100_000)
+  bomb[29:33] = struct.pack(">I", zlib.crc32(bytes(bomb[12:29])))
+  (tmp_path / "pictures" / "ship" / "bomb.png").write_bytes(bytes(bomb))
   # TINY's shapes for one pixel: the compiled attack comes from the cache.
   done = pixeljax("attack", *victim, *TINY[:2], "--pixels", 1, *TINY[5:],
                   "--folder", tmp_path / "pictures", "--no-figures",
-                  "--out", tmp_path / "out", env=env)
+                  "--skip-bad-images", "--out", tmp_path / "out", env=env)
   assert done.returncode == 0, done.stderr
+  assert "Skipped 2 bad images" in done.stderr
+  assert os.path.join("horse", "broken.png: not an image") in done.stderr
+  assert os.path.join("ship", "bomb.png: ") in done.stderr
   records = read_records(tmp_path / "out")
   assert len(records) == 6
   assert {r["label"] for r in records} <= {7, 8}  # CIFAR-10 horse, ship
   for r in records:
     name = sample.class_names[r["label"]]
     assert r["path"].startswith(name + os.sep) and r["path"].endswith(".png")
-
-
-def test_changed_settings_are_refused(straight, env, victim):
-  out, _ = straight
-  before = (out / "results.jsonl").read_bytes()
-  done = pixeljax("attack", *victim, *TINY, "--popsize", 13, "--out", out,
-                  env=env)
-  assert done.returncode == 4
-  assert "--popsize: saved 12, now 13" in done.stderr
-  assert (out / "results.jsonl").read_bytes() == before
-
-
-def _fails(done, code, *phrases):
-  assert done.returncode == code, (done.returncode, done.stderr)
-  assert "Traceback" not in done.stderr
-  for phrase in phrases:
-    assert phrase in done.stderr
-
-
-def test_unknown_model(env, tmp_path):
-  done = pixeljax("attack", "--model", "resnet", "--out", tmp_path, env=env)
-  _fails(done, 3, "'resnet'", "known:")
-
-
-def test_missing_data(env, victim, tmp_path):
-  done = pixeljax("attack", *victim, "--data", tmp_path / "cifar",
-                  "--out", tmp_path / "out", env=env)
-  _fails(done, 3, "--data", "no such file")
+    # The example is named after the image's file.
+    assert (tmp_path / "out" / "examples" / "1px" / f"{r['path']}.png"
+            ).is_file()
 
 
 # The cases below run in this process: the same main(), without paying for
 # a new interpreter each.
 
 
+def test_changed_settings_are_refused(straight, main, victim):
+  out, _ = straight
+  before = (out / "results.jsonl").read_bytes()
+  code, _, err = main("attack", *victim, *TINY, "--popsize", 13, "--out", out)
+  assert code == 4
+  assert "--popsize: saved 12, now 13" in err
+  assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_unknown_model(main, tmp_path):
+  code, _, err = main("attack", "--model", "resnet", "--out", tmp_path)
+  assert code == 3 and "'resnet'" in err and "known:" in err
+
+
+def test_missing_data(main, victim, tmp_path):
+  code, _, err = main("attack", *victim, "--data", tmp_path / "cifar",
+                      "--out", tmp_path / "out")
+  assert code == 3 and "--data" in err and "no such file" in err
+
+
 @pytest.fixture
-def main(monkeypatch, capsys):
+def main(monkeypatch, capsys, env):
   """Runs cli.main(ARGS) here; returns (exit code, stdout, stderr)."""
   from pixeljax import cli
   monkeypatch.delenv("PIXELJAX_DATA", raising=False)
+  monkeypatch.setenv("PIXELJAX_CACHE", env["PIXELJAX_CACHE"])
 
   def run(*args):
     try:
@@ -237,7 +282,7 @@ def test_unreadable_image(main, victim, tmp_path):
   (tmp_path / "pictures" / "cat" / "broken.png").write_bytes(b"not a png")
   code, _, err = main("attack", *victim, "--folder", tmp_path / "pictures",
                    "--out", tmp_path / "out")
-  assert code == 3 and "broken.png" in err
+  assert code == 3 and "broken.png" in err and "--skip-bad-images" in err
 
 
 def test_output_folder_not_writable(main, victim, tmp_path):
@@ -252,6 +297,10 @@ def test_output_folder_not_writable(main, victim, tmp_path):
     (["--pixels", "0"], "--pixels"),
     (["--mutation", "abc"], "--mutation"),
     (["--targeted", "--target", "cat"], "not allowed"),
+    (["--onnx", "m.onnx", "--torch", "f.py:g"], "not allowed"),
+    (["--onnx", "m.onnx", "--torch-weights", "w.pt"],
+     "--torch-weights: only with --torch"),
+    (["--nchw"], "--nchw: only with --onnx or --torch"),
 ])
 def test_usage_errors(main, args, phrase):
   code, _, err = main("attack", *args)
@@ -273,3 +322,303 @@ def test_figures_of_a_folder_that_is_no_run(main, tmp_path):
 def test_every_subcommand_has_help(main, command):
   code, out, _ = main(command, "--help")
   assert code == 0 and "usage" in out.lower()
+
+
+def sample_pictures(folder, per_class, classes=range(10)):
+  """Packaged sample images as folder/<class name>/<index>.png."""
+  from pixeljax import data
+  sample = data.load_cifar10_sample()
+  for c in classes:
+    for i in np.flatnonzero(sample.labels == c)[:per_class]:
+      path = folder / sample.class_names[c] / f"{i}.png"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(sample.images[i]).save(path)
+
+
+def test_damaged_images_are_rebuilt_on_resume(main, victim, tmp_path):
+  out = tmp_path / "run"
+  run = ("attack", *victim, *CHEAP, "--out", out)
+  code, _, err = main(*run)
+  assert code == 0, err
+  with np.load(out / "images.npz") as z:
+    original = dict(z)
+  whole = (out / "images.npz").read_bytes()
+  (out / "images.npz").write_bytes(whole[:len(whole) // 2])
+  code, _, err = main(*run)
+  assert code == 0 and "Rebuilt" in err and "Resuming: 4 of 4" in err, err
+  with np.load(out / "images.npz") as z:
+    assert set(z.files) == set(original)
+    for name in original:
+      np.testing.assert_array_equal(z[name], original[name])
+  # Images chosen again that are not those of the records: refused.
+  lines = (out / "results.jsonl").read_text().splitlines()
+  lines[0] = json.dumps(dict(json.loads(lines[0]), image=99999))
+  (out / "results.jsonl").write_text("\n".join(lines) + "\n")
+  (out / "images.npz").write_bytes(b"")
+  code, _, err = main(*run)
+  assert code == 3 and "do not match" in err and "image 99999" in err
+
+
+def test_a_full_disk_is_exit_3_and_the_next_run_resumes(
+    main, victim, tmp_path, monkeypatch):
+  import matplotlib.figure
+  if not os.path.isdir("/proc/self/fd"):
+    pytest.skip("needs /proc to name a file descriptor's file")
+  out = tmp_path / "run"
+  run = ("attack", *victim, *CHEAP, "--target", "cat", "--out", out)
+  fsync = os.fsync
+
+  def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  def full_disk(what, *args, patch=None):
+    """Runs ``args`` on a disk that is full for ``what``."""
+    with monkeypatch.context() as m:
+      m.setattr(os, "fsync", lambda fd: (
+          no_space() if what in os.readlink(f"/proc/self/fd/{fd}")
+          else fsync(fd)))
+      if patch:
+        m.setattr(*patch, no_space)
+      code, _, err = main(*args)
+    assert code == 3, err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert what in err, err
+    return len(read_records(out)) if (out / "results.jsonl").exists() else 0
+
+  # Nothing written, nothing left: not even the folder.
+  assert full_disk("images.npz", *run) == 0 and not out.exists()
+  assert full_disk("results.jsonl", *run) == 0
+  assert (out / "run.json").is_file() and (out / "images.npz").is_file()
+  examples = [a for a in run if a != "--no-examples"]
+  assert full_disk("examples", *examples,
+                   patch=(Image.Image, "save")) == 0
+  assert full_disk("summary.json", *run) == 4
+  figures = [a for a in run if a != "--no-figures"]
+  assert full_disk("figures", *figures,
+                   patch=(matplotlib.figure.Figure, "savefig")) == 4
+  code, _, err = main(*run)
+  assert code == 0 and "Resuming: 4 of 4" in err, err
+  records = read_records(out)
+  assert len(comparable(records)) == len(records) == 4
+  assert {r["target"] for r in records} == {3}
+  check_probabilities(records)
+
+
+def test_a_refused_setting_writes_nothing(main, victim, tmp_path):
+  out = tmp_path / "new" / "run"
+  code, _, err = main("attack", *victim, *CHEAP, "--pixels", 2000,
+                      "--out", out)
+  assert code == 2 and "pixels" in err and "2000" in err, err
+  assert not (tmp_path / "new").exists()
+  code, _, err = main("attack", *victim, *CHEAP, "--out", out)
+  assert code == 0, err
+
+
+def test_the_same_data_named_otherwise_resumes(main, victim, tmp_path,
+                                               monkeypatch):
+  sample_pictures(tmp_path / "data" / "test", per_class=2)
+  shutil.copytree(tmp_path / "data", tmp_path / "copy")
+  (tmp_path / "link").symlink_to(tmp_path / "data")
+  monkeypatch.chdir(tmp_path)
+  run = ("attack", *victim, *CHEAP, "--out", "run", "--data")
+  code, _, err = main(*run, "data")
+  assert code == 0, err
+  for other in (tmp_path / "data", "link", "copy/"):
+    code, _, err = main(*run, other)
+    assert code == 0 and "Resuming: 4 of 4" in err, err
+  # Other images are other data.
+  dog = next((tmp_path / "copy" / "test" / "dog").iterdir())
+  shutil.copy(dog, tmp_path / "copy" / "test" / "cat" / "extra.png")
+  code, _, err = main(*run, "copy")
+  assert code == 4 and "data" in err
+
+
+def test_the_readme_commands_get_a_folder_each(main, victim, tmp_path,
+                                               monkeypatch):
+  """`pixeljax attack`, then `pixeljax attack --folder my_pictures/`."""
+  sample_pictures(tmp_path / "my_pictures", per_class=3, classes=(7, 8))
+  monkeypatch.chdir(tmp_path)
+  code, _, err = main("attack", *victim, *CHEAP)
+  assert code == 0, err
+  shown = [a for a in CHEAP if a != "--quiet"]  # the progress bar
+  code, _, err = main("attack", *victim, *shown, "--folder", "my_pictures/")
+  assert code == 0, err
+  assert "fooled 1px" in err and "evaluations" in err
+  code, _, err = main("attack", *victim, *CHEAP, "--folder", "my_pictures")
+  assert code == 0 and "Resuming: 4 of 4" in err, err
+  names = sorted(p.name for p in (tmp_path / "pixeljax-runs").iterdir())
+  assert len(names) == 2, names
+  assert "_my_pictures-" in names[0] and "_sample-" in names[1]
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_train_and_bench_help_name_the_command_and_each_option(
+    main, monkeypatch, command):
+  import argparse
+  parsers = []
+  parse_args = argparse.ArgumentParser.parse_args
+
+  def keep(parser, *args, **kwargs):
+    parsers.append(parser)
+    return parse_args(parser, *args, **kwargs)
+
+  monkeypatch.setattr(argparse.ArgumentParser, "parse_args", keep)
+  code, out, _ = main(command, "--help")
+  assert code == 0 and out.startswith(f"usage: pixeljax {command} ")
+  [parser] = parsers
+  for action in parser._actions:
+    assert action.help, f"{command} {action.option_strings}: no help"
+
+
+def test_run_folders_are_not_for_git():
+  root = pathlib.Path(__file__).resolve().parent.parent
+  if not (root / ".git").exists():
+    pytest.skip("not a git checkout")
+  check = subprocess.run(
+      ["git", "check-ignore", "-q", "pixeljax-runs/smallcnn/run.json"],
+      cwd=root)
+  assert check.returncode == 0
+
+
+# Models from outside pixeljax (pixeljax.adapters): the shipped SmallCNN
+# rebuilt in PyTorch (benchmarks/torch_victims.py), as an ONNX file and as a
+# --torch factory. Cheaper still than CHEAP: the model runs on the host.
+EXTERNAL = ["--images", "2", "--popsize", "8", "--maxiter", "1",
+            "--no-download", "--no-figures", "--no-examples", "--quiet"]
+FACTORIES = """
+import torch
+from flax import nnx
+
+from benchmarks import torch_victims
+from pixeljax.models import registry
+
+
+def smallcnn():
+  # Random weights: --torch-weights brings the trained ones.
+  model = registry.create_model("smallcnn", rngs=nnx.Rngs(0))
+  return torch_victims.to_torch(model)
+
+
+def images_out():  # [B, H, W, C] back: not logits [B, K]
+  return torch.nn.Identity()
+
+
+def three_classes():
+  return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 3))
+"""
+
+
+@pytest.fixture(scope="module")
+def torch_smallcnn():
+  """The shipped SmallCNN as a torch module on NCHW pixels."""
+  pytest.importorskip("torch")
+  torch_victims = pytest.importorskip("benchmarks.torch_victims")
+  from pixeljax.models import weights
+  if "smallcnn" not in weights.shipped_models():
+    pytest.skip("needs the shipped SmallCNN")
+  return torch_victims.to_torch(weights.load_victim("smallcnn"))
+
+
+@pytest.fixture
+def factories(tmp_path):
+  """The path of a file of --torch factories (FACTORIES)."""
+  path = tmp_path / "factories.py"
+  path.write_text(FACTORIES)
+  return path
+
+
+def attacked_as_jax(main, records, tmp_path):
+  """Checks ``records`` against the same run on the JAX SmallCNN."""
+  code, _, err = main("attack", "--model", "smallcnn", *EXTERNAL, "--out",
+                      tmp_path / "jax")
+  assert code == 0, err
+  want = comparable(read_records(tmp_path / "jax"))
+  got = comparable(records)
+  assert len(got) == 2 and got.keys() == want.keys()
+  for key, record in got.items():
+    for field in ("adv_prob", "true_prob", "target_prob"):
+      assert record.pop(field) == pytest.approx(want[key].pop(field),
+                                                abs=1e-5)
+    assert record == want[key]
+
+
+def only_run(folder):
+  [run] = (folder / "pixeljax-runs").iterdir()
+  return run
+
+
+def test_onnx_model(main, torch_smallcnn, tmp_path, monkeypatch):
+  pytest.importorskip("onnxruntime")
+  from tests.test_adapters import _export
+  model = _export(torch_smallcnn, tmp_path / "smallcnn.onnx")
+  monkeypatch.chdir(tmp_path)
+  code, _, err = main("attack", "--onnx", model, *EXTERNAL)
+  assert code == 0, err
+  run = only_run(tmp_path)
+  # Named after the file's stem and a hash of the model's identity.
+  assert re.fullmatch(r"smallcnn-[0-9a-f]{8}_sample-.*", run.name), run.name
+  attacked_as_jax(main, read_records(run), tmp_path)
+  settings = json.loads((run / "run.json").read_text())
+  assert settings["model"]["files"] == {
+      "smallcnn.onnx": hashlib.sha256(model.read_bytes()).hexdigest()}
+  code, _, err = main("attack", "--onnx", model, *EXTERNAL)
+  assert code == 0 and "Resuming: 2 of 2" in err, err
+  # Another model in the same file: another run.
+  _export(torch_smallcnn, model, dynamic_batch=False)
+  code, _, err = main("attack", "--onnx", model, *EXTERNAL)
+  assert code == 0 and "Resuming" not in err, err
+  names = sorted(p.name for p in (tmp_path / "pixeljax-runs").iterdir())
+  assert len(names) == 2 and names[0][:18] != names[1][:18], names
+
+
+def test_torch_factory_with_weights(main, torch_smallcnn, factories,
+                                    tmp_path, monkeypatch):
+  import torch
+  torch.save(torch_smallcnn.state_dict(), tmp_path / "trained.pt")
+  monkeypatch.chdir(tmp_path)
+  factory = f"{factories}:smallcnn"
+  code, _, err = main("attack", "--torch", factory, "--torch-weights",
+                      "trained.pt", "--nchw", *EXTERNAL)
+  assert code == 0, err
+  run = only_run(tmp_path)
+  assert re.fullmatch(r"smallcnn-[0-9a-f]{8}_sample-.*", run.name), run.name
+  model = json.loads((run / "run.json").read_text())["model"]
+  assert model["architecture"] == "torch:factories.py:smallcnn"
+  assert set(model["files"]) == {"factories.py", "trained.pt"}
+  attacked_as_jax(main, read_records(run), tmp_path)
+  # Without the trained weights: another model, another run.
+  code, _, err = main("attack", "--torch", factory, "--nchw", *EXTERNAL)
+  assert code == 0 and "Resuming" not in err, err
+  assert len(list((tmp_path / "pixeljax-runs").iterdir())) == 2
+
+
+@pytest.mark.parametrize("function, phrase", [
+    ("images_out", r"--torch \S+:images_out: expected logits \[B, K\] .* "
+     r"got an output of shape \(1, 32, 32, 3\)"),
+    ("three_classes", r"the model has 3 classes, the data 10"),
+    ("smallcnn", r"--torch \S+:smallcnn: cannot load or run the model: "
+     r"RuntimeError: .*needs --nchw"),  # an NCHW module given NHWC
+    ("nothing", r"has no function 'nothing'"),
+])
+def test_a_model_that_does_not_fit_is_exit_3(main, factories, tmp_path,
+                                             function, phrase):
+  pytest.importorskip("torch")
+  code, _, err = main("attack", "--torch", f"{factories}:{function}",
+                      *EXTERNAL, "--out", tmp_path / "out")
+  assert code == 3 and re.search(phrase, err), err
+  assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_missing_model_files(main, factories, tmp_path):
+  pytest.importorskip("torch")
+  missing = tmp_path / "none"
+  for args, phrase in [
+      (["--onnx", f"{missing}.onnx"], "no such ONNX file"),
+      (["--torch", f"{missing}.py:build"], "no such file"),
+      (["--torch", f"{factories}:smallcnn", "--torch-weights",
+        f"{missing}.pt"], f"--torch-weights {missing}.pt: no such file"),
+  ]:
+    if args[0] == "--onnx" and importlib.util.find_spec("onnxruntime") is None:
+      continue
+    code, _, err = main("attack", *args, *EXTERNAL, "--out", tmp_path / "out")
+    assert code == 3 and phrase in err and "none." in err, err
