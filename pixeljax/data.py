@@ -33,7 +33,6 @@ import os
 import pathlib
 import pickle
 import tarfile
-import threading
 import urllib.request
 import warnings
 import zipfile
@@ -42,6 +41,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from pixeljax.files import write_atomic
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -227,18 +228,12 @@ def _load_path_cached(path: pathlib.Path, split: str) -> Dataset:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
             pass  # truncated, damaged or unreadable: decode again and rewrite it below
     data = _load_path(path, split)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, images=data.images, labels=data.labels,
-                     class_names=np.array(data.class_names))
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+        # Atomic: a concurrent reader never sees half a file.
+        write_atomic(cache, lambda f: np.savez(f, images=data.images, labels=data.labels,
+                                               class_names=np.array(data.class_names)))
     except OSError as e:  # the cache only saves time: a full or read-only disk costs no data
-        if tmp.exists():
-            tmp.unlink()
         warnings.warn(f"cannot write the data cache {cache}: {e}; set PIXELJAX_CACHE to a "
                       "writable folder to skip decoding next time", RuntimeWarning, stacklevel=3)
     return data

@@ -26,6 +26,7 @@ import zipfile
 
 import numpy as np
 
+from pixeljax import files
 from pixeljax.errors import InputError
 from pixeljax.errors import RunConflictError
 
@@ -67,21 +68,8 @@ def write_atomic(path, content):
   is given. Raises ``InputError`` if the write fails; no temporary file is
   left behind.
   """
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    with writing(path):
-      with open(tmp, "wb") as f:
-        if isinstance(content, bytes):
-          f.write(content)
-        else:
-          content(f)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-  finally:
-    with contextlib.suppress(OSError):
-      tmp.unlink(missing_ok=True)
+  with writing(path):
+    files.write_atomic(path, content)
 
 
 def _make_dirs(directory: pathlib.Path) -> list:

@@ -49,6 +49,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pixeljax.data import load_cifar10
+from pixeljax.files import write_atomic
 from pixeljax.models.registry import MODELS, create_model
 from pixeljax.models.weights import save_weights
 
@@ -239,12 +240,8 @@ def save_checkpoint(out: pathlib.Path, state: tuple, meta: dict[str, Any]) -> No
     arrays = {}
     for prefix, tree in (("params", params), ("rest", rest), ("opt", opt_state)):
         arrays.update({prefix + k: v for k, v in _flatten(tree).items()})
-    tmp = out / f"{CHECKPOINT}.tmp.safetensors"
-    safetensors.numpy.save_file(arrays, tmp)
-    os.replace(tmp, out / f"{CHECKPOINT}.safetensors")
-    tmp = out / f"{CHECKPOINT}.tmp.json"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / f"{CHECKPOINT}.json")
+    write_atomic(out / f"{CHECKPOINT}.safetensors", safetensors.numpy.save(arrays))
+    write_atomic(out / f"{CHECKPOINT}.json", json.dumps(meta, indent=1).encode())
 
 
 def load_checkpoint(out: pathlib.Path, template: tuple) -> tuple[tuple, dict[str, Any]]:

@@ -165,11 +165,19 @@ def data_path() -> pathlib.Path:
   return gpu_dir() / "data" / DATA_FILE
 
 
-def _copy_atomic(source: pathlib.Path, target: pathlib.Path):
+def _write_atomic(target: pathlib.Path, content):
+  """``pixeljax.files.write_atomic``, making ``target``'s folder first."""
+  from pixeljax.files import write_atomic  # pixeljax, and jax, when used
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.with_name(f".{target.name}.tmp")
-  shutil.copyfile(source, tmp)
-  os.replace(tmp, target)
+  write_atomic(target, content)
+
+
+def _copy_atomic(source: pathlib.Path, target: pathlib.Path):
+  def copy(file):
+    with open(source, "rb") as f:
+      shutil.copyfileobj(f, file)
+
+  _write_atomic(target, copy)
 
 
 # ----------------------------------------------------------------------------
@@ -418,10 +426,7 @@ def _unpack(manifest_path: pathlib.Path, inbox: pathlib.Path) -> bool:
           print(f"  kept the newer {shown(target)}")
           continue
         existed = target.exists()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(tar.extractfile(member).read())
-        os.replace(tmp, target)
+        _write_atomic(target, tar.extractfile(member).read())
         ledger[str(target)] = manifest["created"]
         print(f"  {'replaced' if existed else 'wrote'} {shown(target)}")
     ledger_path.write_text(json.dumps(ledger, indent=1) + "\n")

@@ -144,11 +144,11 @@ def check_predict(predict, image_shape, batch_sizes) -> int:
   """
   if not callable(predict):
     raise TypeError(f"predict must be callable, got {_describe(predict)}")
+  works_on = (f" (it must take any batch size: the search calls it on "
+              f"batches of {', '.join(map(str, batch_sizes))})")
   num_classes = None
   for batch_size in batch_sizes:
     probe = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
-    works_on = (f" (it must take any batch size: the search calls it on "
-                f"batches of {', '.join(map(str, batch_sizes))})")
     try:
       out = jax.eval_shape(predict, probe)
     except Exception as error:  # any tracing failure is the model's

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import pathlib
 import re
 import reprlib
@@ -34,6 +33,7 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from pixeljax.files import write_atomic
 from pixeljax.models.registry import MODELS, create_model, make_predict, param_count
 
 CARD_FORMAT = "pixeljax.weights/1"
@@ -76,21 +76,6 @@ def check_name(name: Any, what: str = "name") -> str:
         raise ValueError(f"{what}: expected a plain file name in one folder, got "
                          f"{reprlib.repr(name)}, which {why}")
     return name
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Writes `path` so that a reader sees the old file or the whole new one;
-    its mode follows the umask, as for any file `open` makes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -137,14 +122,14 @@ def save_weights(model: nnx.Module, directory: str | pathlib.Path, name: str, *,
         fname = (f"{name}.safetensors" if len(groups) == 1
                  else f"{name}-{i:05d}-of-{len(groups):05d}.safetensors")
         # Not safetensors.numpy.save_file: it makes files readable by their owner only.
-        _write_atomic(directory / fname, safetensors.numpy.save(group))
+        write_atomic(directory / fname, safetensors.numpy.save(group))
         files[fname] = _sha256(directory / fname)
     index = None
     if len(groups) > 1:
         index = f"{name}.safetensors.index.json"
         weight_map = {t: f for f, g in zip(files, groups) for t in g}
         total = sum(a.nbytes for a in tensors.values())
-        _write_atomic(directory / index, json.dumps(
+        write_atomic(directory / index, json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1).encode())
     out = {
         "format": CARD_FORMAT,
@@ -160,7 +145,7 @@ def save_weights(model: nnx.Module, directory: str | pathlib.Path, name: str, *,
         **(card or {}),
     }
     path = directory / f"{name}.json"
-    _write_atomic(path, json.dumps(out, indent=1).encode())  # last: it names the files above
+    write_atomic(path, json.dumps(out, indent=1).encode())  # last: it names the files above
     return path
 
 
