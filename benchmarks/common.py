@@ -16,23 +16,26 @@ RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 def stamp() -> dict:
   """Where and when a measurement was taken."""
   import flax
+
   device = jax.devices()[0]
   return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
-      "platform": device.platform,
-      "device": device.device_kind,
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "numpy": np.__version__,
+    "date": datetime.datetime.now(datetime.UTC).isoformat(
+      timespec="seconds"
+    ),
+    "platform": device.platform,
+    "device": device.device_kind,
+    "device_count": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "numpy": np.__version__,
   }
 
 
-def time_call(function, *, min_seconds: float, min_repeats: int = 2,
-              warmup: bool = True):
+def time_call(
+  function, *, min_seconds: float, min_repeats: int = 2, warmup: bool = True
+):
   """Median wall time (s) of ``function()``, after one warm-up call.
 
   ``function`` must block until its result is ready.
@@ -48,8 +51,9 @@ def time_call(function, *, min_seconds: float, min_repeats: int = 2,
   return float(np.median(times))
 
 
-def write_results(name: str, payload: dict, markdown: str,
-                  directory: str = RESULTS_DIR) -> tuple[str, str]:
+def write_results(
+  name: str, payload: dict, markdown: str, directory: str = RESULTS_DIR
+) -> tuple[str, str]:
   """Writes ``name``.json and ``name``.md in ``directory`` (default
   benchmarks/results/)."""
   os.makedirs(directory, exist_ok=True)
@@ -65,7 +69,9 @@ def write_results(name: str, payload: dict, markdown: str,
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
   """A GitHub markdown table."""
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+  lines = [
+    "| " + " | ".join(header) + " |",
+    "|" + "|".join("---" for _ in header) + "|",
+  ]
   lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
   return "\n".join(lines) + "\n"

@@ -25,14 +25,14 @@ Writes benchmarks/results/models_<platform>.{json,md}.
 import argparse
 import contextlib
 import tempfile
-import warnings
 from unittest import mock
+import warnings
 
+from flax import nnx
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from jax import lax
 
 from benchmarks import common
 from benchmarks import throughput
@@ -55,10 +55,14 @@ def _weights(seed: int = 0):
   and dense [out, in], float32 NumPy."""
   rng = np.random.default_rng(seed)
   convs = [rng.normal(0, np.sqrt(2 / (9 * i)), (o, i, 3, 3)) for i, o in _CONVS]
-  dense = [rng.normal(0, np.sqrt(2 / n), (m, n))
-           for n, m in ((8 * 8 * 64, _HIDDEN), (_HIDDEN, 10))]
-  return ([w.astype(np.float32) for w in convs],
-          [w.astype(np.float32) for w in dense])
+  dense = [
+    rng.normal(0, np.sqrt(2 / n), (m, n))
+    for n, m in ((8 * 8 * 64, _HIDDEN), (_HIDDEN, 10))
+  ]
+  return (
+    [w.astype(np.float32) for w in convs],
+    [w.astype(np.float32) for w in dense],
+  )
 
 
 def _count(arrays) -> int:
@@ -76,8 +80,11 @@ def lax_cnn(layout: str):
   def predict(images):
     x = (images - 127.5) / 64.0
     for i, w in enumerate(convs):
-      x = jax.nn.relu(lax.conv_general_dilated(
-          x, w, (1, 1), "SAME", dimension_numbers=("NHWC", layout, "NHWC")))
+      x = jax.nn.relu(
+        lax.conv_general_dilated(
+          x, w, (1, 1), "SAME", dimension_numbers=("NHWC", layout, "NHWC")
+        )
+      )
       if i % 2:
         b, h, w_, c = x.shape
         x = x.reshape(b, h // 2, 2, w_ // 2, 2, c).max(axis=(2, 4))
@@ -91,8 +98,10 @@ def nchw_cnn():
   """The shared CNN written the PyTorch way: NCHW activations (the images
   transposed on entry), OIHW kernels, dense weights [out, in]."""
   convs, dense = _weights()
-  convs, dense = [jnp.asarray(w) for w in convs], [jnp.asarray(w)
-                                                  for w in dense]
+  convs, dense = (
+    [jnp.asarray(w) for w in convs],
+    [jnp.asarray(w) for w in dense],
+  )
 
   def predict(images):
     x = ((images - 127.5) / 64.0).transpose(0, 3, 1, 2)
@@ -116,7 +125,6 @@ def linen_cnn():
     raise Skip(f"flax.linen: {error}") from None
 
   class CNN(linen.Module):
-
     @linen.compact
     def __call__(self, x):
       x = (x - 127.5) / 64.0
@@ -139,11 +147,12 @@ def equinox_cnn():
   except ImportError as error:
     raise Skip(f"equinox: {error}") from None
   keys = iter(jax.random.split(jax.random.key(0), 8))
-  convs = [eqx.nn.Conv2d(i, o, 3, padding=1, key=next(keys))
-           for i, o in _CONVS]
+  convs = [eqx.nn.Conv2d(i, o, 3, padding=1, key=next(keys)) for i, o in _CONVS]
   pool = eqx.nn.MaxPool2d(2, 2)
-  dense = [eqx.nn.Linear(8 * 8 * 64, _HIDDEN, key=next(keys)),
-           eqx.nn.Linear(_HIDDEN, 10, key=next(keys))]
+  dense = [
+    eqx.nn.Linear(8 * 8 * 64, _HIDDEN, key=next(keys)),
+    eqx.nn.Linear(_HIDDEN, 10, key=next(keys)),
+  ]
 
   def one(image):  # [H, W, C] -> [10]
     x = ((image - 127.5) / 64.0).transpose(2, 0, 1)
@@ -166,6 +175,7 @@ def _torch_smallcnn():
   """The registry SmallCNN (random weights) rebuilt in PyTorch, NCHW."""
   try:
     import torch
+
     from benchmarks import torch_victims
   except ImportError as error:
     raise Skip(f"torch: {error}") from None
@@ -192,35 +202,79 @@ def onnx_adapter(folder: str):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     # The TorchScript exporter: no onnxscript needed, and it takes a second.
-    torch.onnx.export(module, (torch.zeros(1, 3, 32, 32),), path,
-                      dynamo=False, input_names=["pixels"],
-                      dynamic_axes={"pixels": {0: "batch"}})
+    torch.onnx.export(
+      module,
+      (torch.zeros(1, 3, 32, 32),),
+      path,
+      dynamo=False,
+      input_names=["pixels"],
+      dynamic_axes={"pixels": {0: "batch"}},
+    )
   return adapters.from_onnx(path), params
 
 
 # key, framework, how the model is written, builder(folder).
 ZOO = (
-    ("nnx-smallcnn", "Flax NNX", "pixeljax SmallCNN (registry)",
-     lambda _: nnx_registry("smallcnn")),
-    ("nnx-allconv", "Flax NNX", "pixeljax AllConv (registry)",
-     lambda _: nnx_registry("allconv")),
-    ("linen", "Flax linen", "shared CNN, nn.Conv (NHWC, HWIO)",
-     lambda _: linen_cnn()),
-    ("lax-hwio", "plain lax", "shared CNN, NHWC, HWIO kernels",
-     lambda _: lax_cnn("HWIO")),
-    ("lax-oihw", "plain lax", "shared CNN, NHWC, OIHW kernels (PyTorch's)",
-     lambda _: lax_cnn("OIHW")),
-    ("nchw", "plain lax", "shared CNN, NCHW inside, OIHW, dense [out, in]",
-     lambda _: nchw_cnn()),
-    ("equinox", "Equinox", "shared CNN, eqx.nn per image (NCHW), vmapped",
-     lambda _: equinox_cnn()),
-    ("torch", "PyTorch", "SmallCNN rebuild, adapters.from_torch",
-     lambda _: torch_adapter()),
-    ("onnx", "ONNX", "SmallCNN export, adapters.from_onnx (onnxruntime)",
-     onnx_adapter),
-    ("lax-oihw-unfixed", "plain lax",
-     "OIHW kernels, engine without canonical.for_loops (before the fix)",
-     lambda _: lax_cnn("OIHW")),
+  (
+    "nnx-smallcnn",
+    "Flax NNX",
+    "pixeljax SmallCNN (registry)",
+    lambda _: nnx_registry("smallcnn"),
+  ),
+  (
+    "nnx-allconv",
+    "Flax NNX",
+    "pixeljax AllConv (registry)",
+    lambda _: nnx_registry("allconv"),
+  ),
+  (
+    "linen",
+    "Flax linen",
+    "shared CNN, nn.Conv (NHWC, HWIO)",
+    lambda _: linen_cnn(),
+  ),
+  (
+    "lax-hwio",
+    "plain lax",
+    "shared CNN, NHWC, HWIO kernels",
+    lambda _: lax_cnn("HWIO"),
+  ),
+  (
+    "lax-oihw",
+    "plain lax",
+    "shared CNN, NHWC, OIHW kernels (PyTorch's)",
+    lambda _: lax_cnn("OIHW"),
+  ),
+  (
+    "nchw",
+    "plain lax",
+    "shared CNN, NCHW inside, OIHW, dense [out, in]",
+    lambda _: nchw_cnn(),
+  ),
+  (
+    "equinox",
+    "Equinox",
+    "shared CNN, eqx.nn per image (NCHW), vmapped",
+    lambda _: equinox_cnn(),
+  ),
+  (
+    "torch",
+    "PyTorch",
+    "SmallCNN rebuild, adapters.from_torch",
+    lambda _: torch_adapter(),
+  ),
+  (
+    "onnx",
+    "ONNX",
+    "SmallCNN export, adapters.from_onnx (onnxruntime)",
+    onnx_adapter,
+  ),
+  (
+    "lax-oihw-unfixed",
+    "plain lax",
+    "OIHW kernels, engine without canonical.for_loops (before the fix)",
+    lambda _: lax_cnn("OIHW"),
+  ),
 )
 
 
@@ -249,65 +303,109 @@ def measure(key, builder, folder, args) -> dict:
     switch = mock.patch.object(canonical, "for_loops", lambda p: p)
   with switch:
     predict_rate, attack_rate, count, evaluations = (
-        throughput.measure_efficiency(predict, args.batch, args.popsize,
-                                      args.generations, repeats))
-  row = {"parameters": params, "predict_images_per_second": predict_rate,
-         "attack_evaluations_per_second": attack_rate,
-         "efficiency": attack_rate / predict_rate, "images": count,
-         "evaluations": evaluations, "repeats": repeats}
-  print(f"  {key}: predict {predict_rate:.0f} images/s, attack "
-        f"{attack_rate:.0f} evaluations/s: efficiency {row['efficiency']:.2f}")
+      throughput.measure_efficiency(
+        predict, args.batch, args.popsize, args.generations, repeats
+      )
+    )
+  row = {
+    "parameters": params,
+    "predict_images_per_second": predict_rate,
+    "attack_evaluations_per_second": attack_rate,
+    "efficiency": attack_rate / predict_rate,
+    "images": count,
+    "evaluations": evaluations,
+    "repeats": repeats,
+  }
+  print(
+    f"  {key}: predict {predict_rate:.0f} images/s, attack "
+    f"{attack_rate:.0f} evaluations/s: efficiency {row['efficiency']:.2f}"
+  )
   return row
 
 
 def _markdown(payload) -> str:
   stamp, settings = payload["stamp"], payload["settings"]
   generations = settings["generations"]
-  versions = "".join(f", {name} {version}"
-                     for name, version in payload["versions"].items())
+  versions = "".join(
+    f", {name} {version}" for name, version in payload["versions"].items()
+  )
   rows = []
   for entry in payload["entries"]:
     if "skipped" in entry:
-      rows.append([entry["framework"], entry["written"], "", "", "",
-                   f"skipped: {entry['skipped']}"])
+      rows.append(
+        [
+          entry["framework"],
+          entry["written"],
+          "",
+          "",
+          "",
+          f"skipped: {entry['skipped']}",
+        ]
+      )
       continue
-    rows.append([entry["framework"], entry["written"],
-                 f"{entry['parameters']:,}",
-                 f"{entry['predict_images_per_second']:.0f}",
-                 f"{entry['attack_evaluations_per_second']:.0f}",
-                 f"**{entry['efficiency']:.2f}**"])
+    rows.append(
+      [
+        entry["framework"],
+        entry["written"],
+        f"{entry['parameters']:,}",
+        f"{entry['predict_images_per_second']:.0f}",
+        f"{entry['attack_evaluations_per_second']:.0f}",
+        f"**{entry['efficiency']:.2f}**",
+      ]
+    )
   return (
-      f"# Engine efficiency by model style, {stamp['device']} "
-      f"({stamp['platform']}), {stamp['date']}\n\n"
-      f"jax {stamp['jax']}, flax {stamp['flax']}{versions}, "
-      f"{stamp['cpu_count']} CPU cores. Chunk of {settings['batch']} "
-      f"candidates, popsize {settings['popsize']}, {generations} "
-      f"generation{'s' if generations != 1 else ''} after the initial "
-      "population, early stop off; plain `jax.jit(predict)` and the attack "
-      f"timed in alternation, medians of {settings['repeats']}. Random "
-      "weights. Efficiency = attack evaluations/s / predict images/s (1.0: "
-      "the attack costs exactly its forward passes). Rates differ between "
-      "rows by design (different networks; the adapters leave XLA for "
-      "PyTorch or onnxruntime) and move with the load of a shared machine; "
-      "compare each row's own ratio.\n\n"
-      + common.markdown_table(
-          ["framework", "model", "parameters", "predict images/s",
-           "attack evaluations/s", "efficiency"], rows))
+    f"# Engine efficiency by model style, {stamp['device']} "
+    f"({stamp['platform']}), {stamp['date']}\n\n"
+    f"jax {stamp['jax']}, flax {stamp['flax']}{versions}, "
+    f"{stamp['cpu_count']} CPU cores. Chunk of {settings['batch']} "
+    f"candidates, popsize {settings['popsize']}, {generations} "
+    f"generation{'s' if generations != 1 else ''} after the initial "
+    "population, early stop off; plain `jax.jit(predict)` and the attack "
+    f"timed in alternation, medians of {settings['repeats']}. Random "
+    "weights. Efficiency = attack evaluations/s / predict images/s (1.0: "
+    "the attack costs exactly its forward passes). Rates differ between "
+    "rows by design (different networks; the adapters leave XLA for "
+    "PyTorch or onnxruntime) and move with the load of a shared machine; "
+    "compare each row's own ratio.\n\n"
+    + common.markdown_table(
+      [
+        "framework",
+        "model",
+        "parameters",
+        "predict images/s",
+        "attack evaluations/s",
+        "efficiency",
+      ],
+      rows,
+    )
+  )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--batch", type=int, default=400,
-                      help="candidates per model call (default 400)")
+  parser.add_argument(
+    "--batch",
+    type=int,
+    default=400,
+    help="candidates per model call (default 400)",
+  )
   parser.add_argument("--popsize", type=int, default=200)
   parser.add_argument("--generations", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=3,
-                      help="alternating timings of predict and attack")
-  parser.add_argument("--only", default="",
-                      help="comma-separated entry keys (default: all): "
-                      + ", ".join(key for key, *_ in ZOO))
-  parser.add_argument("--name", default=None,
-                      help="results file stem (default models_<platform>)")
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=3,
+    help="alternating timings of predict and attack",
+  )
+  parser.add_argument(
+    "--only",
+    default="",
+    help="comma-separated entry keys (default: all): "
+    + ", ".join(key for key, *_ in ZOO),
+  )
+  parser.add_argument(
+    "--name", default=None, help="results file stem (default models_<platform>)"
+  )
   args = parser.parse_args(argv)
   keys = [k for k in args.only.split(",") if k]
   unknown = set(keys) - {key for key, *_ in ZOO}
@@ -319,15 +417,26 @@ def main(argv=None):
     for key, framework, written, builder in ZOO:
       if keys and key not in keys:
         continue
-      entries.append(dict(key=key, framework=framework, written=written,
-                          **measure(key, builder, folder, args)))
+      entries.append(
+        dict(
+          key=key,
+          framework=framework,
+          written=written,
+          **measure(key, builder, folder, args),
+        )
+      )
   payload = {
-      "stamp": common.stamp(),
-      "versions": _versions(),
-      "settings": {"batch": args.batch, "popsize": args.popsize,
-                   "generations": args.generations, "repeats": args.repeats,
-                   "pixels": 1, "weights": "random"},
-      "entries": entries,
+    "stamp": common.stamp(),
+    "versions": _versions(),
+    "settings": {
+      "batch": args.batch,
+      "popsize": args.popsize,
+      "generations": args.generations,
+      "repeats": args.repeats,
+      "pixels": 1,
+      "weights": "random",
+    },
+    "entries": entries,
   }
   name = args.name or f"models_{payload['stamp']['platform']}"
   paths = common.write_results(name, payload, _markdown(payload))

@@ -76,69 +76,102 @@ SESSIONS_FILE = "sessions.jsonl"
 # tables of the paper (success rate and confidence per model, 1/3/5 pixels,
 # targeted and not) could not be read here; add them, naming the table.
 PAPER = {
-    "source": (
-        "Su, Vargas, Sakurai, 'One pixel attack for fooling deep neural "
-        "networks', arXiv 1710.08864 / IEEE TEVC 2019, text: non-targeted "
-        "1-pixel attacks on Kaggle CIFAR-10 'on three common deep neural "
-        "network structures with 68.71%, 71.66% and 63.53% success rates'. "
-        "Seen quoted (translated) in a copy of D. Verma's Medium article 'Why "
-        "you should be using Differential Evolution for your optimization "
-        "problems'; not checked against the paper itself. The paper lists "
-        "its networks as AllConv, NiN, VGG16; that these rates follow that "
-        "order is assumed, not verified."),
-    # (mode, pixels) -> model -> success rate
-    "success_rate": {
-        ("non-targeted", 1): {"allconv": 0.6871, "nin": 0.7166,
-                              "vgg16": 0.6353},
-    },
-    "v1_abstract": (
-        "arXiv 1710.08864v1 abstract (as shown by shortscience.org): 70.97% "
-        "of the natural images can be perturbed to at least one target class "
-        "by modifying one pixel, with 97.47% confidence on average (an early "
-        "version; its experiments differ from the journal's)."),
+  "source": (
+    "Su, Vargas, Sakurai, 'One pixel attack for fooling deep neural "
+    "networks', arXiv 1710.08864 / IEEE TEVC 2019, text: non-targeted "
+    "1-pixel attacks on Kaggle CIFAR-10 'on three common deep neural "
+    "network structures with 68.71%, 71.66% and 63.53% success rates'. "
+    "Seen quoted (translated) in a copy of D. Verma's Medium article 'Why "
+    "you should be using Differential Evolution for your optimization "
+    "problems'; not checked against the paper itself. The paper lists "
+    "its networks as AllConv, NiN, VGG16; that these rates follow that "
+    "order is assumed, not verified."
+  ),
+  # (mode, pixels) -> model -> success rate
+  "success_rate": {
+    ("non-targeted", 1): {"allconv": 0.6871, "nin": 0.7166, "vgg16": 0.6353},
+  },
+  "v1_abstract": (
+    "arXiv 1710.08864v1 abstract (as shown by shortscience.org): 70.97% "
+    "of the natural images can be perturbed to at least one target class "
+    "by modifying one pixel, with 97.47% confidence on average (an early "
+    "version; its experiments differ from the journal's)."
+  ),
 }
 
 
 def _parser():
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS),
-                      metavar="NAME",
-                      help="victims (default: the paper's allconv nin vgg16)")
-  parser.add_argument("--weights-dir", metavar="DIR",
-                      help="folder of NAME.json weights cards (`pixeljax "
-                      "train --out DIR`); a card there wins over shipped "
-                      "weights")
-  parser.add_argument("--images", type=int,
-                      default=PAPER_SETTINGS["images"])
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--models",
+    nargs="+",
+    default=list(PAPER_MODELS),
+    metavar="NAME",
+    help="victims (default: the paper's allconv nin vgg16)",
+  )
+  parser.add_argument(
+    "--weights-dir",
+    metavar="DIR",
+    help="folder of NAME.json weights cards (`pixeljax "
+    "train --out DIR`); a card there wins over shipped "
+    "weights",
+  )
+  parser.add_argument("--images", type=int, default=PAPER_SETTINGS["images"])
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--popsize", type=int,
-                      default=PAPER_SETTINGS["popsize"])
-  parser.add_argument("--maxiter", type=int,
-                      default=PAPER_SETTINGS["maxiter"])
-  parser.add_argument("--pixels", type=int, nargs="*", default=[1, 3, 5],
-                      help="pixel counts of the non-targeted attacks")
-  parser.add_argument("--targeted-pixels", type=int, nargs="*", default=[1],
-                      help="pixel counts of the targeted attacks (each "
-                      "image towards each other class); none: skip them")
-  parser.add_argument("--out-dir", default=os.path.join(
-      common.RESULTS_DIR, "paper"), help="where the run folders go")
-  parser.add_argument("--name", default="paper_table",
-                      help="stem of the result files (default paper_table)")
+  parser.add_argument("--popsize", type=int, default=PAPER_SETTINGS["popsize"])
+  parser.add_argument("--maxiter", type=int, default=PAPER_SETTINGS["maxiter"])
+  parser.add_argument(
+    "--pixels",
+    type=int,
+    nargs="*",
+    default=[1, 3, 5],
+    help="pixel counts of the non-targeted attacks",
+  )
+  parser.add_argument(
+    "--targeted-pixels",
+    type=int,
+    nargs="*",
+    default=[1],
+    help="pixel counts of the targeted attacks (each "
+    "image towards each other class); none: skip them",
+  )
+  parser.add_argument(
+    "--out-dir",
+    default=os.path.join(common.RESULTS_DIR, "paper"),
+    help="where the run folders go",
+  )
+  parser.add_argument(
+    "--name",
+    default="paper_table",
+    help="stem of the result files (default paper_table)",
+  )
   parser.add_argument("--results-dir", default=common.RESULTS_DIR)
-  parser.add_argument("--data", metavar="PATH",
-                      help="CIFAR-10 (default: PIXELJAX_DATA, other "
-                      "sources, then the packaged sample)")
+  parser.add_argument(
+    "--data",
+    metavar="PATH",
+    help="CIFAR-10 (default: PIXELJAX_DATA, other "
+    "sources, then the packaged sample)",
+  )
   parser.add_argument("--no-download", dest="download", action="store_false")
-  parser.add_argument("--slots", type=int, default=32,
-                      help="attacks in flight at once")
-  parser.add_argument("--batch-size", type=int, default=None,
-                      help="candidates per model call (default: engine's)")
-  parser.add_argument("--run-figures", action="store_true",
-                      help="also draw each run folder's figures (grids of "
-                      "adversarial images, class pairs) in its figures/")
+  parser.add_argument(
+    "--slots", type=int, default=32, help="attacks in flight at once"
+  )
+  parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="candidates per model call (default: engine's)",
+  )
+  parser.add_argument(
+    "--run-figures",
+    action="store_true",
+    help="also draw each run folder's figures (grids of "
+    "adversarial images, class pairs) in its figures/",
+  )
   parser.add_argument("--quiet", dest="progress", action="store_false")
   return parser
 
@@ -161,20 +194,36 @@ def run_dir(out_dir, model: str, targeted: bool, pixels: int) -> pathlib.Path:
 def count_records(out_dir, plan) -> int:
   """Attacks recorded in the run folders of ``plan`` so far."""
   directories = [run_dir(out_dir, *step) for step in plan]
-  return sum(len(runs.RunStore.existing(d).records()) for d in directories
-             if (d / runs.SETTINGS_FILE).is_file())
+  return sum(
+    len(runs.RunStore.existing(d).records())
+    for d in directories
+    if (d / runs.SETTINGS_FILE).is_file()
+  )
 
 
 def run_one(args, model, card, targeted, pixels):
   """Runs (or resumes) one run folder."""
-  campaign.run_attack(campaign.AttackOptions(
+  campaign.run_attack(
+    campaign.AttackOptions(
       out=str(run_dir(args.out_dir, model, targeted, pixels)),
-      model=None if card else model, weights=card,
-      data=args.data, download=args.download, images=args.images,
-      pixels=(pixels,), targeted=targeted, popsize=args.popsize,
-      maxiter=args.maxiter, mutation=MUTATION, seed=args.seed,
-      batch_size=args.batch_size, slots=args.slots, examples=False,
-      figures=args.run_figures, progress=args.progress))
+      model=None if card else model,
+      weights=card,
+      data=args.data,
+      download=args.download,
+      images=args.images,
+      pixels=(pixels,),
+      targeted=targeted,
+      popsize=args.popsize,
+      maxiter=args.maxiter,
+      mutation=MUTATION,
+      seed=args.seed,
+      batch_size=args.batch_size,
+      slots=args.slots,
+      examples=False,
+      figures=args.run_figures,
+      progress=args.progress,
+    )
+  )
 
 
 def _shown(path) -> str:
@@ -194,23 +243,32 @@ def summarize_run(directory: pathlib.Path, model: str) -> dict:
   settings, records, saved = store.settings(), store.records(), store.images()
   num_classes = len(saved["class_names"])
   row = metrics.summarize(records)
-  expected = len(saved["index"]) * (num_classes - 1 if settings["targeted"]
-                                    else 1)
+  expected = len(saved["index"]) * (
+    num_classes - 1 if settings["targeted"] else 1
+  )
   entry = dict(
-      expected_attacks=expected, complete=len(records) == expected,
-      model=model, mode="targeted" if settings["targeted"] else "non-targeted",
-      pixels=settings["pixels"][0], run_dir=_shown(directory),
-      images=len(saved["index"]), looked=int(saved["looked"]),
-      data=settings["data"]["source"], weights=settings["model"],
-      evaluations=sum(r["queries"] for r in records),
-      summary={k: _finite(v) for k, v in row[0].items()} if row else None)
+    expected_attacks=expected,
+    complete=len(records) == expected,
+    model=model,
+    mode="targeted" if settings["targeted"] else "non-targeted",
+    pixels=settings["pixels"][0],
+    run_dir=_shown(directory),
+    images=len(saved["index"]),
+    looked=int(saved["looked"]),
+    data=settings["data"]["source"],
+    weights=settings["model"],
+    evaluations=sum(r["queries"] for r in records),
+    summary={k: _finite(v) for k, v in row[0].items()} if row else None,
+  )
   if settings["targeted"]:
     histogram, incomplete = metrics.targets_reached(records, num_classes)
     successes, attempts = metrics.class_pairs(records, num_classes)
-    entry.update(targets_reached=histogram.tolist(),
-                 incomplete_images=incomplete,
-                 pair_successes=successes.tolist(),
-                 pair_attempts=attempts.tolist())
+    entry.update(
+      targets_reached=histogram.tolist(),
+      incomplete_images=incomplete,
+      pair_successes=successes.tolist(),
+      pair_attempts=attempts.tolist(),
+    )
   return entry
 
 
@@ -228,12 +286,15 @@ def read_sessions(out_dir) -> list:
 
 def _protocol_notes(args, models) -> list:
   """How the settings differ from the paper's protocol (empty: they don't)."""
-  notes = [f"{key} {getattr(args, key)} (paper: {value})"
-           for key, value in PAPER_SETTINGS.items()
-           if getattr(args, key) != value]
+  notes = [
+    f"{key} {getattr(args, key)} (paper: {value})"
+    for key, value in PAPER_SETTINGS.items()
+    if getattr(args, key) != value
+  ]
   if sorted(models) != sorted(PAPER_MODELS):
-    notes.append(f"models run: {', '.join(models)} (paper: AllConv, NiN, "
-                 "VGG16)")
+    notes.append(
+      f"models run: {', '.join(models)} (paper: AllConv, NiN, VGG16)"
+    )
   return notes
 
 
@@ -253,19 +314,37 @@ def _results_table(entries) -> str:
     done = s.get("attacks", 0)
     if not e["complete"]:
       done = f"{done} of {e['expected_attacks']} (partial)"
-    rows.append([e["model"], e["mode"], e["pixels"], done,
-                 _percent(s.get("success_rate")),
-                 _percent(s.get("mean_confidence")), reached,
-                 _percent(paper.get(e["model"])),
-                 f"{s['mean_queries']:.0f}" if s else "-",
-                 f"{s['seconds']:.0f}" if s else "-",
-                 f"{e['evaluations'] / s['seconds']:.0f}"
-                 if s and s["seconds"] else "-"])
+    rows.append(
+      [
+        e["model"],
+        e["mode"],
+        e["pixels"],
+        done,
+        _percent(s.get("success_rate")),
+        _percent(s.get("mean_confidence")),
+        reached,
+        _percent(paper.get(e["model"])),
+        f"{s['mean_queries']:.0f}" if s else "-",
+        f"{s['seconds']:.0f}" if s else "-",
+        f"{e['evaluations'] / s['seconds']:.0f}" if s and s["seconds"] else "-",
+      ]
+    )
   return common.markdown_table(
-      ["model", "attack", "pixels", "attacks", "success rate",
-       "mean confidence (successes)", "images reaching >= 1 target",
-       "paper success rate", "mean queries", "attack seconds",
-       "evaluations/s"], rows)
+    [
+      "model",
+      "attack",
+      "pixels",
+      "attacks",
+      "success rate",
+      "mean confidence (successes)",
+      "images reaching >= 1 target",
+      "paper success rate",
+      "mean queries",
+      "attack seconds",
+      "evaluations/s",
+    ],
+    rows,
+  )
 
 
 def _histogram_table(entries) -> str:
@@ -273,64 +352,92 @@ def _histogram_table(entries) -> str:
   if not targeted:
     return ""
   width = len(targeted[0]["targets_reached"])
-  rows = [[e["model"], e["pixels"], *e["targets_reached"],
-           e["incomplete_images"]] for e in targeted]
-  return ("\nImages by the number of the 9 targeted attacks on them that "
-          "succeeded (the paper's histogram of target classes reached):\n\n"
-          + common.markdown_table(["model", "pixels", *map(str, range(width)),
-                                   "incomplete"], rows))
+  rows = [
+    [e["model"], e["pixels"], *e["targets_reached"], e["incomplete_images"]]
+    for e in targeted
+  ]
+  return (
+    "\nImages by the number of the 9 targeted attacks on them that "
+    "succeeded (the paper's histogram of target classes reached):\n\n"
+    + common.markdown_table(
+      ["model", "pixels", *map(str, range(width)), "incomplete"], rows
+    )
+  )
 
 
 def markdown(payload) -> str:
   """The report: settings, results beside the paper's, the wall time."""
   stamp, settings = payload["stamp"], payload["settings"]
   entries = payload["runs"]
-  smoke = (" (a smoke run, not the paper's protocol)"
-           if payload["not_the_protocol"] else "")
-  text = (f"# Su et al. (2019), CIFAR-10: pixeljax on {stamp['device']} "
-          f"({stamp['platform']}), {stamp['date']}{smoke}\n\n")
+  smoke = (
+    " (a smoke run, not the paper's protocol)"
+    if payload["not_the_protocol"]
+    else ""
+  )
+  text = (
+    f"# Su et al. (2019), CIFAR-10: pixeljax on {stamp['device']} "
+    f"({stamp['platform']}), {stamp['date']}{smoke}\n\n"
+  )
   if payload["not_the_protocol"]:
-    text += ("**Not the paper's protocol**: "
-             + "; ".join(payload["not_the_protocol"]) + ".\n\n")
+    text += (
+      "**Not the paper's protocol**: "
+      + "; ".join(payload["not_the_protocol"])
+      + ".\n\n"
+    )
   sources = sorted({e["data"] for e in entries})
   text += (
-      f"Images: per model, the first {settings['images']} test images that "
-      f"the model classifies correctly, in a shuffle of the test set seeded "
-      f"with {settings['seed']} (numpy default_rng permutation); data: "
-      f"{', '.join(sources) or '-'}. The JPEG copy of CIFAR-10 and the "
-      "packaged sample differ slightly from the original images. DE: "
-      f"population {settings['popsize']}, {settings['maxiter']} generations, "
-      "F = 0.5, no crossover, early stop. Targeted: each image towards each "
-      "of the other 9 classes. Confidence: the adversarial label's "
-      "probability, averaged over successes.\n\n")
+    f"Images: per model, the first {settings['images']} test images that "
+    f"the model classifies correctly, in a shuffle of the test set seeded "
+    f"with {settings['seed']} (numpy default_rng permutation); data: "
+    f"{', '.join(sources) or '-'}. The JPEG copy of CIFAR-10 and the "
+    "packaged sample differ slightly from the original images. DE: "
+    f"population {settings['popsize']}, {settings['maxiter']} generations, "
+    "F = 0.5, no crossover, early stop. Targeted: each image towards each "
+    "of the other 9 classes. Confidence: the adversarial label's "
+    "probability, averaged over successes.\n\n"
+  )
   chosen = {e["model"]: e for e in entries}.values()
-  text += "Images attacked: " + "; ".join(
+  text += (
+    "Images attacked: "
+    + "; ".join(
       f"{e['model']} {e['images']} (skipped {e['looked'] - e['images']} "
-      f"misclassified of the first {e['looked']})" for e in chosen) + ".\n\n"
+      f"misclassified of the first {e['looked']})"
+      for e in chosen
+    )
+    + ".\n\n"
+  )
   if payload.get("shown_from_earlier_sessions"):
-    text += ("Not attacked in this session (no trained weights here), shown "
-             "from earlier sessions' run folders: "
-             f"{', '.join(payload['shown_from_earlier_sessions'])}.\n\n")
+    text += (
+      "Not attacked in this session (no trained weights here), shown "
+      "from earlier sessions' run folders: "
+      f"{', '.join(payload['shown_from_earlier_sessions'])}.\n\n"
+    )
   if payload["skipped"]:
-    text += (f"Skipped, no trained weights: {', '.join(payload['skipped'])} "
-             "(train with `pixeljax train --model NAME --out DIR`, then pass "
-             "--weights-dir DIR).\n\n")
+    text += (
+      f"Skipped, no trained weights: {', '.join(payload['skipped'])} "
+      "(train with `pixeljax train --model NAME --out DIR`, then pass "
+      "--weights-dir DIR).\n\n"
+    )
   text += _results_table(entries) + _histogram_table(entries)
   if payload["not_started"]:
     text += f"\nNot run yet: {', '.join(payload['not_started'])}.\n"
   wall = payload["wall_time"]
   finished = not payload["not_started"] and all(e["complete"] for e in entries)
-  text += (f"\nWall time of the {'whole table' if finished else 'table so far'}"
-           f": {wall['seconds']:.0f} s over "
-           f"{wall['sessions']} session(s) ({wall['attacks']} attacks, "
-           f"{wall['evaluations']:,} model evaluations; this "
-           f"session {wall['this_session_seconds']:.0f} s, "
-           f"{wall['this_session_attacks']} new attacks), compilation and "
-           "image selection included.\n")
-  text += (f"\nPaper numbers: {PAPER['source']} Other published numbers "
-           "(3 and 5 pixels, targeted rates, confidence) are not quoted: "
-           f"they could not be verified here. For reference, "
-           f"{PAPER['v1_abstract']}\n")
+  text += (
+    f"\nWall time of the {'whole table' if finished else 'table so far'}"
+    f": {wall['seconds']:.0f} s over "
+    f"{wall['sessions']} session(s) ({wall['attacks']} attacks, "
+    f"{wall['evaluations']:,} model evaluations; this "
+    f"session {wall['this_session_seconds']:.0f} s, "
+    f"{wall['this_session_attacks']} new attacks), compilation and "
+    "image selection included.\n"
+  )
+  text += (
+    f"\nPaper numbers: {PAPER['source']} Other published numbers "
+    "(3 and 5 pixels, targeted rates, confidence) are not quoted: "
+    f"they could not be verified here. For reference, "
+    f"{PAPER['v1_abstract']}\n"
+  )
   return text
 
 
@@ -346,19 +453,25 @@ def draw(payload, results_dir, name) -> list:
       if e["mode"] == "targeted" and e["summary"]:
         written.append(out / f"{name}_heatmap_{model}_{e['pixels']}px.png")
         plots.class_pair_heatmap(
-            written[-1], np.asarray(e["pair_successes"]),
-            np.asarray(e["pair_attempts"]), classes,
-            targeted=True, title=f"{model}, {e['pixels']}-pixel targeted")
+          written[-1],
+          np.asarray(e["pair_successes"]),
+          np.asarray(e["pair_attempts"]),
+          classes,
+          targeted=True,
+          title=f"{model}, {e['pixels']}-pixel targeted",
+        )
         histograms[f"{model}, {e['pixels']} px"] = e["targets_reached"]
-    rows = [e["summary"] for e in mine
-            if e["mode"] == "non-targeted" and e["summary"]]
+    rows = [
+      e["summary"] for e in mine if e["mode"] == "non-targeted" and e["summary"]
+    ]
     if rows:
       written.append(out / f"{name}_success_vs_pixels_{model}.png")
       plots.success_vs_pixels(written[-1], rows, f"{model}, non-targeted")
   if histograms:
     written.append(out / f"{name}_targets_reached.png")
-    plots.targets_reached(written[-1], histograms,
-                          "Target classes each image was turned into")
+    plots.targets_reached(
+      written[-1], histograms, "Target classes each image was turned into"
+    )
   return written
 
 
@@ -377,9 +490,11 @@ def _victims(args):
   for model in args.models:
     card = find_weights(model, args.weights_dir)
     if card == "":
-      skipped[model] = (f"no trained weights (none ship, no {model}.json in "
-                        f"--weights-dir); train with `pixeljax train --model "
-                        f"{model} --out DIR`, then pass --weights-dir DIR")
+      skipped[model] = (
+        f"no trained weights (none ship, no {model}.json in "
+        f"--weights-dir); train with `pixeljax train --model "
+        f"{model} --out DIR`, then pass --weights-dir DIR"
+      )
       print(f"Skipping {model}: {skipped[model]}", file=sys.stderr)
     else:
       models[model] = card
@@ -389,18 +504,22 @@ def _victims(args):
 def run_plan(args, models, plan):
   """Runs every step of ``plan`` not yet done, then logs the session (also
   when interrupted, so the wall time adds up)."""
-  began = datetime.datetime.now(datetime.timezone.utc)
+  began = datetime.datetime.now(datetime.UTC)
   started = time.perf_counter()
   before = count_records(args.out_dir, plan)
   try:
     for model, targeted, pixels in plan:
       run_one(args, model, models[model], targeted, pixels)
   finally:
-    log_session(args.out_dir, dict(
+    log_session(
+      args.out_dir,
+      dict(
         started=began.isoformat(timespec="seconds"),
         seconds=time.perf_counter() - started,
         new_attacks=count_records(args.out_dir, plan) - before,
-        device=jax.devices()[0].device_kind))
+        device=jax.devices()[0].device_kind,
+      ),
+    )
 
 
 def _started(out_dir, step) -> bool:
@@ -418,47 +537,72 @@ def build_payload(args, models, skipped, plan, earlier=()) -> dict:
   # Shown by model, then mode and pixels.
   order = sorted(plan, key=lambda s: (list(models).index(s[0]), s[1], s[2]))
   started = [step for step in order if _started(args.out_dir, step)]
-  entries = [summarize_run(run_dir(args.out_dir, *step), step[0])
-             for step in started]
+  entries = [
+    summarize_run(run_dir(args.out_dir, *step), step[0]) for step in started
+  ]
   saved = runs.RunStore.existing(run_dir(args.out_dir, *started[0])).images()
   sessions = read_sessions(args.out_dir)
   return dict(
-      stamp=common.stamp(),
-      settings=dict(images=args.images, seed=args.seed, popsize=args.popsize,
-                    maxiter=args.maxiter, mutation=MUTATION, crossover=None,
-                    pixels=args.pixels, targeted_pixels=args.targeted_pixels,
-                    out_dir=_shown(args.out_dir)),
-      not_the_protocol=_protocol_notes(args, list(models)),
-      models=list(models),
-      skipped=skipped, shown_from_earlier_sessions=list(earlier),
-      class_names=[str(c) for c in saved["class_names"]],
-      runs=entries,
-      not_started=[f"{m} {'targeted' if t else 'non-targeted'} {p}-pixel"
-                   for m, t, p in plan if (m, t, p) not in started],
-      wall_time=dict(
-          seconds=sum(s["seconds"] for s in sessions), sessions=len(sessions),
-          attacks=sum((e["summary"] or {}).get("attacks", 0)
-                      for e in entries),
-          evaluations=sum(e["evaluations"] for e in entries),
-          this_session_seconds=sessions[-1]["seconds"],
-          this_session_attacks=sessions[-1]["new_attacks"]),
-      paper=dict(source=PAPER["source"], v1_abstract=PAPER["v1_abstract"],
-                 success_rate=[dict(mode=mode, pixels=pixels, rates=rates)
-                               for (mode, pixels), rates
-                               in PAPER["success_rate"].items()]))
+    stamp=common.stamp(),
+    settings=dict(
+      images=args.images,
+      seed=args.seed,
+      popsize=args.popsize,
+      maxiter=args.maxiter,
+      mutation=MUTATION,
+      crossover=None,
+      pixels=args.pixels,
+      targeted_pixels=args.targeted_pixels,
+      out_dir=_shown(args.out_dir),
+    ),
+    not_the_protocol=_protocol_notes(args, list(models)),
+    models=list(models),
+    skipped=skipped,
+    shown_from_earlier_sessions=list(earlier),
+    class_names=[str(c) for c in saved["class_names"]],
+    runs=entries,
+    not_started=[
+      f"{m} {'targeted' if t else 'non-targeted'} {p}-pixel"
+      for m, t, p in plan
+      if (m, t, p) not in started
+    ],
+    wall_time=dict(
+      seconds=sum(s["seconds"] for s in sessions),
+      sessions=len(sessions),
+      attacks=sum((e["summary"] or {}).get("attacks", 0) for e in entries),
+      evaluations=sum(e["evaluations"] for e in entries),
+      this_session_seconds=sessions[-1]["seconds"],
+      this_session_attacks=sessions[-1]["new_attacks"],
+    ),
+    paper=dict(
+      source=PAPER["source"],
+      v1_abstract=PAPER["v1_abstract"],
+      success_rate=[
+        dict(mode=mode, pixels=pixels, rates=rates)
+        for (mode, pixels), rates in PAPER["success_rate"].items()
+      ],
+    ),
+  )
 
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   models, skipped = _victims(args)
   if not models:
-    print("error: no model in --models has trained weights; nothing to run",
-          file=sys.stderr)
+    print(
+      "error: no model in --models has trained weights; nothing to run",
+      file=sys.stderr,
+    )
     return errors.EXIT_INPUT
   plan = make_plan(list(models), args.pixels, args.targeted_pixels)
-  earlier = [m for m in skipped if any(
+  earlier = [
+    m
+    for m in skipped
+    if any(
       _started(args.out_dir, step)
-      for step in make_plan([m], args.pixels, args.targeted_pixels))]
+      for step in make_plan([m], args.pixels, args.targeted_pixels)
+    )
+  ]
   shown = {**models, **dict.fromkeys(earlier)}
   shown_plan = make_plan(list(shown), args.pixels, args.targeted_pixels)
   pathlib.Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -471,13 +615,23 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return e.exit_code
   except KeyboardInterrupt:
-    print("interrupted: finished attacks are kept; rerun to resume. The "
-          "table below is partial.", file=sys.stderr)
+    print(
+      "interrupted: finished attacks are kept; rerun to resume. The "
+      "table below is partial.",
+      file=sys.stderr,
+    )
     status = errors.EXIT_INTERRUPTED
   if any(_started(args.out_dir, step) for step in shown_plan):
-    write_table(args, build_payload(
-        args, shown, {m: why for m, why in skipped.items() if m not in earlier},
-        shown_plan, earlier))
+    write_table(
+      args,
+      build_payload(
+        args,
+        shown,
+        {m: why for m, why in skipped.items() if m not in earlier},
+        shown_plan,
+        earlier,
+      ),
+    )
   return status
 
 
@@ -494,12 +648,13 @@ def write_table(args, payload):
   json_path.write_text(json.dumps(payload, indent=1) + "\n")
   md_path.write_text(markdown(payload))
   print(markdown(payload))
-  for path in [json_path, md_path, *draw(payload, args.results_dir,
-                                         args.name)]:
+  for path in [json_path, md_path, *draw(payload, args.results_dir, args.name)]:
     print(f"wrote {path}")
   wall = payload["wall_time"]
-  print(f"{wall['this_session_attacks']} new attacks this session, "
-        f"{wall['this_session_seconds']:.0f} s.")
+  print(
+    f"{wall['this_session_attacks']} new attacks this session, "
+    f"{wall['this_session_seconds']:.0f} s."
+  )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-import pixeljax
 from benchmarks import torch_victims
+import pixeljax
 
 
 class Run(NamedTuple):
@@ -33,6 +33,7 @@ class Run(NamedTuple):
     first_call_seconds: wall time of the first call on these shapes: for
       pixeljax it includes jit compilation; the peers' only call.
   """
+
   adv_images: np.ndarray
   seconds: float
   evaluations: int
@@ -49,22 +50,29 @@ def from_unit_nchw(images) -> np.ndarray:
 
   Rounds like ``Pixels01``, so the result is the image the model scored.
   """
-  images = np.asarray(images.detach().cpu() if torch.is_tensor(images)
-                      else images)
+  images = np.asarray(
+    images.detach().cpu() if torch.is_tensor(images) else images
+  )
   pixels = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
   return pixels.transpose(0, 2, 3, 1)
 
 
-def run_pixeljax(predict, images, labels, *, pixels: int, popsize: int,
-                 maxiter: int, seed: int) -> Run:
+def run_pixeljax(
+  predict, images, labels, *, pixels: int, popsize: int, maxiter: int, seed: int
+) -> Run:
   """``pixeljax.batched_attack`` with the paper's DE, all images at once.
 
   Called twice: the first call compiles, the second is timed. Each model
   call holds one image's population, so that no call is half padding when
   only a few images are attacked or left.
   """
-  kwargs = dict(key=jax.random.key(seed), pixels=pixels, popsize=popsize,
-                maxiter=maxiter, batch_size=popsize)
+  kwargs = dict(
+    key=jax.random.key(seed),
+    pixels=pixels,
+    popsize=popsize,
+    maxiter=maxiter,
+    batch_size=popsize,
+  )
   started = time.perf_counter()
   pixeljax.batched_attack(predict, images, labels, **kwargs)
   cold = time.perf_counter() - started
@@ -76,8 +84,9 @@ def run_pixeljax(predict, images, labels, *, pixels: int, popsize: int,
   return Run(result.adv_images, seconds, evaluations, cold)
 
 
-def run_torchattacks(model, images, labels, *, pixels: int, popsize: int,
-                     maxiter: int, seed: int) -> Run:
+def run_torchattacks(
+  model, images, labels, *, pixels: int, popsize: int, maxiter: int, seed: int
+) -> Run:
   """torchattacks ``OnePixel``, which attacks one image at a time.
 
   Its ``popsize`` is divided by the 5 * pixels genes (scipy's multiplier), so
@@ -90,8 +99,9 @@ def run_torchattacks(model, images, labels, *, pixels: int, popsize: int,
   import torchattacks
 
   counting = torch_victims.CountingModule(model).eval()
-  attack = torchattacks.OnePixel(counting, pixels=pixels, steps=maxiter,
-                                 popsize=popsize, inf_batch=popsize)
+  attack = torchattacks.OnePixel(
+    counting, pixels=pixels, steps=maxiter, popsize=popsize, inf_batch=popsize
+  )
   # Its DE draws from NumPy's global generator.
   np.random.seed(seed)
   torch.manual_seed(seed)
@@ -101,8 +111,17 @@ def run_torchattacks(model, images, labels, *, pixels: int, popsize: int,
   return Run(from_unit_nchw(adv), seconds, counting.evaluations, seconds)
 
 
-def run_art(model, images, labels, *, pixels: int, maxiter: int, seed: int,
-            num_classes: int, device_type: str = "cpu") -> Run:
+def run_art(
+  model,
+  images,
+  labels,
+  *,
+  pixels: int,
+  maxiter: int,
+  seed: int,
+  num_classes: int,
+  device_type: str = "cpu",
+) -> Run:
   """ART ``PixelAttack`` with differential evolution (``es=1``).
 
   ART fixes the population at ``400 // (5 * pixels) * 5 * pixels`` and the
@@ -117,12 +136,17 @@ def run_art(model, images, labels, *, pixels: int, maxiter: int, seed: int,
 
   counting = torch_victims.CountingModule(model).eval()
   classifier = PyTorchClassifier(
-      model=counting, loss=torch.nn.CrossEntropyLoss(),
-      input_shape=(images.shape[3],) + images.shape[1:3],
-      nb_classes=num_classes, clip_values=(0.0, 1.0), channels_first=True,
-      device_type=device_type)
-  attack = PixelAttack(classifier, th=pixels, es=1, max_iter=maxiter,
-                       targeted=False, verbose=False)
+    model=counting,
+    loss=torch.nn.CrossEntropyLoss(),
+    input_shape=(images.shape[3],) + images.shape[1:3],
+    nb_classes=num_classes,
+    clip_values=(0.0, 1.0),
+    channels_first=True,
+    device_type=device_type,
+  )
+  attack = PixelAttack(
+    classifier, th=pixels, es=1, max_iter=maxiter, targeted=False, verbose=False
+  )
   np.random.seed(seed)  # its DE draws from NumPy's global generator
   started = time.perf_counter()
   adv = attack.generate(to_unit_nchw(images).numpy(), y=np.asarray(labels))

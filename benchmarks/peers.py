@@ -43,29 +43,32 @@ LOGIT_TOLERANCE = 1e-4
 
 # How each tool meets the budget, for the output.
 SETTINGS_NOTES = {
-    "pixeljax": (
-        "batched_attack(pixels, popsize={popsize}, maxiter={maxiter}, "
-        "batch_size={popsize}): the paper's DE: DE/rand/1, F = 0.5, no crossover; coordinates uniform, "
-        "colours N(128, 127); population {popsize} for any number of pixels; "
-        "all images at once in one jit; each image stops as soon as one "
-        "candidate succeeds; integer pixels. Wall time excludes the first "
-        "call's jit compilation (given apart)."),
-    "torchattacks": (
-        "OnePixel(pixels, steps={maxiter}, popsize={popsize}, "
-        "inf_batch={popsize}): vendored scipy-style DE, best1bin, F dithered "
-        "in [0.5, 1) per generation, recombination 1 (every gene from the "
-        "mutant), uniform random start; population popsize // (5 d) * 5 d; "
-        "stops when the population's best succeeds (checked once a "
-        "generation); continuous colours in [0, 1], rounded to 8 bits by the "
-        "model wrapper; one image at a time."),
-    "art": (
-        "PixelAttack(th=pixels, es=1, max_iter={maxiter}): es=1 is "
-        "differential evolution (es=0 is CMA-ES); vendored scipy-style DE, "
-        "best1bin, F dithered in [0.5, 1), recombination 1, Latin-hypercube "
-        "start; population fixed by ART at 400 // (5 d) * 5 d (popsize is not "
-        "settable); prediction batch 128 (fixed); stops when the population's "
-        "best succeeds (once a generation); integer colours; one image at a "
-        "time."),
+  "pixeljax": (
+    "batched_attack(pixels, popsize={popsize}, maxiter={maxiter}, "
+    "batch_size={popsize}): the paper's DE: DE/rand/1, F = 0.5, no crossover; coordinates uniform, "
+    "colours N(128, 127); population {popsize} for any number of pixels; "
+    "all images at once in one jit; each image stops as soon as one "
+    "candidate succeeds; integer pixels. Wall time excludes the first "
+    "call's jit compilation (given apart)."
+  ),
+  "torchattacks": (
+    "OnePixel(pixels, steps={maxiter}, popsize={popsize}, "
+    "inf_batch={popsize}): vendored scipy-style DE, best1bin, F dithered "
+    "in [0.5, 1) per generation, recombination 1 (every gene from the "
+    "mutant), uniform random start; population popsize // (5 d) * 5 d; "
+    "stops when the population's best succeeds (checked once a "
+    "generation); continuous colours in [0, 1], rounded to 8 bits by the "
+    "model wrapper; one image at a time."
+  ),
+  "art": (
+    "PixelAttack(th=pixels, es=1, max_iter={maxiter}): es=1 is "
+    "differential evolution (es=0 is CMA-ES); vendored scipy-style DE, "
+    "best1bin, F dithered in [0.5, 1), recombination 1, Latin-hypercube "
+    "start; population fixed by ART at 400 // (5 d) * 5 d (popsize is not "
+    "settable); prediction batch 128 (fixed); stops when the population's "
+    "best succeeds (once a generation); integer colours; one image at a "
+    "time."
+  ),
 }
 
 
@@ -89,17 +92,23 @@ def load_victim(card: str | None):
   if card:
     model, meta = weights.load_weights(card)
     model.eval()
-    return model, {"weights": card, "architecture": meta["architecture"],
-                   "test_accuracy": meta.get("test_accuracy")}
+    return model, {
+      "weights": card,
+      "architecture": meta["architecture"],
+      "test_accuracy": meta.get("test_accuracy"),
+    }
   if "smallcnn" in weights.shipped_models():
     meta = weights.shipped_card("smallcnn")
     return weights.load_victim("smallcnn"), {
-        "weights": "shipped pixeljax/weights/smallcnn",
-        "architecture": "smallcnn", "test_accuracy": meta.get("test_accuracy")}
+      "weights": "shipped pixeljax/weights/smallcnn",
+      "architecture": "smallcnn",
+      "test_accuracy": meta.get("test_accuracy"),
+    }
   raise FileNotFoundError(
-      "no --weights card given and no shipped SmallCNN weights; train one "
-      "with `python -m pixeljax.train --model smallcnn --out runs/smallcnn` "
-      "and pass --weights runs/smallcnn/smallcnn.json")
+    "no --weights card given and no shipped SmallCNN weights; train one "
+    "with `python -m pixeljax.train --model smallcnn --out runs/smallcnn` "
+    "and pass --weights runs/smallcnn/smallcnn.json"
+  )
 
 
 def pick_images(predict, count: int):
@@ -118,8 +127,10 @@ def pick_images(predict, count: int):
     rank[where] = np.arange(len(where))
   order = [i for i in np.lexsort((sample.labels, rank)) if correct[i]]
   if len(order) < count:
-    raise ValueError(f"images: asked for {count}, but the victim classifies "
-                     f"only {len(order)} sample images correctly")
+    raise ValueError(
+      f"images: asked for {count}, but the victim classifies "
+      f"only {len(order)} sample images correctly"
+    )
   chosen = np.asarray(order[:count])
   return sample.images[chosen], sample.labels[chosen], chosen
 
@@ -133,26 +144,31 @@ def full_float32():
   """Both frameworks at full float32 precision: on a recent GPU their default
   float32 convolutions (JAX's matmuls too) run in TF32, whose rounding alone
   would exceed the logit tolerance."""
-  saved = (torch.backends.cudnn.allow_tf32,
-           torch.backends.cuda.matmul.allow_tf32)
+  saved = (
+    torch.backends.cudnn.allow_tf32,
+    torch.backends.cuda.matmul.allow_tf32,
+  )
   torch.backends.cudnn.allow_tf32 = False
   torch.backends.cuda.matmul.allow_tf32 = False
   try:
     with jax.default_matmul_precision("highest"):
       yield
   finally:
-    (torch.backends.cudnn.allow_tf32,
-     torch.backends.cuda.matmul.allow_tf32) = saved
+    (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = (
+      saved
+    )
 
 
 def logit_gap(predict, torch_model, images) -> float:
   """Max |JAX logits - torch logits| over ``images`` uint8 [N, H, W, C], both
   computed at full float32 precision."""
   with full_float32(), torch.no_grad():
-    jax_logits = np.asarray(jax.jit(predict)(jnp.asarray(images,
-                                                         jnp.float32)))
-    torch_logits = torch_model(peer_runs.to_unit_nchw(images).to(
-        _device(torch_model))).cpu().numpy()
+    jax_logits = np.asarray(jax.jit(predict)(jnp.asarray(images, jnp.float32)))
+    torch_logits = (
+      torch_model(peer_runs.to_unit_nchw(images).to(_device(torch_model)))
+      .cpu()
+      .numpy()
+    )
   return float(np.abs(jax_logits - torch_logits).max())
 
 
@@ -163,8 +179,11 @@ def forward_rate(function, batch, seconds: float) -> float:
 
 def forward_rates(predict, torch_model, batch: int, seconds: float) -> dict:
   """Plain forward images/s of the JAX and the torch model at ``batch``."""
-  images = np.random.default_rng(0).integers(
-      0, 256, (batch, 32, 32, 3)).astype(np.uint8)
+  images = (
+    np.random.default_rng(0)
+    .integers(0, 256, (batch, 32, 32, 3))
+    .astype(np.uint8)
+  )
   jitted = jax.jit(predict)
   jax_images = jnp.asarray(images, jnp.float32)
   device = _device(torch_model)
@@ -177,17 +196,28 @@ def forward_rates(predict, torch_model, batch: int, seconds: float) -> dict:
       torch.cuda.synchronize(device)
 
   return {
-      "batch": batch,
-      "jax_images_per_second": forward_rate(
-          lambda: jitted(jax_images).block_until_ready(), batch, seconds),
-      "torch_images_per_second": forward_rate(torch_forward, batch, seconds),
+    "batch": batch,
+    "jax_images_per_second": forward_rate(
+      lambda: jitted(jax_images).block_until_ready(), batch, seconds
+    ),
+    "torch_images_per_second": forward_rate(torch_forward, batch, seconds),
   }
 
 
-def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
-                  maxiter: int, tools=TOOLS, seed: int = 0,
-                  forward_seconds: float = 2.0, log=print,
-                  torch_device: str = "cpu") -> tuple[list[dict], float]:
+def run_benchmark(
+  model,
+  images,
+  labels,
+  *,
+  pixel_counts,
+  popsize: int,
+  maxiter: int,
+  tools=TOOLS,
+  seed: int = 0,
+  forward_seconds: float = 2.0,
+  log=print,
+  torch_device: str = "cpu",
+) -> tuple[list[dict], float]:
   """Attacks ``images`` with each tool for each pixel count.
 
   Args:
@@ -207,13 +237,17 @@ def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
   """
   predict = models.make_predict(model)
   torch_model = torch_victims.Pixels01(torch_victims.to_torch(model)).to(
-      torch_device)
+    torch_device
+  )
   gap = logit_gap(predict, torch_model, images)
   if not gap <= LOGIT_TOLERANCE:
-    raise RuntimeError(f"the torch rebuild's logits differ from the JAX "
-                       f"model's by {gap:.3g} > {LOGIT_TOLERANCE}")
-  num_classes = int(np.asarray(predict(jnp.asarray(images[:1], jnp.float32))
-                               ).shape[-1])
+    raise RuntimeError(
+      f"the torch rebuild's logits differ from the JAX "
+      f"model's by {gap:.3g} > {LOGIT_TOLERANCE}"
+    )
+  num_classes = int(
+    np.asarray(predict(jnp.asarray(images[:1], jnp.float32))).shape[-1]
+  )
   rows = []
   for pixels in pixel_counts:
     runs = {}
@@ -221,26 +255,39 @@ def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
       # The machine's speed can drift (other work): measure the plain
       # forward pass right before each run, at the population's batch.
       forward = forward_rates(predict, torch_model, popsize, forward_seconds)
-      own = forward["jax_images_per_second" if tool == "pixeljax"
-                    else "torch_images_per_second"]
+      own = forward[
+        "jax_images_per_second"
+        if tool == "pixeljax"
+        else "torch_images_per_second"
+      ]
       log(f"{tool}, {pixels} pixel(s), {len(images)} images ...")
       budget = dict(pixels=pixels, maxiter=maxiter, seed=seed)
       if tool == "pixeljax":
-        run = peer_runs.run_pixeljax(predict, images, labels, popsize=popsize,
-                                     **budget)
+        run = peer_runs.run_pixeljax(
+          predict, images, labels, popsize=popsize, **budget
+        )
       elif tool == "torchattacks":
-        run = peer_runs.run_torchattacks(torch_model, images, labels,
-                                         popsize=popsize, **budget)
+        run = peer_runs.run_torchattacks(
+          torch_model, images, labels, popsize=popsize, **budget
+        )
       elif tool == "art":
         run = peer_runs.run_art(
-            torch_model, images, labels, num_classes=num_classes,
-            device_type="cpu" if torch_device == "cpu" else "gpu", **budget)
+          torch_model,
+          images,
+          labels,
+          num_classes=num_classes,
+          device_type="cpu" if torch_device == "cpu" else "gpu",
+          **budget,
+        )
       else:
         raise ValueError(f"tools: unknown tool {tool!r}; expected {TOOLS}")
       check = peer_runs.verify(predict, images, run.adv_images, labels, pixels)
       runs[tool] = run
-      rows.append({
-          "tool": tool, "pixels": pixels, "images": len(images),
+      rows.append(
+        {
+          "tool": tool,
+          "pixels": pixels,
+          "images": len(images),
           "population": population(tool, popsize, pixels, images.shape[-1]),
           "success_rate": float(np.mean(check["success"])),
           "seconds": run.seconds,
@@ -250,15 +297,20 @@ def run_benchmark(model, images, labels, *, pixel_counts, popsize: int,
           "first_call_seconds": run.first_call_seconds,
           "forward": forward,
           "efficiency": run.evaluations / run.seconds / own,
-          **check})
-      log(f"  success {rows[-1]['success_rate']:.2f}, {run.seconds:.1f} s, "
-          f"{rows[-1]['evaluations_per_second']:.0f} evaluations/s")
+          **check,
+        }
+      )
+      log(
+        f"  success {rows[-1]['success_rate']:.2f}, {run.seconds:.1f} s, "
+        f"{rows[-1]['evaluations_per_second']:.0f} evaluations/s"
+      )
     if "pixeljax" in runs:
       fast = runs["pixeljax"]
-      for row in rows[-len(tools):]:
+      for row in rows[-len(tools) :]:
         row["pixeljax_speedup"] = row["seconds"] / fast.seconds
-        row["pixeljax_speedup_first_call"] = (row["seconds"]
-                                              / fast.first_call_seconds)
+        row["pixeljax_speedup_first_call"] = (
+          row["seconds"] / fast.first_call_seconds
+        )
   return rows, gap
 
 
@@ -267,65 +319,88 @@ def render_markdown(payload: dict) -> str:
   stamp, setup = payload["stamp"], payload["settings"]
   load = setup["load_average"]
   nan = float("nan")
-  rows = [[r["pixels"], r["tool"], r["population"],
-           f"{r['success_rate']:.0%}",
-           f"{r['seconds']:.1f}", f"{r['images_per_second']:.3f}",
-           f"{r['evaluations_per_second']:.0f}",
-           f"{r['evaluations'] / r['images']:.0f}",
-           f"{r.get('efficiency', nan):.2f}",
-           f"{r.get('pixeljax_speedup', nan):.1f}x",
-           f"{r.get('pixeljax_speedup_first_call', nan):.1f}x"]
-          for r in payload["rows"]]
+  rows = [
+    [
+      r["pixels"],
+      r["tool"],
+      r["population"],
+      f"{r['success_rate']:.0%}",
+      f"{r['seconds']:.1f}",
+      f"{r['images_per_second']:.3f}",
+      f"{r['evaluations_per_second']:.0f}",
+      f"{r['evaluations'] / r['images']:.0f}",
+      f"{r.get('efficiency', nan):.2f}",
+      f"{r.get('pixeljax_speedup', nan):.1f}x",
+      f"{r.get('pixeljax_speedup_first_call', nan):.1f}x",
+    ]
+    for r in payload["rows"]
+  ]
   forward = [r["forward"] for r in payload["rows"]]
   jax_rate = np.median([f["jax_images_per_second"] for f in forward])
   torch_rate = np.median([f["torch_images_per_second"] for f in forward])
   first_calls = ", ".join(
-      f"{r['first_call_seconds']:.0f} s for {r['pixels']} pixel(s)"
-      for r in payload["rows"] if r["tool"] == "pixeljax")
-  notes = "\n".join(f"- **{tool}**: {note}"
-                    for tool, note in payload["tool_settings"].items())
+    f"{r['first_call_seconds']:.0f} s for {r['pixels']} pixel(s)"
+    for r in payload["rows"]
+    if r["tool"] == "pixeljax"
+  )
+  notes = "\n".join(
+    f"- **{tool}**: {note}" for tool, note in payload["tool_settings"].items()
+  )
   return (
-      f"# Peers side by side: {setup['victim']['architecture']}, "
-      f"{stamp['device']} ({stamp['platform']}), {stamp['date']}\n\n"
-      f"Victim: {setup['victim']['weights']} (test accuracy "
-      f"{setup['victim']['test_accuracy']}). {setup['images']} correctly "
-      f"classified images of the packaged CIFAR-10 test sample, non-targeted, "
-      f"population {setup['popsize']}, at most {setup['maxiter']} "
-      f"generations. The torch rebuild's logits match the JAX model's to "
-      f"{payload['logit_gap']:.1e}. Success is re-checked on each tool's "
-      f"returned uint8 images with the JAX model (at most d pixels changed). "
-      f"jax {stamp['jax']}, torch {payload['versions']['torch']} (on "
-      f"{setup.get('torch_device', 'cpu')}), "
-      f"torchattacks {payload['versions']['torchattacks']}, ART "
-      f"{payload['versions']['art']}; {stamp['cpu_count']} CPU cores, "
-      f"load average {load['start']:.1f} at the start and {load['end']:.1f} "
-      f"at the end (above {stamp['cpu_count']}, other work shared the CPU "
-      f"and slowed every tool).\n\n"
-      f"Command: `{setup['command']}`\n\n"
-      + common.markdown_table(
-          ["pixels", "tool", "population", "success", "wall s", "images/s",
-           "model evals/s", "evals per image", "evals/s / forward",
-           "pixeljax speedup", "speedup over its first call"],
-          rows)
-      + f"\nPlain forward pass of the same model at batch "
-      f"{forward[0]['batch']} (median of the measurements taken before each "
-      f"run): JAX {jax_rate:.0f} images/s, torch {torch_rate:.0f} images/s "
-      f"({jax_rate / torch_rate:.1f}x): about that much of pixeljax's speedup "
-      f"comes from the framework's forward pass on this device, the rest "
-      f"from the search. \"evals/s / forward\" divides each tool's model "
-      f"evaluations per second by its own framework's forward rate, measured "
-      f"just before its run (1.0: the attack costs only its forward "
-      f"passes). Speedup is the tool's wall time over pixeljax's on the same "
-      f"images (pixeljax's second call); its first call also compiles "
-      f"({first_calls}), which the last column includes. pixeljax "
-      f"evaluates one image's population per model call (batch_size = "
-      f"popsize).\n\n"
-      f"How each tool meets the budget:\n\n{notes}\n")
+    f"# Peers side by side: {setup['victim']['architecture']}, "
+    f"{stamp['device']} ({stamp['platform']}), {stamp['date']}\n\n"
+    f"Victim: {setup['victim']['weights']} (test accuracy "
+    f"{setup['victim']['test_accuracy']}). {setup['images']} correctly "
+    f"classified images of the packaged CIFAR-10 test sample, non-targeted, "
+    f"population {setup['popsize']}, at most {setup['maxiter']} "
+    f"generations. The torch rebuild's logits match the JAX model's to "
+    f"{payload['logit_gap']:.1e}. Success is re-checked on each tool's "
+    f"returned uint8 images with the JAX model (at most d pixels changed). "
+    f"jax {stamp['jax']}, torch {payload['versions']['torch']} (on "
+    f"{setup.get('torch_device', 'cpu')}), "
+    f"torchattacks {payload['versions']['torchattacks']}, ART "
+    f"{payload['versions']['art']}; {stamp['cpu_count']} CPU cores, "
+    f"load average {load['start']:.1f} at the start and {load['end']:.1f} "
+    f"at the end (above {stamp['cpu_count']}, other work shared the CPU "
+    f"and slowed every tool).\n\n"
+    f"Command: `{setup['command']}`\n\n"
+    + common.markdown_table(
+      [
+        "pixels",
+        "tool",
+        "population",
+        "success",
+        "wall s",
+        "images/s",
+        "model evals/s",
+        "evals per image",
+        "evals/s / forward",
+        "pixeljax speedup",
+        "speedup over its first call",
+      ],
+      rows,
+    )
+    + f"\nPlain forward pass of the same model at batch "
+    f"{forward[0]['batch']} (median of the measurements taken before each "
+    f"run): JAX {jax_rate:.0f} images/s, torch {torch_rate:.0f} images/s "
+    f"({jax_rate / torch_rate:.1f}x): about that much of pixeljax's speedup "
+    f"comes from the framework's forward pass on this device, the rest "
+    f'from the search. "evals/s / forward" divides each tool\'s model '
+    f"evaluations per second by its own framework's forward rate, measured "
+    f"just before its run (1.0: the attack costs only its forward "
+    f"passes). Speedup is the tool's wall time over pixeljax's on the same "
+    f"images (pixeljax's second call); its first call also compiles "
+    f"({first_calls}), which the last column includes. pixeljax "
+    f"evaluates one image's population per model call (batch_size = "
+    f"popsize).\n\n"
+    f"How each tool meets the budget:\n\n{notes}\n"
+  )
 
 
 def plot(payload: dict, path: str) -> None:
   """Bar chart: images/s (log scale) and success rate, per tool and pixels."""
   import matplotlib
+
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
@@ -339,20 +414,25 @@ def plot(payload: dict, path: str) -> None:
     where = np.arange(len(pixel_counts)) + (k - (len(tools) - 1) / 2) * width
     for ax, field in zip(axes, ("images_per_second", "success_rate")):
       ax.bar(where, [mine[p][field] for p in pixel_counts], width, label=tool)
-  for ax, title in zip(axes, ("images attacked per second (log)",
-                              "success rate")):
-    ax.set_xticks(np.arange(len(pixel_counts)),
-                  [f"{p} pixel{'s' * (p > 1)}" for p in pixel_counts])
+  for ax, title in zip(
+    axes, ("images attacked per second (log)", "success rate")
+  ):
+    ax.set_xticks(
+      np.arange(len(pixel_counts)),
+      [f"{p} pixel{'s' * (p > 1)}" for p in pixel_counts],
+    )
     ax.set_title(title)
   axes[0].set_yscale("log")
   axes[1].set_ylim(0, 1)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=len(tools))
   setup = payload["settings"]
-  fig.suptitle(f"Pixel attack on {setup['victim']['architecture']}, "
-               f"{setup['images']} images, population {setup['popsize']}, "
-               f"{setup['maxiter']} generations "
-               f"({payload['stamp']['device']})")
+  fig.suptitle(
+    f"Pixel attack on {setup['victim']['architecture']}, "
+    f"{setup['images']} images, population {setup['popsize']}, "
+    f"{setup['maxiter']} generations "
+    f"({payload['stamp']['device']})"
+  )
   fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -360,23 +440,39 @@ def plot(payload: dict, path: str) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--images", type=int, default=8,
-                      help="images attacked by every tool (default 8)")
-  parser.add_argument("--pixels", default="1,3",
-                      help="comma-separated pixel counts (default 1,3)")
+  parser.add_argument(
+    "--images",
+    type=int,
+    default=8,
+    help="images attacked by every tool (default 8)",
+  )
+  parser.add_argument(
+    "--pixels", default="1,3", help="comma-separated pixel counts (default 1,3)"
+  )
   parser.add_argument("--popsize", type=int, default=400)
   parser.add_argument("--maxiter", type=int, default=100)
   parser.add_argument("--tools", default=",".join(TOOLS))
-  parser.add_argument("--weights", default=None,
-                      help="a weights card (default: the shipped SmallCNN)")
+  parser.add_argument(
+    "--weights",
+    default=None,
+    help="a weights card (default: the shipped SmallCNN)",
+  )
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--name", default=None,
-                      help="results file stem (default peers_<platform>)")
-  parser.add_argument("--forward-seconds", type=float, default=2.0,
-                      help="time spent on each plain forward measurement")
-  parser.add_argument("--torch-device", default="cpu",
-                      choices=("cpu", "cuda"),
-                      help="where the peers' torch model runs (default cpu)")
+  parser.add_argument(
+    "--name", default=None, help="results file stem (default peers_<platform>)"
+  )
+  parser.add_argument(
+    "--forward-seconds",
+    type=float,
+    default=2.0,
+    help="time spent on each plain forward measurement",
+  )
+  parser.add_argument(
+    "--torch-device",
+    default="cpu",
+    choices=("cpu", "cuda"),
+    help="where the peers' torch model runs (default cpu)",
+  )
   parser.add_argument("--results-dir", default=common.RESULTS_DIR)
   args = parser.parse_args(argv)
 
@@ -389,45 +485,61 @@ def main(argv=None):
   load_before = os.getloadavg()[0]
   started = time.perf_counter()
   rows, gap = run_benchmark(
-      model, images, labels,
-      pixel_counts=[int(p) for p in args.pixels.split(",")],
-      popsize=args.popsize, maxiter=args.maxiter,
-      tools=args.tools.split(","), seed=args.seed,
-      forward_seconds=args.forward_seconds, torch_device=args.torch_device)
+    model,
+    images,
+    labels,
+    pixel_counts=[int(p) for p in args.pixels.split(",")],
+    popsize=args.popsize,
+    maxiter=args.maxiter,
+    tools=args.tools.split(","),
+    seed=args.seed,
+    forward_seconds=args.forward_seconds,
+    torch_device=args.torch_device,
+  )
   total = time.perf_counter() - started
   payload = {
-      "stamp": common.stamp(),
-      "versions": {"torch": torch.__version__,
-                   "torchattacks": torchattacks.__version__,
-                   "art": art.__version__},
-      "settings": {
-          "command": " ".join(["python -m benchmarks.peers"]
-                              + (argv if argv is not None else sys.argv[1:])),
-          "victim": victim, "images": args.images,
-          "sample_indices": indices.tolist(), "labels": labels.tolist(),
-          "popsize": args.popsize, "maxiter": args.maxiter,
-          "targeted": False, "seed": args.seed,
-          "torch_threads": torch.get_num_threads(),
-          "torch_device": args.torch_device,
-          # The attacks run at each framework's default float32 precision.
-          "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-          "jax_matmul_precision": str(
-              jax.config.jax_default_matmul_precision or "default"),
-          # Above the core count, other work shared the CPU with this run.
-          "load_average": {"start": load_before,
-                           "end": os.getloadavg()[0]},
-      },
-      "tool_settings": {tool: note.format(popsize=args.popsize,
-                                          maxiter=args.maxiter)
-                        for tool, note in SETTINGS_NOTES.items()
-                        if tool in args.tools.split(",")},
-      "logit_gap": gap,
-      "total_seconds": total,
-      "rows": rows,
+    "stamp": common.stamp(),
+    "versions": {
+      "torch": torch.__version__,
+      "torchattacks": torchattacks.__version__,
+      "art": art.__version__,
+    },
+    "settings": {
+      "command": " ".join(
+        ["python -m benchmarks.peers"]
+        + (argv if argv is not None else sys.argv[1:])
+      ),
+      "victim": victim,
+      "images": args.images,
+      "sample_indices": indices.tolist(),
+      "labels": labels.tolist(),
+      "popsize": args.popsize,
+      "maxiter": args.maxiter,
+      "targeted": False,
+      "seed": args.seed,
+      "torch_threads": torch.get_num_threads(),
+      "torch_device": args.torch_device,
+      # The attacks run at each framework's default float32 precision.
+      "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+      "jax_matmul_precision": str(
+        jax.config.jax_default_matmul_precision or "default"
+      ),
+      # Above the core count, other work shared the CPU with this run.
+      "load_average": {"start": load_before, "end": os.getloadavg()[0]},
+    },
+    "tool_settings": {
+      tool: note.format(popsize=args.popsize, maxiter=args.maxiter)
+      for tool, note in SETTINGS_NOTES.items()
+      if tool in args.tools.split(",")
+    },
+    "logit_gap": gap,
+    "total_seconds": total,
+    "rows": rows,
   }
   name = args.name or f"peers_{payload['stamp']['platform']}"
-  for path in common.write_results(name, payload, render_markdown(payload),
-                                   args.results_dir):
+  for path in common.write_results(
+    name, payload, render_markdown(payload), args.results_dir
+  ):
     print(f"wrote {path}")
   png = os.path.join(args.results_dir, f"{name}.png")
   plot(payload, png)

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import pixeljax
 from benchmarks import common
+import pixeljax
 from pixeljax import data
 from pixeljax.attack.corner import corner_attack
 from pixeljax.attack.corner_search import corner_search
@@ -55,28 +55,57 @@ from pixeljax.models import weights
 PAPER_BUDGET = 400 * 101
 QUARTER_BUDGET = PAPER_BUDGET // 4
 # One look per method across the panels.
-STYLES = {"paper_de": dict(color="black", linewidth=2),
-          "corner": dict(color="tab:orange"),
-          "corner_search": dict(color="tab:orange"),
-          "sparse_rs": dict(color="tab:blue"),
-          "seeded_de": dict(color="tab:green", linestyle="--")}
+STYLES = {
+  "paper_de": dict(color="black", linewidth=2),
+  "corner": dict(color="tab:orange"),
+  "corner_search": dict(color="tab:orange"),
+  "sparse_rs": dict(color="tab:blue"),
+  "seeded_de": dict(color="tab:green", linestyle="--"),
+}
 
 
 def methods(pixels: int):
   """(name, attack(predict, images, labels) -> AttackResult) for d pixels."""
   key = jax.random.key(0)
-  runs = [("paper_de", lambda p, x, y: pixeljax.batched_attack(
-      p, x, y, key=key, pixels=pixels))]
+  runs = [
+    (
+      "paper_de",
+      lambda p, x, y: pixeljax.batched_attack(p, x, y, key=key, pixels=pixels),
+    )
+  ]
   if pixels == 1:
     runs.append(("corner", lambda p, x, y: corner_attack(p, x, y)))
   else:
-    runs.append(("corner_search", lambda p, x, y: corner_search(
-        p, x, y, key=key, pixels=pixels, max_queries=QUARTER_BUDGET)))
-    runs.append(("sparse_rs", lambda p, x, y: corner_search(
-        p, x, y, key=key, pixels=pixels, max_queries=QUARTER_BUDGET,
-        scan=False)))
-  runs.append(("seeded_de", lambda p, x, y: seeded_attack(
-      p, x, y, key=key, pixels=pixels, popsize=100, maxiter=15)))
+    runs.append(
+      (
+        "corner_search",
+        lambda p, x, y: corner_search(
+          p, x, y, key=key, pixels=pixels, max_queries=QUARTER_BUDGET
+        ),
+      )
+    )
+    runs.append(
+      (
+        "sparse_rs",
+        lambda p, x, y: corner_search(
+          p,
+          x,
+          y,
+          key=key,
+          pixels=pixels,
+          max_queries=QUARTER_BUDGET,
+          scan=False,
+        ),
+      )
+    )
+  runs.append(
+    (
+      "seeded_de",
+      lambda p, x, y: seeded_attack(
+        p, x, y, key=key, pixels=pixels, popsize=100, maxiter=15
+      ),
+    )
+  )
   return runs
 
 
@@ -95,26 +124,30 @@ def correctly_classified(predict, count: int):
 def success_curve(result, budgets):
   """Fraction of images fooled within each budget: float [len(budgets)]."""
   within = result.success[None, :] & (
-      result.queries[None, :] <= budgets[:, None])
+    result.queries[None, :] <= budgets[:, None]
+  )
   return within.mean(axis=1)
 
 
 def summarise(result, seconds: float) -> dict:
   return {
-      "success_rate": result.success_rate,
-      "successes": int(result.success.sum()),
-      "mean_queries": float(result.queries.mean()),
-      "total_queries": int(result.queries.sum()),
-      "seconds": seconds,
-      "success": result.success.tolist(),
-      "queries": result.queries.tolist(),
+    "success_rate": result.success_rate,
+    "successes": int(result.success.sum()),
+    "mean_queries": float(result.queries.mean()),
+    "total_queries": int(result.queries.sum()),
+    "seconds": seconds,
+    "success": result.success.tolist(),
+    "queries": result.queries.tolist(),
   }
 
 
 def _fooled_within(run: dict, budget: int) -> int:
   """Images a run fooled within ``budget`` evaluations."""
-  return int(sum(ok and used <= budget
-                 for ok, used in zip(run["success"], run["queries"])))
+  return int(
+    sum(
+      ok and used <= budget for ok, used in zip(run["success"], run["queries"])
+    )
+  )
 
 
 def _verdict(run: dict, de: dict, fraction: int, strictly: bool) -> dict:
@@ -123,14 +156,15 @@ def _verdict(run: dict, de: dict, fraction: int, strictly: bool) -> dict:
   beats = (lambda a, b: a > b) if strictly else (lambda a, b: a >= b)
   spent = run["total_queries"] / de["total_queries"]
   return {
-      "fooled_within_budget": within,
-      "budget": PAPER_BUDGET // fraction,
-      "fooled": run["successes"],
-      "paper_de_fooled": de["successes"],
-      "spent_ratio": spent,
-      "met_by_budget": beats(within, de["successes"]),
-      "met_by_spent": (beats(run["successes"], de["successes"])
-                       and spent <= 1 / fraction),
+    "fooled_within_budget": within,
+    "budget": PAPER_BUDGET // fraction,
+    "fooled": run["successes"],
+    "paper_de_fooled": de["successes"],
+    "spent_ratio": spent,
+    "met_by_budget": beats(within, de["successes"]),
+    "met_by_spent": (
+      beats(run["successes"], de["successes"]) and spent <= 1 / fraction
+    ),
   }
 
 
@@ -143,8 +177,9 @@ def check_targets(runs: dict) -> dict:
   """
   verdicts = {}
   if "1" in runs:
-    verdicts["d=1 corner"] = _verdict(runs["1"]["corner"],
-                                      runs["1"]["paper_de"], 5, False)
+    verdicts["d=1 corner"] = _verdict(
+      runs["1"]["corner"], runs["1"]["paper_de"], 5, False
+    )
   for pixels in ("3", "5"):
     if pixels not in runs:
       continue
@@ -158,10 +193,13 @@ def check_targets(runs: dict) -> dict:
 def plot(curves: dict, budgets, path: str):
   """Success rate against evaluations per image, one panel per d."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4),
-                           sharey=True, squeeze=False)
+
+  fig, axes = plt.subplots(
+    1, len(curves), figsize=(5 * len(curves), 4), sharey=True, squeeze=False
+  )
   for axis, (pixels, by_method) in zip(axes[0], curves.items()):
     for name, curve in by_method.items():
       axis.plot(budgets, curve, label=name, **STYLES[name])
@@ -186,47 +224,86 @@ def render(payload: dict, png_name: str) -> str:
   for pixels, by_method in runs.items():
     de = by_method["paper_de"]
     for name, run in by_method.items():
-      missed = sum(ok and not own
-                   for ok, own in zip(de["success"], run["success"]))
-      rows.append([pixels, name, f"{run['successes']}/{count}", missed,
-                   f"{run['mean_queries']:.0f}",
-                   f"{run['total_queries'] / de['total_queries']:.3f}",
-                   f"{run['seconds']:.0f}"])
+      missed = sum(
+        ok and not own for ok, own in zip(de["success"], run["success"])
+      )
+      rows.append(
+        [
+          pixels,
+          name,
+          f"{run['successes']}/{count}",
+          missed,
+          f"{run['mean_queries']:.0f}",
+          f"{run['total_queries'] / de['total_queries']:.3f}",
+          f"{run['seconds']:.0f}",
+        ]
+      )
   stamp = payload["stamp"]
   return (
-      f"# Search strength: SmallCNN, {count} correctly classified "
-      f"CIFAR-10 sample images\n\n{stamp['date']}, {stamp['device']} "
-      f"({stamp['platform']}), jax {stamp['jax']}. Command: "
-      f"`{payload['settings']['command']}`.\n\n"
-      + common.markdown_table(
-          ["d", "method", "fooled", "of paper DE's fooled, missed",
-           "mean evaluations", "evaluations / paper DE's", "seconds"], rows)
-      + "\nTargets (d = 1: at least paper DE's successes with a fifth of "
-      "its evaluations; d = 3, 5: more successes with a quarter), judged by "
-      "budget (fooled within that share of paper DE's 40,400 evaluations "
-      "per image) and by evaluations spent (total over all images):\n\n"
-      + common.markdown_table(
-          ["d, method", "fooled within budget", "budget", "paper DE fooled",
-           "spent / paper DE's", "met by budget", "met by spent"],
-          [[name, v["fooled_within_budget"], v["budget"],
-            v["paper_de_fooled"], f"{v['spent_ratio']:.3f}",
-            "yes" if v["met_by_budget"] else "no",
-            "yes" if v["met_by_spent"] else "no"]
-           for name, v in verdicts.items()])
-      + "\nBy spending, d = 1 is out of reach by construction wherever "
-      "both searches fail: a failed exhaustive scan costs 8,192 evaluations, "
-      "0.203 of paper DE's 40,400.\n"
-      + f"\n![success rate against evaluations]({png_name})\n")
+    f"# Search strength: SmallCNN, {count} correctly classified "
+    f"CIFAR-10 sample images\n\n{stamp['date']}, {stamp['device']} "
+    f"({stamp['platform']}), jax {stamp['jax']}. Command: "
+    f"`{payload['settings']['command']}`.\n\n"
+    + common.markdown_table(
+      [
+        "d",
+        "method",
+        "fooled",
+        "of paper DE's fooled, missed",
+        "mean evaluations",
+        "evaluations / paper DE's",
+        "seconds",
+      ],
+      rows,
+    )
+    + "\nTargets (d = 1: at least paper DE's successes with a fifth of "
+    "its evaluations; d = 3, 5: more successes with a quarter), judged by "
+    "budget (fooled within that share of paper DE's 40,400 evaluations "
+    "per image) and by evaluations spent (total over all images):\n\n"
+    + common.markdown_table(
+      [
+        "d, method",
+        "fooled within budget",
+        "budget",
+        "paper DE fooled",
+        "spent / paper DE's",
+        "met by budget",
+        "met by spent",
+      ],
+      [
+        [
+          name,
+          v["fooled_within_budget"],
+          v["budget"],
+          v["paper_de_fooled"],
+          f"{v['spent_ratio']:.3f}",
+          "yes" if v["met_by_budget"] else "no",
+          "yes" if v["met_by_spent"] else "no",
+        ]
+        for name, v in verdicts.items()
+      ],
+    )
+    + "\nBy spending, d = 1 is out of reach by construction wherever "
+    "both searches fail: a failed exhaustive scan costs 8,192 evaluations, "
+    "0.203 of paper DE's 40,400.\n"
+    + f"\n![success rate against evaluations]({png_name})\n"
+  )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--images", type=int, default=20,
-                      help="correctly classified sample images (default 20)")
-  parser.add_argument("--pixels", default="1,3,5",
-                      help="comma-separated d (default 1,3,5)")
-  parser.add_argument("--name", default="search",
-                      help="results file stem (default search)")
+  parser.add_argument(
+    "--images",
+    type=int,
+    default=20,
+    help="correctly classified sample images (default 20)",
+  )
+  parser.add_argument(
+    "--pixels", default="1,3,5", help="comma-separated d (default 1,3,5)"
+  )
+  parser.add_argument(
+    "--name", default="search", help="results file stem (default search)"
+  )
   args = parser.parse_args(argv)
 
   predict = weights.load_predict("smallcnn")
@@ -243,21 +320,26 @@ def main(argv=None):
       seconds = time.perf_counter() - started
       runs[str(pixels)][name] = summarise(result, seconds)
       curves[pixels][name] = success_curve(result, budgets)
-      print(f"  d={pixels} {name}: success {result.success_rate:.2f}, mean "
-            f"queries {result.queries.mean():.0f}, {seconds:.0f} s")
+      print(
+        f"  d={pixels} {name}: success {result.success_rate:.2f}, mean "
+        f"queries {result.queries.mean():.0f}, {seconds:.0f} s"
+      )
 
   verdicts = check_targets(runs)
   payload = {
-      "stamp": common.stamp(),
-      "settings": {"model": "smallcnn", "model_card": {
-          k: card.get(k) for k in ("test_accuracy", "eval_data")},
-                   "images": len(images), "sample_indices": chosen.tolist(),
-                   "paper_budget": PAPER_BUDGET,
-                   "quarter_budget": QUARTER_BUDGET,
-                   "command": f"python -m benchmarks.search --images "
-                              f"{args.images} --pixels {args.pixels}"},
-      "runs": runs,
-      "targets": verdicts,
+    "stamp": common.stamp(),
+    "settings": {
+      "model": "smallcnn",
+      "model_card": {k: card.get(k) for k in ("test_accuracy", "eval_data")},
+      "images": len(images),
+      "sample_indices": chosen.tolist(),
+      "paper_budget": PAPER_BUDGET,
+      "quarter_budget": QUARTER_BUDGET,
+      "command": f"python -m benchmarks.search --images "
+      f"{args.images} --pixels {args.pixels}",
+    },
+    "runs": runs,
+    "targets": verdicts,
   }
   markdown = render(payload, f"{args.name}.png")
   for path in common.write_results(args.name, payload, markdown):

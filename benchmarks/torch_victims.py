@@ -15,16 +15,16 @@ images that pass through ``forward``: the peers' model evaluations.
 
 import math
 
+from flax import nnx
 import numpy as np
 import torch
-from flax import nnx
 from torch import nn
 from torch.nn import functional as F
 
+from pixeljax.models import VGG16
 from pixeljax.models import AllConv
 from pixeljax.models import NiN
 from pixeljax.models import SmallCNN
-from pixeljax.models import VGG16
 from pixeljax.models import layers as jax_layers
 
 
@@ -58,9 +58,11 @@ class Normalize(nn.Module):
     super().__init__()
     shape = (1, 3, 1, 1)
     self.register_buffer(
-        "mean", torch.tensor(jax_layers.CIFAR10_MEAN).reshape(shape))
+      "mean", torch.tensor(jax_layers.CIFAR10_MEAN).reshape(shape)
+    )
     self.register_buffer(
-        "std", torch.tensor(jax_layers.CIFAR10_STD).reshape(shape))
+      "std", torch.tensor(jax_layers.CIFAR10_STD).reshape(shape)
+    )
 
   def forward(self, x):
     return (x - self.mean) / self.std
@@ -72,14 +74,21 @@ class Conv(nn.Module):
   def __init__(self, conv: nnx.Conv):
     super().__init__()
     if conv.padding not in ("SAME", "VALID"):
-      raise ValueError(f"conv: padding {conv.padding!r} is not supported; "
-                       f"expected 'SAME' or 'VALID'")
+      raise ValueError(
+        f"conv: padding {conv.padding!r} is not supported; "
+        f"expected 'SAME' or 'VALID'"
+      )
     kernel = _tensor(conv.kernel).permute(3, 2, 0, 1)
     self.same = conv.padding == "SAME"
     self.window = tuple(kernel.shape[2:])
     self.stride = _pair(conv.strides or 1)
-    self.conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], self.window,
-                          stride=self.stride, bias=conv.bias is not None)
+    self.conv = nn.Conv2d(
+      kernel.shape[1],
+      kernel.shape[0],
+      self.window,
+      stride=self.stride,
+      bias=conv.bias is not None,
+    )
     with torch.no_grad():
       self.conv.weight.copy_(kernel)
       if conv.bias is not None:
@@ -165,22 +174,36 @@ def _allconv(model: AllConv) -> list[nn.Module]:
 
 
 def _nin(model: NiN) -> list[nn.Module]:
-  return ([_conv_bn(layer) for layer in model.block1] + [Pool("max", 3, 2)]
-          + [_conv_bn(layer) for layer in model.block2] + [Pool("avg", 3, 2)]
-          + [_conv_bn(layer) for layer in model.block3]
-          + [Conv(model.classifier), GlobalMean()])
+  return (
+    [_conv_bn(layer) for layer in model.block1]
+    + [Pool("max", 3, 2)]
+    + [_conv_bn(layer) for layer in model.block2]
+    + [Pool("avg", 3, 2)]
+    + [_conv_bn(layer) for layer in model.block3]
+    + [Conv(model.classifier), GlobalMean()]
+  )
 
 
 def _vgg16(model: VGG16) -> list[nn.Module]:
   modules = []
   for block in model.blocks:
     modules += [_conv_bn(layer) for layer in block] + [Pool("max", 2, 2)]
-  return modules + [Flatten(), _linear(model.fc1), nn.ReLU(),
-                    _linear(model.fc2), nn.ReLU(), _linear(model.fc3)]
+  return modules + [
+    Flatten(),
+    _linear(model.fc1),
+    nn.ReLU(),
+    _linear(model.fc2),
+    nn.ReLU(),
+    _linear(model.fc3),
+  ]
 
 
-_BUILDERS = ((SmallCNN, _smallcnn), (AllConv, _allconv), (NiN, _nin),
-             (VGG16, _vgg16))
+_BUILDERS = (
+  (SmallCNN, _smallcnn),
+  (AllConv, _allconv),
+  (NiN, _nin),
+  (VGG16, _vgg16),
+)
 
 
 def to_torch(model: nnx.Module) -> nn.Sequential:

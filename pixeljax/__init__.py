@@ -8,12 +8,12 @@ from pixeljax.attack.seeded_de import seeded_attack as seeded_attack
 from pixeljax.attack.stream import stream_attack as stream_attack
 
 __all__ = [
-    "AttackResult",
-    "batched_attack",
-    "corner_attack",
-    "corner_search",
-    "seeded_attack",
-    "stream_attack",
+  "AttackResult",
+  "batched_attack",
+  "corner_attack",
+  "corner_search",
+  "seeded_attack",
+  "stream_attack",
 ]
 
 __version__ = "0.1.0"

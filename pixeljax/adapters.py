@@ -19,12 +19,13 @@ the copies are small next to the forward pass. Install the frameworks with
 ONNX file, or a ``module:function`` torch factory and a weights file).
 """
 
+from collections.abc import Callable
 import hashlib
 import importlib
 import importlib.util
 import numbers
 import pathlib
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,17 +36,23 @@ def _require(module: str, extra: str):
   try:
     return importlib.import_module(module)
   except ImportError as error:
-    raise ImportError(f"{module} is needed for this adapter: pip install "
-                      f"\"pixeljax[{extra}]\" ({error})") from error
+    raise ImportError(
+      f"{module} is needed for this adapter: pip install "
+      f'"pixeljax[{extra}]" ({error})'
+    ) from error
 
 
 def _check_batch_size(batch_size):
   if batch_size is None:
     return None
-  if (isinstance(batch_size, bool)
-      or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
-    raise ValueError(f"batch_size must be None or an int >= 1, got "
-                     f"{batch_size!r}")
+  if (
+    isinstance(batch_size, bool)
+    or not isinstance(batch_size, numbers.Integral)
+    or batch_size < 1
+  ):
+    raise ValueError(
+      f"batch_size must be None or an int >= 1, got {batch_size!r}"
+    )
   return int(batch_size)
 
 
@@ -66,7 +73,7 @@ def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
     """float32 [n, H, W, C] -> float32 [n, K], ``step`` images at a time."""
     outputs, size = [], step or max(len(images), 1)
     for start in range(0, len(images), size):
-      piece = images[start:start + size]
+      piece = images[start : start + size]
       count = len(piece)
       if fixed_batch and count < fixed_batch:
         blank = np.zeros((fixed_batch - count, *piece.shape[1:]), piece.dtype)
@@ -74,8 +81,9 @@ def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
       logits = np.asarray(run(piece))
       if logits.ndim != 2 or logits.shape[0] != len(piece):
         raise ValueError(
-            f"{argument}: expected logits [B, K] for images of shape "
-            f"{piece.shape} (NHWC), got an output of shape {logits.shape}")
+          f"{argument}: expected logits [B, K] for images of shape "
+          f"{piece.shape} (NHWC), got an output of shape {logits.shape}"
+        )
       outputs.append(logits[:count].astype(np.float32))
     return np.concatenate(outputs)
 
@@ -86,22 +94,31 @@ def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
 
   def predict(images):
     if images.ndim != 4:
-      raise ValueError(f"images: expected float [B, H, W, C] pixels 0..255, "
-                       f"got shape {tuple(images.shape)}")
+      raise ValueError(
+        f"images: expected float [B, H, W, C] pixels 0..255, "
+        f"got shape {tuple(images.shape)}"
+      )
     shape = tuple(int(d) for d in images.shape[1:])
     if shape not in classes:
       classes[shape] = forward(np.zeros((1, *shape), np.float32)).shape[1]
     out = jax.ShapeDtypeStruct((images.shape[0], classes[shape]), jnp.float32)
     # The model is batched already: under vmap it gets the stacked batches
     # (host() folds every leading axis into one batch).
-    return jax.pure_callback(host, out, images.astype(jnp.float32),
-                             vmap_method="broadcast_all")
+    return jax.pure_callback(
+      host, out, images.astype(jnp.float32), vmap_method="broadcast_all"
+    )
 
   return predict
 
 
-def from_torch(module, *, nchw: bool = False, device=None, dtype=None,
-               batch_size: int | None = None) -> Callable:
+def from_torch(
+  module,
+  *,
+  nchw: bool = False,
+  device=None,
+  dtype=None,
+  batch_size: int | None = None,
+) -> Callable:
   """A PyTorch module as a pixeljax ``predict``.
 
   Args:
@@ -121,20 +138,27 @@ def from_torch(module, *, nchw: bool = False, device=None, dtype=None,
   """
   torch = _require("torch", "torch")
   if not isinstance(module, torch.nn.Module):
-    raise TypeError(f"module must be a torch.nn.Module, got "
-                    f"{type(module).__name__}")
+    raise TypeError(
+      f"module must be a torch.nn.Module, got {type(module).__name__}"
+    )
   if module.training:
-    raise ValueError("module: expected a module in eval mode (batch norm on "
-                     "its running statistics, dropout off); call "
-                     "module.eval() first")
+    raise ValueError(
+      "module: expected a module in eval mode (batch norm on "
+      "its running statistics, dropout off); call "
+      "module.eval() first"
+    )
   if not isinstance(nchw, bool):
     raise TypeError(f"nchw must be a bool, got {nchw!r}")
   tensors = [*module.parameters(), *module.buffers()]
-  device = torch.device(device) if device is not None else (
-      tensors[0].device if tensors else torch.device("cpu"))
+  device = (
+    torch.device(device)
+    if device is not None
+    else (tensors[0].device if tensors else torch.device("cpu"))
+  )
   if dtype is None:
-    dtype = next((t.dtype for t in tensors if t.is_floating_point()),
-                 torch.float32)
+    dtype = next(
+      (t.dtype for t in tensors if t.is_floating_point()), torch.float32
+    )
   if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
     raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 
@@ -146,45 +170,64 @@ def from_torch(module, *, nchw: bool = False, device=None, dtype=None,
     with torch.no_grad():
       out = module(torch.from_numpy(images).to(device=device, dtype=dtype))
     if not isinstance(out, torch.Tensor):
-      raise TypeError(f"module: expected a tensor of logits [B, K], got "
-                      f"{type(out).__name__}")
+      raise TypeError(
+        f"module: expected a tensor of logits [B, K], got {type(out).__name__}"
+      )
     return out.detach().to(device="cpu", dtype=torch.float32).numpy()
 
-  return _callback_predict(run, batch_size=_check_batch_size(batch_size),
-                           fixed_batch=None, argument="module")
+  return _callback_predict(
+    run,
+    batch_size=_check_batch_size(batch_size),
+    fixed_batch=None,
+    argument="module",
+  )
 
 
-_ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
+_ONNX_DTYPES = {
+  "tensor(float)": np.float32,
+  "tensor(float16)": np.float16,
+  "tensor(double)": np.float64,
+  "tensor(uint8)": np.uint8,
+}
 
 
 def _onnx_layout(declared, image_shape, nchw):
   """Whether images [H, W, C] go to a model input declared ``declared``
   (ints or names per axis) as NCHW; ``nchw`` None: as the model declares."""
   height, width, channels = image_shape
-  fits = lambda dims: all(not isinstance(d, int) or d == e
-                          for d, e in zip(declared[1:], dims))
-  as_nhwc, as_nchw = fits((height, width, channels)), fits(
-      (channels, height, width))
+  fits = lambda dims: all(
+    not isinstance(d, int) or d == e for d, e in zip(declared[1:], dims)
+  )
+  as_nhwc, as_nchw = (
+    fits((height, width, channels)),
+    fits((channels, height, width)),
+  )
   if nchw is None:
     if as_nhwc != as_nchw:
       return as_nchw
     fit = "both" if as_nchw else "neither of"
     raise ValueError(
-        f"nchw: the model's input {list(declared)} fits {fit} [B, H, W, C] "
-        f"and [B, C, H, W] for images [H, W, C] = {list(image_shape)}; pass "
-        f"nchw=True or nchw=False")
+      f"nchw: the model's input {list(declared)} fits {fit} [B, H, W, C] "
+      f"and [B, C, H, W] for images [H, W, C] = {list(image_shape)}; pass "
+      f"nchw=True or nchw=False"
+    )
   if not (as_nchw if nchw else as_nhwc):
     order = "[B, C, H, W]" if nchw else "[B, H, W, C]"
     raise ValueError(
-        f"images of shape [H, W, C] = {list(image_shape)} as {order} do not "
-        f"fit the model's input {list(declared)} (nchw={nchw})")
+      f"images of shape [H, W, C] = {list(image_shape)} as {order} do not "
+      f"fit the model's input {list(declared)} (nchw={nchw})"
+    )
   return nchw
 
 
-def from_onnx(path, *, nchw: bool | None = None, providers=None,
-              session_options=None, batch_size: int | None = None
-              ) -> Callable:
+def from_onnx(
+  path,
+  *,
+  nchw: bool | None = None,
+  providers=None,
+  session_options=None,
+  batch_size: int | None = None,
+) -> Callable:
   """An ONNX model, run by onnxruntime, as a pixeljax ``predict``.
 
   Args:
@@ -210,18 +253,23 @@ def from_onnx(path, *, nchw: bool | None = None, providers=None,
   if not path.is_file():
     raise FileNotFoundError(f"path: no such ONNX file: {path}")
   session = ort.InferenceSession(
-      str(path), sess_options=session_options,
-      providers=providers or ort.get_available_providers())
+    str(path),
+    sess_options=session_options,
+    providers=providers or ort.get_available_providers(),
+  )
   inputs = session.get_inputs()
   if len(inputs) != 1:
-    raise ValueError(f"path: expected a model with one input (the images), "
-                     f"{path} has {[i.name for i in inputs]}")
+    raise ValueError(
+      f"path: expected a model with one input (the images), "
+      f"{path} has {[i.name for i in inputs]}"
+    )
   declared = list(inputs[0].shape)
   if len(declared) != 4 or inputs[0].type not in _ONNX_DTYPES:
     raise ValueError(
-        f"path: expected an input of rank 4 of type "
-        f"{', '.join(_ONNX_DTYPES)}, {path} declares {inputs[0].type} "
-        f"{declared}")
+      f"path: expected an input of rank 4 of type "
+      f"{', '.join(_ONNX_DTYPES)}, {path} declares {inputs[0].type} "
+      f"{declared}"
+    )
   name, dtype = inputs[0].name, _ONNX_DTYPES[inputs[0].type]
   batch_axis = declared[0]
   fixed = batch_axis if isinstance(batch_axis, int) and batch_axis > 0 else None
@@ -236,8 +284,12 @@ def from_onnx(path, *, nchw: bool | None = None, providers=None,
     feed = np.ascontiguousarray(images.astype(dtype, copy=False))
     return session.run(None, {name: feed})[0]
 
-  return _callback_predict(run, batch_size=_check_batch_size(batch_size),
-                           fixed_batch=fixed, argument="path")
+  return _callback_predict(
+    run,
+    batch_size=_check_batch_size(batch_size),
+    fixed_batch=fixed,
+    argument="path",
+  )
 
 
 class External(NamedTuple):
@@ -248,6 +300,7 @@ class External(NamedTuple):
     num_classes: K.
     identity: name, architecture and {file name: sha256} of the files read.
   """
+
   predict: Callable
   num_classes: int
   identity: dict
@@ -263,8 +316,10 @@ def _factory(spec: str):
   "path/to/file.py:function", names."""
   where, _, function = spec.rpartition(":")
   if not where or not function:
-    raise ValueError(f"torch_factory: expected 'module:function' or "
-                     f"'path/to/file.py:function', got {spec!r}")
+    raise ValueError(
+      f"torch_factory: expected 'module:function' or "
+      f"'path/to/file.py:function', got {spec!r}"
+    )
   if where.endswith(".py"):
     file = pathlib.Path(where)
     if not file.is_file():
@@ -285,26 +340,36 @@ def _torch_module(factory: str, weights):
   torch = _require("torch", "torch")
   module = _factory(factory)()
   if not isinstance(module, torch.nn.Module):
-    raise TypeError(f"torch_factory: {factory} returned "
-                    f"{type(module).__name__}, expected a torch.nn.Module")
+    raise TypeError(
+      f"torch_factory: {factory} returned "
+      f"{type(module).__name__}, expected a torch.nn.Module"
+    )
   if weights is not None:
     if weights.suffix == ".safetensors":
       from safetensors.torch import load_file
+
       state = load_file(weights)
     else:  # weights_only: loading runs no code from the file
       state = torch.load(weights, map_location="cpu", weights_only=True)
     try:
       module.load_state_dict(state)
     except RuntimeError as error:
-      raise ValueError(f"weights: {weights} does not fit the module of "
-                       f"{factory}: {error}") from error
+      raise ValueError(
+        f"weights: {weights} does not fit the module of {factory}: {error}"
+      ) from error
   return module.eval()
 
 
-def load_external(*, onnx=None, torch_factory: str | None = None,
-                  weights=None, nchw: bool | None = None,
-                  image_shape=(32, 32, 3), num_classes: int | None = None,
-                  batch_size: int | None = None) -> External:
+def load_external(
+  *,
+  onnx=None,
+  torch_factory: str | None = None,
+  weights=None,
+  nchw: bool | None = None,
+  image_shape=(32, 32, 3),
+  num_classes: int | None = None,
+  batch_size: int | None = None,
+) -> External:
   """A model named the way a command line names it.
 
   Args:
@@ -324,11 +389,13 @@ def load_external(*, onnx=None, torch_factory: str | None = None,
     An ``External``: the predict, K, and an identity for the run settings.
   """
   if (onnx is None) == (torch_factory is None):
-    raise ValueError("load_external: pass exactly one of onnx and "
-                     "torch_factory")
+    raise ValueError(
+      "load_external: pass exactly one of onnx and torch_factory"
+    )
   if onnx is not None and weights is not None:
-    raise ValueError("weights: only for torch_factory; an ONNX file holds "
-                     "its weights")
+    raise ValueError(
+      "weights: only for torch_factory; an ONNX file holds its weights"
+    )
   files = []
   if onnx is not None:
     files.append(pathlib.Path(onnx))
@@ -342,13 +409,17 @@ def load_external(*, onnx=None, torch_factory: str | None = None,
       files.append(weights)
     module = _torch_module(torch_factory, weights)
     predict = from_torch(module, nchw=bool(nchw), batch_size=batch_size)
-    identity = dict(name=torch_factory.rpartition(":")[2],
-                    architecture=f"torch:{torch_factory}")
+    identity = dict(
+      name=torch_factory.rpartition(":")[2],
+      architecture=f"torch:{torch_factory}",
+    )
   probe = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
   classes = int(jax.eval_shape(predict, probe).shape[1])
   if num_classes is not None and classes != num_classes:
-    raise ValueError(f"num_classes: the model gives {classes} logits for "
-                     f"images [H, W, C] = {list(image_shape)}, but there are "
-                     f"{num_classes} classes")
+    raise ValueError(
+      f"num_classes: the model gives {classes} logits for "
+      f"images [H, W, C] = {list(image_shape)}, but there are "
+      f"{num_classes} classes"
+    )
   identity["files"] = {f.name: _sha256(f) for f in files}
   return External(predict, classes, identity)

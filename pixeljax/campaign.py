@@ -13,6 +13,7 @@ skips the attacks already recorded; each attack's random stream is
 result does not depend on what else was in flight with it.
 """
 
+from collections.abc import Callable
 import dataclasses
 import hashlib
 import importlib.util
@@ -24,7 +25,7 @@ import pickle
 import re
 import sys
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -49,12 +50,17 @@ _UNCOMPARED = (("data", "source"),)
 _SAMPLE_SOURCE = "packaged CIFAR-10 test sample"
 _SELECT_BATCH = 250
 _OPTION_NAMES = {
-    "model": "--model/--weights/--onnx/--torch",
-    "data": "data (--data/--folder/--size)",
-    "images": "--images", "seed": "--seed", "pixels": "--pixels",
-    "targeted": "--targeted", "target": "--target", "popsize": "--popsize",
-    "maxiter": "--maxiter", "mutation": "--mutation",
-    "crossover": "--crossover",
+  "model": "--model/--weights/--onnx/--torch",
+  "data": "data (--data/--folder/--size)",
+  "images": "--images",
+  "seed": "--seed",
+  "pixels": "--pixels",
+  "targeted": "--targeted",
+  "target": "--target",
+  "popsize": "--popsize",
+  "maxiter": "--maxiter",
+  "mutation": "--mutation",
+  "crossover": "--crossover",
 }
 
 
@@ -64,28 +70,29 @@ class AttackOptions:
 
   Defaults are the paper's settings; the command line fills every field.
   """
-  out: Optional[str] = None  # None: default_out()
-  model: Optional[str] = None
-  weights: Optional[str] = None
-  onnx: Optional[str] = None  # an ONNX file
-  torch: Optional[str] = None  # "module:function" or "file.py:function"
-  torch_weights: Optional[str] = None  # a state dict for --torch
-  nchw: Optional[bool] = None  # None: the ONNX input's layout; torch: NHWC
-  data: Optional[str] = None
-  folder: Optional[str] = None
+
+  out: str | None = None  # None: default_out()
+  model: str | None = None
+  weights: str | None = None
+  onnx: str | None = None  # an ONNX file
+  torch: str | None = None  # "module:function" or "file.py:function"
+  torch_weights: str | None = None  # a state dict for --torch
+  nchw: bool | None = None  # None: the ONNX input's layout; torch: NHWC
+  data: str | None = None
+  folder: str | None = None
   size: int = 32
   skip_bad_images: bool = False  # --folder: leave unreadable images out
   download: bool = True
   images: int = 500
   pixels: tuple = (1,)
   targeted: bool = False
-  target: Optional[str] = None
+  target: str | None = None
   popsize: int = 400
   maxiter: int = 100
   mutation: float = 0.5
-  crossover: Optional[float] = None
+  crossover: float | None = None
   seed: int = 0
-  batch_size: Optional[int] = None
+  batch_size: int | None = None
   slots: int = 32
   examples: bool = True
   figures: bool = True
@@ -94,6 +101,7 @@ class AttackOptions:
 
 class Victim(NamedTuple):
   """predict: f32 [B, H, W, 3] in 0..255 -> logits f32 [B, K]."""
+
   predict: Callable
   num_classes: int
   identity: dict  # name, architecture and file hashes: part of the settings
@@ -101,11 +109,12 @@ class Victim(NamedTuple):
 
 class Pool(NamedTuple):
   """Images to choose from: uint8 [N, H, W, 3], int64 labels [N]."""
+
   images: np.ndarray
   labels: np.ndarray
   class_names: tuple
   identity: dict  # where the images came from and their hash
-  paths: Optional[list] = None  # each image's file, for --folder
+  paths: list | None = None  # each image's file, for --folder
 
 
 def enable_compile_cache():
@@ -113,8 +122,9 @@ def enable_compile_cache():
   or a resumed run with the same shapes skips compilation. A cache folder
   the user chose (JAX_COMPILATION_CACHE_DIR) is left as it is."""
   if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir",
-                      str(data_lib.cache_dir() / "jax"))
+    jax.config.update(
+      "jax_compilation_cache_dir", str(data_lib.cache_dir() / "jax")
+    )
     jax.config.update("jax_compilation_cache_max_size", 2**30)
     # Small programs too: a run compiles a few, each worth a second or so.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -124,20 +134,22 @@ def _say(message: str):
   print(message, file=sys.stderr, flush=True)
 
 
-def shipped_default() -> Optional[str]:
+def shipped_default() -> str | None:
   """The default model: the first of DEFAULT_MODEL_ORDER that ships."""
   shipped = weights_lib.shipped_models()
   return next((m for m in DEFAULT_MODEL_ORDER if m in shipped), None)
 
 
-def load_victim(name: Optional[str], weights: Optional[str]) -> Victim:
+def load_victim(name: str | None, weights: str | None) -> Victim:
   """A shipped model by name (default: ``shipped_default()``) or the model of
   a weights card; ``InputError`` saying what exists when neither works."""
   if weights is not None:
     path = pathlib.Path(weights)
     if not path.is_file():
-      raise InputError(f"--weights {path}: no such file; pass the NAME.json "
-                       "card written next to the .safetensors files")
+      raise InputError(
+        f"--weights {path}: no such file; pass the NAME.json "
+        "card written next to the .safetensors files"
+      )
     try:
       model, card = weights_lib.load_weights(path)
     except ValueError as e:
@@ -146,25 +158,31 @@ def load_victim(name: Optional[str], weights: Optional[str]) -> Victim:
     name = card.get("name", path.stem)
   else:
     shipped = weights_lib.shipped_models()
-    train_hint = ("train one with `pixeljax train --model smallcnn --out "
-                  "DIR`, then pass --weights DIR/smallcnn.json")
+    train_hint = (
+      "train one with `pixeljax train --model smallcnn --out "
+      "DIR`, then pass --weights DIR/smallcnn.json"
+    )
     if name is None:
       name = shipped_default()
       if name is None:
-        raise InputError(f"no trained weights ship with this install; "
-                         f"{train_hint}")
+        raise InputError(
+          f"no trained weights ship with this install; {train_hint}"
+        )
     if name not in shipped:
       known = ", ".join(shipped) or "none"
       raise InputError(
-          f"--model {name!r}: no such model with shipped weights; known: "
-          f"{known}. Architectures {', '.join(sorted(registry.MODELS))} can "
-          f"be trained: {train_hint.replace('smallcnn', 'NAME')}")
+        f"--model {name!r}: no such model with shipped weights; known: "
+        f"{known}. Architectures {', '.join(sorted(registry.MODELS))} can "
+        f"be trained: {train_hint.replace('smallcnn', 'NAME')}"
+      )
     model = weights_lib.load_victim(name)
     card = weights_lib.shipped_card(name)
-  identity = dict(name=name, architecture=card["architecture"],
-                  files=card["files"])
-  return Victim(registry.make_predict(model), int(card.get("num_classes", 10)),
-                identity)
+  identity = dict(
+    name=name, architecture=card["architecture"], files=card["files"]
+  )
+  return Victim(
+    registry.make_predict(model), int(card.get("num_classes", 10)), identity
+  )
 
 
 # The arguments of pixeljax.adapters that its messages start with.
@@ -187,46 +205,70 @@ def load_external_victim(options: AttackOptions) -> Victim:
   ``InputError`` naming the option when the model cannot be loaded or run.
   """
   from pixeljax import adapters
+
   if options.onnx is not None:
     flag, framework, extra = f"--onnx {options.onnx}", "onnxruntime", "onnx"
   else:
     flag, framework, extra = f"--torch {options.torch}", "torch", "torch"
   if importlib.util.find_spec(framework) is None:
-    raise InputError(f"{flag}: needs {framework}, which is not installed: "
-                     f"pip install \"pixeljax[{extra}]\"")
+    raise InputError(
+      f"{flag}: needs {framework}, which is not installed: "
+      f'pip install "pixeljax[{extra}]"'
+    )
   size = options.size if options.folder is not None else 32
   try:
     external = adapters.load_external(
-        onnx=options.onnx, torch_factory=options.torch,
-        weights=options.torch_weights, nchw=options.nchw,
-        image_shape=(size, size, 3))
+      onnx=options.onnx,
+      torch_factory=options.torch,
+      weights=options.torch_weights,
+      nchw=options.nchw,
+      image_shape=(size, size, 3),
+    )
   except Exception as e:
     # The factory's code and the frameworks raise what they like; what
     # names a bad file or model is the user's to fix, anything else a bug.
-    foreign = type(e).__module__.split(".")[0] in ("onnxruntime",
-                                                   "safetensors")
-    if not foreign and not isinstance(e, (
-        ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError,
-        pickle.UnpicklingError)):
+    foreign = type(e).__module__.split(".")[0] in ("onnxruntime", "safetensors")
+    if not foreign and not isinstance(
+      e,
+      (
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        RuntimeError,
+        ImportError,
+        pickle.UnpicklingError,
+      ),
+    ):
       raise
     argument, colon, rest = str(e).partition(": ")
     if colon and argument in _ADAPTER_ARGUMENTS:  # adapters' own checks
-      where = (f"--torch-weights {options.torch_weights}"
-               if argument == "weights" else flag)
+      where = (
+        f"--torch-weights {options.torch_weights}"
+        if argument == "weights"
+        else flag
+      )
       raise InputError(f"{where}: {rest}") from None
     # The file, the framework or the factory's own code failed.
-    hint = ("; a module that takes [B, C, H, W] needs --nchw"
-            if options.torch is not None and not options.nchw
-            and isinstance(e, RuntimeError) else "")
-    raise InputError(f"{flag}: cannot load or run the model: "
-                     f"{type(e).__name__}: {e}{hint}") from None
+    hint = (
+      "; a module that takes [B, C, H, W] needs --nchw"
+      if options.torch is not None
+      and not options.nchw
+      and isinstance(e, RuntimeError)
+      else ""
+    )
+    raise InputError(
+      f"{flag}: cannot load or run the model: {type(e).__name__}: {e}{hint}"
+    ) from None
   identity = dict(external.identity, nchw=bool(options.nchw))
   where, _, function = (options.torch or "").rpartition(":")
   if where.endswith(".py"):  # the factory's code is part of the model
     factory = pathlib.Path(where)
     identity["architecture"] = f"torch:{factory.name}:{function}"
-    identity["files"] = {factory.name: _file_sha256(factory),
-                         **identity["files"]}
+    identity["files"] = {
+      factory.name: _file_sha256(factory),
+      **identity["files"],
+    }
   return Victim(external.predict, external.num_classes, identity)
 
 
@@ -243,8 +285,9 @@ def load_pool(options: AttackOptions) -> Pool:
   if options.data is not None and not os.path.exists(options.data):
     raise InputError(f"--data {options.data}: no such file or folder")
   try:
-    found = data_lib.load_cifar10("test", source=options.data,
-                                  download=options.download)
+    found = data_lib.load_cifar10(
+      "test", source=options.data, download=options.download
+    )
     source = options.data or os.environ.get("PIXELJAX_DATA") or "default"
     where = f"CIFAR-10 test ({source})"
   except data_lib.DataNotFoundError as e:
@@ -252,13 +295,22 @@ def load_pool(options: AttackOptions) -> Pool:
       raise InputError(f"--data: {e}") from None
     found = data_lib.load_cifar10_sample()
     where = _SAMPLE_SOURCE
-    _say("No CIFAR-10 data set found (set PIXELJAX_DATA or pass --data); "
-         f"using the packaged sample of {len(found.images)} test images.")
+    _say(
+      "No CIFAR-10 data set found (set PIXELJAX_DATA or pass --data); "
+      f"using the packaged sample of {len(found.images)} test images."
+    )
   except data_lib.DataCorruptError as e:
     raise InputError(str(e)) from None
-  return Pool(found.images, found.labels, tuple(found.class_names),
-              dict(source=where, count=len(found.images),
-                   sha256=_fingerprint(found.images, found.labels)))
+  return Pool(
+    found.images,
+    found.labels,
+    tuple(found.class_names),
+    dict(
+      source=where,
+      count=len(found.images),
+      sha256=_fingerprint(found.images, found.labels),
+    ),
+  )
 
 
 def _load_folder(folder: str, size: int, skip_bad: bool) -> Pool:
@@ -266,35 +318,49 @@ def _load_folder(folder: str, size: int, skip_bad: bool) -> Pool:
   ``size`` x ``size``, labelled in the CIFAR-10 class order; with
   ``skip_bad``, unreadable images are left out and listed on stderr."""
   try:
-    found = data_lib.load_image_folder(folder, size=(size, size),
-                                       skip_bad=skip_bad)
+    found = data_lib.load_image_folder(
+      folder, size=(size, size), skip_bad=skip_bad
+    )
   except data_lib.DataCorruptError as e:
-    hint = ("" if skip_bad
-            else "; pass --skip-bad-images to leave bad images out")
+    hint = (
+      "" if skip_bad else "; pass --skip-bad-images to leave bad images out"
+    )
     raise InputError(f"--folder: {e}{hint}") from None
   except (FileNotFoundError, ValueError) as e:
     raise InputError(f"--folder: {e}") from None
   if found.skipped:
-    _say(f"Skipped {len(found.skipped)} bad images of {folder} "
-         "(--skip-bad-images):\n" + "\n".join(
-             f"  {os.path.relpath(p, folder)}: {why}"
-             for p, why in found.skipped))
+    _say(
+      f"Skipped {len(found.skipped)} bad images of {folder} "
+      "(--skip-bad-images):\n"
+      + "\n".join(
+        f"  {os.path.relpath(p, folder)}: {why}" for p, why in found.skipped
+      )
+    )
   classes = data_lib.CIFAR10_CLASSES
   unknown = [c for c in found.class_names if c not in classes]
   if unknown:
-    raise InputError(f"--folder: sub-folders {unknown} are not classes of "
-                     f"the model; name each after one of {list(classes)}")
+    raise InputError(
+      f"--folder: sub-folders {unknown} are not classes of "
+      f"the model; name each after one of {list(classes)}"
+    )
   # Folder labels follow the folder names; the model's follow CIFAR-10.
   remap = np.array([classes.index(c) for c in found.class_names])
   labels = remap[found.labels]
-  return Pool(found.images, labels, classes,
-              dict(source=f"folder {os.path.abspath(folder)}",
-                   count=len(found.images), size=size,
-                   sha256=_fingerprint(found.images, labels)),
-              [os.path.relpath(p, folder) for p in found.paths])
+  return Pool(
+    found.images,
+    labels,
+    classes,
+    dict(
+      source=f"folder {os.path.abspath(folder)}",
+      count=len(found.images),
+      size=size,
+      sha256=_fingerprint(found.images, labels),
+    ),
+    [os.path.relpath(p, folder) for p in found.paths],
+  )
 
 
-def resolve_target(target: Optional[str], class_names) -> Optional[int]:
+def resolve_target(target: str | None, class_names) -> int | None:
   """--target as a class index, from a name or a number."""
   if target is None:
     return None
@@ -302,8 +368,10 @@ def resolve_target(target: Optional[str], class_names) -> Optional[int]:
     return class_names.index(target)
   if target.isdigit() and int(target) < len(class_names):
     return int(target)
-  raise UsageError(f"--target {target!r}: expected a class name or index "
-                   f"0..{len(class_names) - 1}: {', '.join(class_names)}")
+  raise UsageError(
+    f"--target {target!r}: expected a class name or index "
+    f"0..{len(class_names) - 1}: {', '.join(class_names)}"
+  )
 
 
 def _softmax(logits):
@@ -311,8 +379,9 @@ def _softmax(logits):
   return shifted / shifted.sum(-1, keepdims=True)
 
 
-def select_images(predict, pool: Pool, count: int, seed: int,
-                  exclude_label: Optional[int]):
+def select_images(
+  predict, pool: Pool, count: int, seed: int, exclude_label: int | None
+):
   """The first ``count`` images, in a ``seed``-ed shuffle, that the model
   classifies correctly (and whose label is not ``exclude_label``).
 
@@ -326,10 +395,10 @@ def select_images(predict, pool: Pool, count: int, seed: int,
   forward = jax.jit(predict)
   chosen, probs, looked = [], [], 0
   for start in range(0, len(order), _SELECT_BATCH):
-    part = order[start:start + _SELECT_BATCH]
+    part = order[start : start + _SELECT_BATCH]
     batch = np.zeros((_SELECT_BATCH,) + pool.images.shape[1:], np.float32)
-    batch[:len(part)] = pool.images[part]  # one shape: one compilation
-    p = _softmax(np.asarray(forward(batch), np.float64)[:len(part)])
+    batch[: len(part)] = pool.images[part]  # one shape: one compilation
+    p = _softmax(np.asarray(forward(batch), np.float64)[: len(part)])
     labels = pool.labels[part]
     for i in np.flatnonzero(p.argmax(-1) == labels):
       if len(chosen) == count:
@@ -346,12 +415,20 @@ def select_images(predict, pool: Pool, count: int, seed: int,
 
 def _settings(options, victim, pool, target) -> dict:
   """What decides the results; a resumed run must match it exactly."""
-  return dict(format=RUN_FORMAT, model=victim.identity, data=pool.identity,
-              images=options.images, seed=options.seed,
-              pixels=list(options.pixels), targeted=options.targeted,
-              target=target, popsize=options.popsize,
-              maxiter=options.maxiter, mutation=options.mutation,
-              crossover=options.crossover)
+  return dict(
+    format=RUN_FORMAT,
+    model=victim.identity,
+    data=pool.identity,
+    images=options.images,
+    seed=options.seed,
+    pixels=list(options.pixels),
+    targeted=options.targeted,
+    target=target,
+    popsize=options.popsize,
+    maxiter=options.maxiter,
+    mutation=options.mutation,
+    crossover=options.crossover,
+  )
 
 
 def _tasks(settings, labels, num_classes):
@@ -371,15 +448,21 @@ def _record(task, index, label, result, i, seconds_share, path) -> dict:
   pixels, _, target = task
   where = {} if path is None else dict(path=path)
   return dict(
-      **where,
-      image=int(index), label=int(label), target=target, pixels=pixels,
-      success=bool(result.success[i]), adv_label=int(result.adv_label[i]),
-      adv_prob=float(result.adv_prob[i]),
-      true_prob=float(result.true_prob[i]),
-      target_prob=float(result.target_prob[i]),
-      perturbation=result.perturbation[i].tolist(),
-      queries=int(result.queries[i]), generations=int(result.generations[i]),
-      seconds_share=seconds_share)
+    **where,
+    image=int(index),
+    label=int(label),
+    target=target,
+    pixels=pixels,
+    success=bool(result.success[i]),
+    adv_label=int(result.adv_label[i]),
+    adv_prob=float(result.adv_prob[i]),
+    true_prob=float(result.true_prob[i]),
+    target_prob=float(result.target_prob[i]),
+    perturbation=result.perturbation[i].tolist(),
+    queries=int(result.queries[i]),
+    generations=int(result.generations[i]),
+    seconds_share=seconds_share,
+  )
 
 
 def example_path(directory, record) -> pathlib.Path:
@@ -388,8 +471,12 @@ def example_path(directory, record) -> pathlib.Path:
   ``_to<target>`` when targeted, and ``.png``."""
   aim = "" if record["target"] is None else f"_to{record['target']}"
   name = record.get("path") or f"{record['image']:05d}"
-  return (pathlib.Path(directory) / "examples" / f"{record['pixels']}px"
-          / f"{name}{aim}.png")
+  return (
+    pathlib.Path(directory)
+    / "examples"
+    / f"{record['pixels']}px"
+    / f"{name}{aim}.png"
+  )
 
 
 class _Progress:
@@ -413,11 +500,14 @@ class _Progress:
     self._stream_finished = 0  # of which by its finished attacks
     self._count(records)
     self.bar = tqdm(
-        total=len(tasks) * self.budget,
-        initial=sum(self.done.values()) * self.budget,
-        disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
-        "{postfix}")
+      total=len(tasks) * self.budget,
+      initial=sum(self.done.values()) * self.budget,
+      disable=not enabled,
+      file=sys.stderr,
+      dynamic_ncols=True,
+      bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
+      "{postfix}",
+    )
     self._show()
 
   def _count(self, records):
@@ -443,11 +533,14 @@ class _Progress:
     self._show()
 
   def _show(self):
-    fooled = ", ".join(f"{d}px {self.fooled[d]}/{self.done[d]}"
-                       for d in self.attacks)
+    fooled = ", ".join(
+      f"{d}px {self.fooled[d]}/{self.done[d]}" for d in self.attacks
+    )
     self.bar.set_postfix_str(
-        f"attacks {sum(self.done.values())}/{sum(self.attacks.values())}; "
-        f"fooled {fooled}; {self.evaluations:,} evaluations", refresh=False)
+      f"attacks {sum(self.done.values())}/{sum(self.attacks.values())}; "
+      f"fooled {fooled}; {self.evaluations:,} evaluations",
+      refresh=False,
+    )
     in_flight = self._stream - self._stream_finished
     position = sum(self.done.values()) * self.budget + in_flight
     self.bar.update(max(0, position - self.bar.n))  # redraws at most 10/s
@@ -470,8 +563,10 @@ def _attack_all(store, victim, saved, settings, options):
   key_of = lambda t: (t[0], int(index[t[1]]), t[2])  # noqa: E731
   pending = [t for t in tasks if key_of(t) not in done]
   if done:
-    _say(f"Resuming: {len(tasks) - len(pending)} of {len(tasks)} attacks "
-         f"already in {store.results_path}.")
+    _say(
+      f"Resuming: {len(tasks) - len(pending)} of {len(tasks)} attacks "
+      f"already in {store.results_path}."
+    )
   slots = min(options.slots, len(tasks) // len(settings["pixels"]))
   key = jax.random.key(settings["seed"])
   progress = _Progress(settings, tasks, records, options.progress)
@@ -491,28 +586,52 @@ def _attack_all(store, victim, saved, settings, options):
       started = time.perf_counter()
       try:
         for finished, result in pixeljax.stream_attack(
-            victim.predict, saved["images"][positions], labels[positions],
-            key=key, targets=targets, slots=slots, pixels=pixels,
-            popsize=settings["popsize"], maxiter=settings["maxiter"],
-            mutation=settings["mutation"], crossover=settings["crossover"],
-            batch_size=options.batch_size, image_ids=ids,
-            progress=progress.evaluated):
+          victim.predict,
+          saved["images"][positions],
+          labels[positions],
+          key=key,
+          targets=targets,
+          slots=slots,
+          pixels=pixels,
+          popsize=settings["popsize"],
+          maxiter=settings["maxiter"],
+          mutation=settings["mutation"],
+          crossover=settings["crossover"],
+          batch_size=options.batch_size,
+          image_ids=ids,
+          progress=progress.evaluated,
+        ):
           # Wall time since the last hand-back, shared by what it returned.
           now = time.perf_counter()
           share, started = (now - started) / len(finished), now
-          new = [_record(todo[j], index[todo[j][1]], labels[todo[j][1]],
-                         result, i, share, paths and paths[todo[j][1]])
-                 for i, j in enumerate(finished)]
+          new = [
+            _record(
+              todo[j],
+              index[todo[j][1]],
+              labels[todo[j][1]],
+              result,
+              i,
+              share,
+              paths and paths[todo[j][1]],
+            )
+            for i, j in enumerate(finished)
+          ]
           if options.examples:
             for j, r in zip(finished, new):
               path = example_path(store.directory, r)
               with runs.writing(path):
                 plots.save_example(
-                    path, saved["images"][todo[j][1]], r["perturbation"],
-                    class_names=class_names, label=r["label"],
-                    clean_prob=float(saved["clean_prob"][todo[j][1]]),
-                    adv_label=r["adv_label"], adv_prob=r["adv_prob"],
-                    success=r["success"], target=r["target"])
+                  path,
+                  saved["images"][todo[j][1]],
+                  r["perturbation"],
+                  class_names=class_names,
+                  label=r["label"],
+                  clean_prob=float(saved["clean_prob"][todo[j][1]]),
+                  adv_label=r["adv_label"],
+                  adv_prob=r["adv_prob"],
+                  success=r["success"],
+                  target=r["target"],
+                )
           store.append(new)
           progress.finished(new)
       except (ValueError, TypeError) as e:  # the engine's input checks
@@ -522,14 +641,20 @@ def _attack_all(store, victim, saved, settings, options):
 def _choose_images(options, victim, pool, target) -> dict:
   """The images of a run, as images.npz holds them (see ``select_images``)."""
   positions, clean_prob, looked = select_images(
-      victim.predict, pool, options.images, options.seed, target)
+    victim.predict, pool, options.images, options.seed, target
+  )
   if not len(positions):
-    raise InputError("the model classifies none of the images correctly; "
-                     "nothing to attack")
-  saved = dict(images=pool.images[positions], index=positions,
-               labels=pool.labels[positions], clean_prob=clean_prob,
-               class_names=np.array(pool.class_names),
-               looked=np.int64(looked))
+    raise InputError(
+      "the model classifies none of the images correctly; nothing to attack"
+    )
+  saved = dict(
+    images=pool.images[positions],
+    index=positions,
+    labels=pool.labels[positions],
+    clean_prob=clean_prob,
+    class_names=np.array(pool.class_names),
+    looked=np.int64(looked),
+  )
   if pool.paths is not None:
     saved["paths"] = np.array([pool.paths[i] for i in positions])
   return saved
@@ -545,16 +670,22 @@ def _rebuild_images(store, damage, options, victim, pool, target) -> dict:
   paths = saved.get("paths")
   for r in store.records():
     n = position.get(r["image"])
-    if (n is None or int(saved["labels"][n]) != r["label"]
-        or r.get("path") != (None if paths is None else str(paths[n]))):
+    if (
+      n is None
+      or int(saved["labels"][n]) != r["label"]
+      or r.get("path") != (None if paths is None else str(paths[n]))
+    ):
       raise InputError(
-          f"{store.directory / runs.IMAGES_FILE} is damaged, and the images "
-          f"chosen again do not match the results recorded in "
-          f"{store.results_path} (image {r['image']}); keep that folder "
-          "aside and rerun with another --out to start over")
+        f"{store.directory / runs.IMAGES_FILE} is damaged, and the images "
+        f"chosen again do not match the results recorded in "
+        f"{store.results_path} (image {r['image']}); keep that folder "
+        "aside and rerun with another --out to start over"
+      )
   store.save_images(saved)
-  _say(f"Rebuilt {store.directory / runs.IMAGES_FILE}: its images match the "
-       "recorded results.")
+  _say(
+    f"Rebuilt {store.directory / runs.IMAGES_FILE}: its images match the "
+    "recorded results."
+  )
   return saved
 
 
@@ -570,12 +701,17 @@ def _prepare_images(store, options, victim, pool, target, settings):
     except runs.DamagedImagesError as e:
       saved = _rebuild_images(store, e, options, victim, pool, target)
   looked, count = int(saved["looked"]), len(saved["index"])
-  short = (f" (only {count} of the {options.images} asked for)"
-           if count < options.images else "")
-  _say(f"Attacking {count} images{short} that {victim.identity['name']} "
-       f"classifies correctly, chosen with seed {settings['seed']} from "
-       f"{pool.identity['source']}; skipped {looked - count} misclassified "
-       f"of {looked} looked at.")
+  short = (
+    f" (only {count} of the {options.images} asked for)"
+    if count < options.images
+    else ""
+  )
+  _say(
+    f"Attacking {count} images{short} that {victim.identity['name']} "
+    f"classifies correctly, chosen with seed {settings['seed']} from "
+    f"{pool.identity['source']}; skipped {looked - count} misclassified "
+    f"of {looked} looked at."
+  )
   return saved
 
 
@@ -586,18 +722,37 @@ def write_summary(store, settings):
     (title: one line naming the run, rows: ``metrics.summarize``).
   """
   rows = metrics.summarize(store.records())
-  mode = ("targeted" if settings["targeted"] or settings["target"] is not None
-          else "non-targeted")
-  title = (f"{settings['model']['name']}, {mode}, popsize "
-           f"{settings['popsize']}, maxiter {settings['maxiter']}, "
-           f"{settings['data']['source']}")
-  clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in row.items()} for row in rows]
-  runs.write_atomic(store.directory / "summary.json", (json.dumps(
-      dict(settings=settings, rows=clean, version=pixeljax.__version__),
-      indent=1) + "\n").encode())
-  runs.write_atomic(store.directory / "summary.md", (
-      f"# {title}\n\n" + metrics.format_markdown(rows)).encode())
+  mode = (
+    "targeted"
+    if settings["targeted"] or settings["target"] is not None
+    else "non-targeted"
+  )
+  title = (
+    f"{settings['model']['name']}, {mode}, popsize "
+    f"{settings['popsize']}, maxiter {settings['maxiter']}, "
+    f"{settings['data']['source']}"
+  )
+  clean = [
+    {
+      k: (None if isinstance(v, float) and math.isnan(v) else v)
+      for k, v in row.items()
+    }
+    for row in rows
+  ]
+  runs.write_atomic(
+    store.directory / "summary.json",
+    (
+      json.dumps(
+        dict(settings=settings, rows=clean, version=pixeljax.__version__),
+        indent=1,
+      )
+      + "\n"
+    ).encode(),
+  )
+  runs.write_atomic(
+    store.directory / "summary.md",
+    (f"# {title}\n\n" + metrics.format_markdown(rows)).encode(),
+  )
   return title, rows
 
 
@@ -608,12 +763,14 @@ def _safe(text, limit: int = 40) -> str:
 
 
 def _short_hash(value) -> str:
-  return hashlib.sha256(
-      json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[
+    :8
+  ]
 
 
-def default_out(options: AttackOptions, victim: Victim, pool: Pool,
-                target: Optional[int]) -> str:
+def default_out(
+  options: AttackOptions, victim: Victim, pool: Pool, target: int | None
+) -> str:
   """A folder under pixeljax-runs/ named after the model (a weights card's
   name and a hash of its files), the data (where from, and a hash of the
   images) and the settings, so that rerunning the same command resumes it
@@ -629,39 +786,54 @@ def default_out(options: AttackOptions, victim: Victim, pool: Pool,
   else:
     data = "sample" if pool.identity["source"] == _SAMPLE_SOURCE else "cifar10"
   data += "-" + pool.identity["sha256"][:8]
-  mode = ("targeted" if options.targeted else "untargeted" if target is None
-          else f"to-{_safe(pool.class_names[target])}")
+  mode = (
+    "targeted"
+    if options.targeted
+    else "untargeted"
+    if target is None
+    else f"to-{_safe(pool.class_names[target])}"
+  )
   search = f"pop{options.popsize}_it{options.maxiter}"
   if options.mutation != AttackOptions.mutation:
     search += f"_F{options.mutation:g}"
   if options.crossover is not None:
     search += f"_cr{options.crossover:g}"
-  name = (f"{model}_{data}_{mode}_{'-'.join(map(str, options.pixels))}px_n"
-          f"{options.images}_{search}_seed{options.seed}")
+  name = (
+    f"{model}_{data}_{mode}_{'-'.join(map(str, options.pixels))}px_n"
+    f"{options.images}_{search}_seed{options.seed}"
+  )
   if len(name) > 200:  # many pixel counts: keep within a file name's limit
     name = f"{name[:190]}-{_short_hash(name)}"
   return os.path.join("pixeljax-runs", name)
 
 
-def check_settings(options: AttackOptions, victim: Victim, pool: Pool,
-                   target: Optional[int]):
+def check_settings(
+  options: AttackOptions, victim: Victim, pool: Pool, target: int | None
+):
   """Runs the engine's own input checks (``stream_attack`` checks every
   argument before it starts) on the first image with the run's settings, so
   that one it refuses (``--pixels`` above the pixels of an image, ...)
   stops the run before anything is written; ``UsageError`` if so."""
   label = int(pool.labels[0])
   aimed = options.targeted or target is not None
-  per_pixels = options.images * (victim.num_classes - 1 if options.targeted
-                                 else 1)
+  per_pixels = options.images * (
+    victim.num_classes - 1 if options.targeted else 1
+  )
   try:
     pixeljax.stream_attack(
-        victim.predict, pool.images[:1], pool.labels[:1],
-        key=jax.random.key(options.seed),
-        targets=np.array([(label + 1) % victim.num_classes]) if aimed
-        else None, slots=min(options.slots, per_pixels),
-        pixels=max(options.pixels), popsize=options.popsize,
-        maxiter=options.maxiter, mutation=options.mutation,
-        crossover=options.crossover, batch_size=options.batch_size)
+      victim.predict,
+      pool.images[:1],
+      pool.labels[:1],
+      key=jax.random.key(options.seed),
+      targets=np.array([(label + 1) % victim.num_classes]) if aimed else None,
+      slots=min(options.slots, per_pixels),
+      pixels=max(options.pixels),
+      popsize=options.popsize,
+      maxiter=options.maxiter,
+      mutation=options.mutation,
+      crossover=options.crossover,
+      batch_size=options.batch_size,
+    )
   except (ValueError, TypeError) as e:
     raise UsageError(f"the attack refuses these settings: {e}") from None
 
@@ -683,14 +855,19 @@ def run_attack(options: AttackOptions) -> list:
     runs.check_writable(options.out)
   pool = load_pool(options)
   if victim.num_classes != len(pool.class_names):
-    raise InputError(f"the model has {victim.num_classes} classes, the data "
-                     f"{len(pool.class_names)}")
+    raise InputError(
+      f"the model has {victim.num_classes} classes, the data "
+      f"{len(pool.class_names)}"
+    )
   target = resolve_target(options.target, list(pool.class_names))
   check_settings(options, victim, pool, target)
   settings = _settings(options, victim, pool, target)
   store = runs.RunStore.create_or_resume(
-      options.out or default_out(options, victim, pool, target), settings,
-      describe=lambda k: _OPTION_NAMES.get(k, k), uncompared=_UNCOMPARED)
+    options.out or default_out(options, victim, pool, target),
+    settings,
+    describe=lambda k: _OPTION_NAMES.get(k, k),
+    uncompared=_UNCOMPARED,
+  )
   enable_compile_cache()
   try:
     saved = _prepare_images(store, options, victim, pool, target, settings)
@@ -702,7 +879,9 @@ def run_attack(options: AttackOptions) -> list:
   if options.figures:
     with runs.writing(store.directory / "figures"):
       plots.draw_run(store.directory)
-  _say(f"Results in {store.directory}: {runs.RESULTS_FILE}, summary.md"
-       + (", examples/" if options.examples else "")
-       + (", figures/" if options.figures else ""))
+  _say(
+    f"Results in {store.directory}: {runs.RESULTS_FILE}, summary.md"
+    + (", examples/" if options.examples else "")
+    + (", figures/" if options.figures else "")
+  )
   return rows

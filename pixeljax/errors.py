@@ -21,19 +21,23 @@ EXIT_INTERRUPTED = 130
 
 class UserError(Exception):
   """An error with a message for a person, and the exit code it maps to."""
+
   exit_code = EXIT_INPUT
 
 
 class UsageError(UserError):
   """An option value that cannot work (the command line's own mistake)."""
+
   exit_code = EXIT_USAGE
 
 
 class InputError(UserError):
   """Missing or unreadable data, model weights or files."""
+
   exit_code = EXIT_INPUT
 
 
 class RunConflictError(UserError):
   """An output folder that holds a run with other settings."""
+
   exit_code = EXIT_CONFLICT

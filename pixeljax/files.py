@@ -22,8 +22,9 @@ def write_atomic(path, content):
   """
   path = pathlib.Path(path)
   # pid and thread: concurrent writers of one path never share a temporary.
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}"
-                       ".tmp")
+  tmp = path.with_name(
+    f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+  )
   try:
     with open(tmp, "wb") as f:
       if isinstance(content, bytes):

@@ -13,13 +13,13 @@ import math
 import numpy as np
 
 _COLUMNS = (
-    ("pixels", "pixels", "{}"),
-    ("attacks", "attacks", "{}"),
-    ("success_rate", "success rate", "{:.1%}"),
-    ("mean_confidence", "mean confidence (successes)", "{:.1%}"),
-    ("mean_queries", "mean queries", "{:.0f}"),
-    ("seconds", "wall time (s)", "{:.1f}"),
-    ("attacks_per_second", "attacks/s", "{:.2f}"),
+  ("pixels", "pixels", "{}"),
+  ("attacks", "attacks", "{}"),
+  ("success_rate", "success rate", "{:.1%}"),
+  ("mean_confidence", "mean confidence (successes)", "{:.1%}"),
+  ("mean_queries", "mean queries", "{:.0f}"),
+  ("seconds", "wall time (s)", "{:.1f}"),
+  ("attacks_per_second", "attacks/s", "{:.2f}"),
 )
 
 
@@ -38,17 +38,20 @@ def summarize(records) -> list:
     success = np.array([r["success"] for r in group], bool)
     confidence = np.array([r["adv_prob"] for r in group], np.float64)[success]
     seconds = float(sum(_seconds_share(r) for r in group))
-    rows.append(dict(
+    rows.append(
+      dict(
         pixels=pixels,
         attacks=len(group),
         successes=int(success.sum()),
         success_rate=float(success.mean()),
-        mean_confidence=(float(confidence.mean()) if confidence.size
-                         else math.nan),
+        mean_confidence=(
+          float(confidence.mean()) if confidence.size else math.nan
+        ),
         mean_queries=float(np.mean([r["queries"] for r in group])),
         seconds=seconds,
-        attacks_per_second=(len(group) / seconds if seconds > 0
-                            else math.nan)))
+        attacks_per_second=(len(group) / seconds if seconds > 0 else math.nan),
+      )
+    )
   return rows
 
 
@@ -58,25 +61,34 @@ def _seconds_share(record) -> float:
 
 
 def _cells(row) -> list:
-  return ["-" if isinstance(row[key], float) and math.isnan(row[key])
-          else fmt.format(row[key]) for key, _, fmt in _COLUMNS]
+  return [
+    "-"
+    if isinstance(row[key], float) and math.isnan(row[key])
+    else fmt.format(row[key])
+    for key, _, fmt in _COLUMNS
+  ]
 
 
 def format_table(rows) -> str:
   """The summary rows as an aligned plain-text table."""
   header = [title for _, title, _ in _COLUMNS]
   body = [_cells(row) for row in rows]
-  widths = [max(len(line[i]) for line in [header] + body)
-            for i in range(len(header))]
-  lines = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths))
-           for line in [header] + body]
+  widths = [
+    max(len(line[i]) for line in [header] + body) for i in range(len(header))
+  ]
+  lines = [
+    "  ".join(cell.rjust(w) for cell, w in zip(line, widths))
+    for line in [header] + body
+  ]
   return "\n".join(lines) + "\n"
 
 
 def format_markdown(rows) -> str:
   """The summary rows as a GitHub markdown table."""
-  lines = ["| " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
-           "|" + "|".join("---:" for _ in _COLUMNS) + "|"]
+  lines = [
+    "| " + " | ".join(title for _, title, _ in _COLUMNS) + " |",
+    "|" + "|".join("---:" for _ in _COLUMNS) + "|",
+  ]
   lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
   return "\n".join(lines) + "\n"
 

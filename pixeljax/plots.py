@@ -23,11 +23,11 @@ so that tests can read its texts and layout.
 
 import pathlib
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.patches import Rectangle
+import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
@@ -56,12 +56,21 @@ def _boxed(image, perturbation):
   """``image`` (uint8 [H, W, 3]) enlarged _SCALE times, each changed pixel
   of ``perturbation`` (int [d, 5]) boxed: a PIL image."""
   height, width = image.shape[:2]
-  big = Image.fromarray(image).resize((width * _SCALE, height * _SCALE),
-                                      Image.NEAREST)
+  big = Image.fromarray(image).resize(
+    (width * _SCALE, height * _SCALE), Image.NEAREST
+  )
   draw = ImageDraw.Draw(big)
   for x, y, *_ in perturbation:
-    draw.rectangle((x * _SCALE - 3, y * _SCALE - 3, (x + 1) * _SCALE + 2,
-                    (y + 1) * _SCALE + 2), outline=_MARK, width=2)
+    draw.rectangle(
+      (
+        x * _SCALE - 3,
+        y * _SCALE - 3,
+        (x + 1) * _SCALE + 2,
+        (y + 1) * _SCALE + 2,
+      ),
+      outline=_MARK,
+      width=2,
+    )
   return big
 
 
@@ -72,8 +81,17 @@ def _font(size: int):
     return ImageFont.load_default()
 
 
-def _example_texts(class_names, *, label, clean_prob, adv_label, adv_prob,
-                   success, target, pixels) -> tuple:
+def _example_texts(
+  class_names,
+  *,
+  label,
+  clean_prob,
+  adv_label,
+  adv_prob,
+  success,
+  target,
+  pixels,
+) -> tuple:
   """The heading and the three panel captions of ``save_example``.
 
   A failed attack's middle panel is its best try, never called adversarial.
@@ -81,18 +99,34 @@ def _example_texts(class_names, *, label, clean_prob, adv_label, adv_prob,
   if target is None:
     heading = "fooled" if success else "not fooled"
   else:
-    heading = (f"fooled: target {class_names[target]} reached" if success
-               else f"target {class_names[target]} not reached")
+    heading = (
+      f"fooled: target {class_names[target]} reached"
+      if success
+      else f"target {class_names[target]} not reached"
+    )
   if not success:
     heading += ": best failed try shown"
   middle = "adversarial" if success else "best try"
-  return heading, (f"original: {class_names[label]} {clean_prob:.0%}",
-                   f"{middle}: {class_names[adv_label]} {adv_prob:.0%}",
-                   f"{pixels} pixel(s) changed")
+  return heading, (
+    f"original: {class_names[label]} {clean_prob:.0%}",
+    f"{middle}: {class_names[adv_label]} {adv_prob:.0%}",
+    f"{pixels} pixel(s) changed",
+  )
 
 
-def save_example(path, original, perturbation, *, class_names, label,
-                 clean_prob, adv_label, adv_prob, success, target=None):
+def save_example(
+  path,
+  original,
+  perturbation,
+  *,
+  class_names,
+  label,
+  clean_prob,
+  adv_label,
+  adv_prob,
+  success,
+  target=None,
+):
   """Writes one attack as a PNG strip.
 
   Args:
@@ -113,25 +147,34 @@ def save_example(path, original, perturbation, *, class_names, label,
     dimmed[y, x] = adversarial[y, x]
   marked = _boxed(dimmed, perturbation)
   size = marked.size
-  panels = [Image.fromarray(a).resize(size, Image.NEAREST)
-            for a in (original, adversarial)] + [marked]
+  panels = [
+    Image.fromarray(a).resize(size, Image.NEAREST)
+    for a in (original, adversarial)
+  ] + [marked]
 
   gap, top = 10, 46
-  canvas = Image.new("RGB", (3 * size[0] + 4 * gap, size[1] + top + gap),
-                     "white")
+  canvas = Image.new(
+    "RGB", (3 * size[0] + 4 * gap, size[1] + top + gap), "white"
+  )
   for i, panel in enumerate(panels):
     canvas.paste(panel, (gap + i * (size[0] + gap), top))
   draw = ImageDraw.Draw(canvas)
   font = _font(14)
   heading, captions = _example_texts(
-      class_names, label=label, clean_prob=clean_prob, adv_label=adv_label,
-      adv_prob=adv_prob, success=success, target=target,
-      pixels=len(perturbation))
+    class_names,
+    label=label,
+    clean_prob=clean_prob,
+    adv_label=adv_label,
+    adv_prob=adv_prob,
+    success=success,
+    target=target,
+    pixels=len(perturbation),
+  )
   for i, text in enumerate(captions):
-    draw.text((gap + i * (size[0] + gap), top - 20), text, fill="black",
-              font=font)
-  draw.text((gap, 4), heading, fill="black" if success else _FAILED,
-            font=font)
+    draw.text(
+      (gap + i * (size[0] + gap), top - 20), text, fill="black", font=font
+    )
+  draw.text((gap, 4), heading, fill="black" if success else _FAILED, font=font)
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   canvas.save(path)
 
@@ -165,19 +208,29 @@ def _grid_figure(entries, class_names, title) -> Figure:
   lines = max([t.count("\n") + 1 for t in titles], default=1)
   # A 2.4-inch image under each title, the suptitle on top; constrained
   # layout keeps them apart, this only sizes the page to fit.
-  fig = _figure(figsize=(2.4 * max(columns, 3),
-                         (2.35 + 0.2 * lines) * rows
-                         + 0.25 * (title.count("\n") + 2)))
+  fig = _figure(
+    figsize=(
+      2.4 * max(columns, 3),
+      (2.35 + 0.2 * lines) * rows + 0.25 * (title.count("\n") + 2),
+    )
+  )
   axes = fig.subplots(rows, columns, squeeze=False)
   for ax in axes.flat:
     ax.set_axis_off()
   for ax, entry, text in zip(axes.flat, entries, titles):
     ax.imshow(_boxed(entry["image"], entry["perturbation"]))
-    ax.set_title(text, fontsize=10,
-                 color="black" if entry["success"] else _FAILED)
+    ax.set_title(
+      text, fontsize=10, color="black" if entry["success"] else _FAILED
+    )
   if not entries:
-    axes[0, 0].text(0.5, 0.5, "no attacks", ha="center", va="center",
-                    transform=axes[0, 0].transAxes)
+    axes[0, 0].text(
+      0.5,
+      0.5,
+      "no attacks",
+      ha="center",
+      va="center",
+      transform=axes[0, 0].transAxes,
+    )
   fig.suptitle(title, fontsize=11)
   return fig
 
@@ -203,54 +256,88 @@ def _row_counts(attempts, targeted):
   return attempts.sum(axis=1) if targeted else attempts.max(axis=1)
 
 
-def _heatmap_figure(successes, attempts, class_names, *, targeted,
-                    title) -> Figure:
+def _heatmap_figure(
+  successes, attempts, class_names, *, targeted, title
+) -> Figure:
   """The figure of ``class_pair_heatmap``."""
   successes = np.asarray(successes, np.int64)
   attempts = np.asarray(attempts, np.int64)
   k = len(class_names)
   if successes.shape != (k, k) or attempts.shape != (k, k):
-    raise ValueError(f"successes and attempts: expected shape ({k}, {k}) "
-                     f"for {k} class names, got {successes.shape} and "
-                     f"{attempts.shape}")
+    raise ValueError(
+      f"successes and attempts: expected shape ({k}, {k}) "
+      f"for {k} class names, got {successes.shape} and "
+      f"{attempts.shape}"
+    )
   own = np.eye(k, dtype=bool)
   shown_rate = np.ma.masked_array(
-      successes / np.maximum(attempts, 1), mask=(attempts == 0) | own)
+    successes / np.maximum(attempts, 1), mask=(attempts == 0) | own
+  )
   fig = _figure(figsize=(2.4 + 0.6 * k, 1.6 + 0.55 * k))
   ax = fig.subplots()
   ax.set_facecolor(_NO_ATTACKS)  # masked cells show the background
   shown = ax.imshow(shown_rate, vmin=0.0, vmax=1.0, cmap="viridis")
   for i in range(k):
-    ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, facecolor="white",
-                           edgecolor="0.55", hatch="///", linewidth=0))
+    ax.add_patch(
+      Rectangle(
+        (i - 0.5, i - 0.5),
+        1,
+        1,
+        facecolor="white",
+        edgecolor="0.55",
+        hatch="///",
+        linewidth=0,
+      )
+    )
   for i, j in zip(*np.nonzero(~shown_rate.mask & (successes > 0))):
     rate = shown_rate[i, j]
-    ax.text(j, i, f"{rate:.0%}", ha="center", va="center", fontsize=7,
-            color="white" if rate < 0.6 else "black")
+    ax.text(
+      j,
+      i,
+      f"{rate:.0%}",
+      ha="center",
+      va="center",
+      fontsize=7,
+      color="white" if rate < 0.6 else "black",
+    )
   rows = _row_counts(attempts, targeted)
   ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-  ax.set_yticks(range(k), [f"{name} (n={n})"
-                           for name, n in zip(class_names, rows)])
+  ax.set_yticks(
+    range(k), [f"{name} (n={n})" for name, n in zip(class_names, rows)]
+  )
   ax.set_xlabel("target class" if targeted else "adversarial class")
-  ax.set_ylabel("original class (n: attacks)" if targeted
-                else "original class (n: images attacked)")
-  fig.colorbar(shown, ax=ax, label="success rate" if targeted
-               else "share of the row's images")
-  own_text = ("true class: never a target" if targeted else
-              "true class: masked, a non-targeted attack cannot end there")
-  legend = [Patch(facecolor="white", edgecolor="0.55", hatch="///",
-                  label=own_text)]
+  ax.set_ylabel(
+    "original class (n: attacks)"
+    if targeted
+    else "original class (n: images attacked)"
+  )
+  fig.colorbar(
+    shown,
+    ax=ax,
+    label="success rate" if targeted else "share of the row's images",
+  )
+  own_text = (
+    "true class: never a target"
+    if targeted
+    else "true class: masked, a non-targeted attack cannot end there"
+  )
+  legend = [
+    Patch(facecolor="white", edgecolor="0.55", hatch="///", label=own_text)
+  ]
   if np.any((attempts == 0) & ~own):
-    legend.insert(0, Patch(facecolor=_NO_ATTACKS, edgecolor="0.5",
-                           label="no attacks"))
-  fig.legend(handles=legend, loc="outside lower center", fontsize=8,
-             frameon=False)
+    legend.insert(
+      0, Patch(facecolor=_NO_ATTACKS, edgecolor="0.5", label="no attacks")
+    )
+  fig.legend(
+    handles=legend, loc="outside lower center", fontsize=8, frameon=False
+  )
   ax.set_title(title, fontsize=11)
   return fig
 
 
-def class_pair_heatmap(path, successes, attempts, class_names, *, targeted,
-                       title):
+def class_pair_heatmap(
+  path, successes, attempts, class_names, *, targeted, title
+):
   """Success rate by (original class, reached or target class).
 
   Cells of pairs never attacked are grey and the diagonal (the true class)
@@ -263,8 +350,9 @@ def class_pair_heatmap(path, successes, attempts, class_names, *, targeted,
     targeted: whether columns are targets (else the classes reached).
     title: the figure's title.
   """
-  _heatmap_figure(successes, attempts, class_names, targeted=targeted,
-                  title=title).savefig(path, dpi=100)
+  _heatmap_figure(
+    successes, attempts, class_names, targeted=targeted, title=title
+  ).savefig(path, dpi=100)
 
 
 def wilson_interval(successes, attempts, z=_Z95):
@@ -280,15 +368,19 @@ def wilson_interval(successes, attempts, z=_Z95):
   k = np.asarray(successes, np.float64)
   n = np.asarray(attempts, np.float64)
   if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
-    raise ValueError(f"successes, attempts: expected 0 <= k <= n and n >= 1, "
-                     f"got k={k.tolist()}, n={n.tolist()}")
+    raise ValueError(
+      f"successes, attempts: expected 0 <= k <= n and n >= 1, "
+      f"got k={k.tolist()}, n={n.tolist()}"
+    )
   p = k / n
   scale = 1.0 + z * z / n
   centre = (p + z * z / (2 * n)) / scale
   half = z / scale * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
   # At k = 0 and k = n the bound is exactly 0 or 1; rounding can miss it.
-  return (np.where(k == 0, 0.0, centre - half),
-          np.where(k == n, 1.0, centre + half))
+  return (
+    np.where(k == 0, 0.0, centre - half),
+    np.where(k == n, 1.0, centre + half),
+  )
 
 
 def _pixels_figure(rows, title) -> Figure:
@@ -302,11 +394,19 @@ def _pixels_figure(rows, title) -> Figure:
   ax = fig.subplots()
   if rows:
     low, high = wilson_interval(k, n)
-    ax.errorbar(pixels, rates, yerr=(rates - low, high - rates), marker="o",
-                capsize=4)
+    ax.errorbar(
+      pixels, rates, yerr=(rates - low, high - rates), marker="o", capsize=4
+    )
   for x, y, ki, ni in zip(pixels, rates, k, n):
-    ax.annotate(f"{y:.0%}\n{ki}/{ni}", (x, y), textcoords="offset points",
-                xytext=(7, 0), ha="left", va="center", fontsize=8)
+    ax.annotate(
+      f"{y:.0%}\n{ki}/{ni}",
+      (x, y),
+      textcoords="offset points",
+      xytext=(7, 0),
+      ha="left",
+      va="center",
+      fontsize=8,
+    )
   ax.set_xticks(pixels)
   ax.margins(x=0.2)
   ax.set_ylim(0, 1.05)
@@ -345,8 +445,12 @@ def targets_reached(path, histograms, title):
   for i, (model, counts) in enumerate(histograms.items()):
     counts = np.asarray(counts, np.float64)
     share = counts / max(1.0, counts.sum())
-    ax.bar(np.arange(len(counts)) + (i - (len(histograms) - 1) / 2) * width,
-           share, width, label=f"{model} ({int(counts.sum())} images)")
+    ax.bar(
+      np.arange(len(counts)) + (i - (len(histograms) - 1) / 2) * width,
+      share,
+      width,
+      label=f"{model} ({int(counts.sum())} images)",
+    )
   if histograms:
     ax.set_xticks(range(len(next(iter(histograms.values())))))
   ax.set_xlabel("target classes reached")
@@ -371,15 +475,22 @@ def _grid_entries(records, images):
   """Up to 12 attacks for the grid: successes, one per original class
   first, then failed attacks in the same order to fill the grid."""
   position = {int(index): i for i, index in enumerate(images["index"])}
-  chosen = (_one_per_class_first([r for r in records if r["success"]])
-            + _one_per_class_first([r for r in records if not r["success"]])
-            )[:_GRID_MAX]
-  return [dict(image=inject(images["images"][position[r["image"]]],
-                            r["perturbation"]),
-               perturbation=r["perturbation"], label=r["label"],
-               adv_label=r["adv_label"], adv_prob=r["adv_prob"],
-               success=bool(r["success"]), target=r["target"])
-          for r in chosen]
+  chosen = (
+    _one_per_class_first([r for r in records if r["success"]])
+    + _one_per_class_first([r for r in records if not r["success"]])
+  )[:_GRID_MAX]
+  return [
+    dict(
+      image=inject(images["images"][position[r["image"]]], r["perturbation"]),
+      perturbation=r["perturbation"],
+      label=r["label"],
+      adv_label=r["adv_label"],
+      adv_prob=r["adv_prob"],
+      success=bool(r["success"]),
+      target=r["target"],
+    )
+    for r in chosen
+  ]
 
 
 def _pixel_rows(records) -> list:
@@ -388,8 +499,13 @@ def _pixel_rows(records) -> list:
   rows = []
   for pixels in sorted({r["pixels"] for r in records}):
     group = [r for r in records if r["pixels"] == pixels]
-    rows.append(dict(pixels=pixels, attacks=len(group),
-                     successes=sum(bool(r["success"]) for r in group)))
+    rows.append(
+      dict(
+        pixels=pixels,
+        attacks=len(group),
+        successes=sum(bool(r["success"]) for r in group),
+      )
+    )
   return rows
 
 
@@ -414,17 +530,24 @@ def draw_run(directory) -> list:
     pixels = row["pixels"]
     group = [r for r in records if r["pixels"] == pixels]
     entries = _grid_entries(group, images)
-    title = (f"{model}, {pixels}-pixel {mode} attack: {row['successes']} of "
-             f"{row['attacks']} succeeded")
+    title = (
+      f"{model}, {pixels}-pixel {mode} attack: {row['successes']} of "
+      f"{row['attacks']} succeeded"
+    )
     if not all(e["success"] for e in entries):
       title += "\nin red: failed attacks, their best try shown"
     written.append(out / f"grid_{pixels}px.png")
     adversarial_grid(written[-1], entries, class_names, title)
     successes, attempts = metrics.class_pairs(group, len(class_names))
     written.append(out / f"class_pairs_{pixels}px.png")
-    class_pair_heatmap(written[-1], successes, attempts, class_names,
-                       targeted=targeted,
-                       title=f"{model}, {pixels}-pixel {mode}")
+    class_pair_heatmap(
+      written[-1],
+      successes,
+      attempts,
+      class_names,
+      targeted=targeted,
+      title=f"{model}, {pixels}-pixel {mode}",
+    )
   if records:
     written.append(out / "success_vs_pixels.png")
     success_vs_pixels(written[-1], _pixel_rows(records), f"{model}, {mode}")

@@ -35,8 +35,14 @@ IMAGES_FILE = "images.npz"
 RESULTS_FILE = "results.jsonl"
 LOCK_FILE = "run.lock"
 # The arrays of images.npz (``paths`` too, for a folder of the user's own).
-IMAGE_ARRAYS = ("images", "index", "labels", "clean_prob", "class_names",
-                "looked")
+IMAGE_ARRAYS = (
+  "images",
+  "index",
+  "labels",
+  "clean_prob",
+  "class_names",
+  "looked",
+)
 
 
 class DamagedImagesError(InputError):
@@ -56,9 +62,10 @@ def writing(path):
     yield
   except OSError as e:
     raise InputError(
-        f"cannot write {path}: {e.strerror or e}; what was written before is "
-        "kept: fix that (free some space, ...) and rerun the same command to "
-        "resume") from None
+      f"cannot write {path}: {e.strerror or e}; what was written before is "
+      "kept: fix that (free some space, ...) and rerun the same command to "
+      "resume"
+    ) from None
 
 
 def write_atomic(path, content):
@@ -90,12 +97,18 @@ def check_writable(directory):
   directory = pathlib.Path(directory)
   for folder in [directory, *directory.parents]:
     if folder.exists():
-      why = ("is not a folder" if not folder.is_dir()
-             else "is not writable" if not os.access(folder, os.W_OK | os.X_OK)
-             else None)
+      why = (
+        "is not a folder"
+        if not folder.is_dir()
+        else "is not writable"
+        if not os.access(folder, os.W_OK | os.X_OK)
+        else None
+      )
       if why:
-        raise InputError(f"output folder {directory} cannot be written: "
-                         f"{folder} {why}; choose another with --out")
+        raise InputError(
+          f"output folder {directory} cannot be written: "
+          f"{folder} {why}; choose another with --out"
+        )
       return
 
 
@@ -110,8 +123,10 @@ def ensure_writable(directory: pathlib.Path) -> list:
     with tempfile.TemporaryFile(dir=directory):
       pass
   except OSError as e:
-    raise InputError(f"output folder {directory} cannot be written: "
-                     f"{e.strerror or e}; choose another with --out") from None
+    raise InputError(
+      f"output folder {directory} cannot be written: "
+      f"{e.strerror or e}; choose another with --out"
+    ) from None
   return created
 
 
@@ -134,15 +149,17 @@ class RunStore:
     """A finished or interrupted run folder, for reading."""
     store = cls(directory)
     if not (store.directory / SETTINGS_FILE).is_file():
-      raise InputError(f"{store.directory} is not a pixeljax run folder "
-                       f"(no {SETTINGS_FILE}); pass the --out folder of "
-                       "a `pixeljax attack` run")
+      raise InputError(
+        f"{store.directory} is not a pixeljax run folder "
+        f"(no {SETTINGS_FILE}); pass the --out folder of "
+        "a `pixeljax attack` run"
+      )
     return store
 
   @classmethod
-  def create_or_resume(cls, directory, settings: dict,
-                       describe=lambda key: key,
-                       uncompared=()) -> "RunStore":
+  def create_or_resume(
+    cls, directory, settings: dict, describe=lambda key: key, uncompared=()
+  ) -> "RunStore":
     """Opens ``directory`` for writing a run with ``settings``.
 
     A new folder is made ready; a folder with a run of the same settings is
@@ -169,24 +186,30 @@ class RunStore:
   def _open(self, settings, describe, uncompared):
     """Checks the saved settings against ``settings`` (see
     ``create_or_resume``)."""
-    saved = self.settings() if (
-        self.directory / SETTINGS_FILE).is_file() else None
+    saved = (
+      self.settings() if (self.directory / SETTINGS_FILE).is_file() else None
+    )
     if saved is None:
       if self.results_path.exists():
         raise RunConflictError(
-            f"{self.directory} holds {RESULTS_FILE} but no {SETTINGS_FILE}; "
-            "use an empty folder for --out")
+          f"{self.directory} holds {RESULTS_FILE} but no {SETTINGS_FILE}; "
+          "use an empty folder for --out"
+        )
       return
     saved, settings = (_without(s, uncompared) for s in (saved, settings))
     if saved != settings:
       keys = sorted(set(saved) | set(settings))
-      diffs = [f"  {describe(k)}: saved {saved.get(k)!r}, "
-               f"now {settings.get(k)!r}"
-               for k in keys if saved.get(k) != settings.get(k)]
+      diffs = [
+        f"  {describe(k)}: saved {saved.get(k)!r}, now {settings.get(k)!r}"
+        for k in keys
+        if saved.get(k) != settings.get(k)
+      ]
       raise RunConflictError(
-          f"{self.directory} holds a run with other settings:\n"
-          + "\n".join(diffs) + "\nRerun with the saved settings to resume "
-          "it, or choose another --out folder.")
+        f"{self.directory} holds a run with other settings:\n"
+        + "\n".join(diffs)
+        + "\nRerun with the saved settings to resume "
+        "it, or choose another --out folder."
+      )
     self._drop_partial_line()
     self.resumed = True
 
@@ -197,8 +220,10 @@ class RunStore:
     except OSError:
       self._lock.close()
       self._lock = None
-      raise RunConflictError(f"another process is writing {self.directory}; "
-                             "wait for it or choose another --out") from None
+      raise RunConflictError(
+        f"another process is writing {self.directory}; "
+        "wait for it or choose another --out"
+      ) from None
 
   def close(self):
     """Releases the folder's lock (also released when the process dies).
@@ -224,13 +249,14 @@ class RunStore:
   def start(self, settings: dict, images: dict):
     """Saves the images (a dict of arrays) then the settings, atomically."""
     self.save_images(images)
-    write_atomic(self.directory / SETTINGS_FILE,
-                 (json.dumps(settings, indent=1) + "\n").encode())
+    write_atomic(
+      self.directory / SETTINGS_FILE,
+      (json.dumps(settings, indent=1) + "\n").encode(),
+    )
 
   def save_images(self, images: dict):
     """Writes images.npz (see ``start``) atomically."""
-    write_atomic(self.directory / IMAGES_FILE,
-                 lambda f: np.savez(f, **images))
+    write_atomic(self.directory / IMAGES_FILE, lambda f: np.savez(f, **images))
 
   def settings(self) -> dict:
     """The saved settings (run.json)."""
@@ -258,12 +284,14 @@ class RunStore:
     except OSError as e:
       raise InputError(f"cannot read {path}: {e}") from None
     count = len(arrays.get("index", ()))
-    if (any(name not in arrays for name in IMAGE_ARRAYS) or any(
-        len(arrays[name]) != count for name in ("images", "labels",
-                                                "clean_prob"))):
-      raise DamagedImagesError(f"{path} is damaged: expected the arrays "
-                               f"{list(IMAGE_ARRAYS)}, one entry per image; "
-                               f"got {sorted(arrays)}")
+    if any(name not in arrays for name in IMAGE_ARRAYS) or any(
+      len(arrays[name]) != count for name in ("images", "labels", "clean_prob")
+    ):
+      raise DamagedImagesError(
+        f"{path} is damaged: expected the arrays "
+        f"{list(IMAGE_ARRAYS)}, one entry per image; "
+        f"got {sorted(arrays)}"
+      )
     return arrays
 
   def _drop_partial_line(self):
@@ -295,8 +323,10 @@ class RunStore:
       try:
         records.append(json.loads(line))
       except json.JSONDecodeError:
-        raise InputError(f"{path} line {number} is damaged; remove that "
-                         "line to redo its attack") from None
+        raise InputError(
+          f"{path} line {number} is damaged; remove that "
+          "line to redo its attack"
+        ) from None
     return records
 
   def append(self, records: list):
@@ -306,11 +336,13 @@ class RunStore:
     still leave a last line cut short: the next ``create_or_resume`` drops
     it).
     """
-    data = "".join(json.dumps(r, separators=(",", ":")) + "\n"
-                   for r in records).encode()
+    data = "".join(
+      json.dumps(r, separators=(",", ":")) + "\n" for r in records
+    ).encode()
     with writing(self.results_path):
-      fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                   0o666)
+      fd = os.open(
+        self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666
+      )
       try:
         size = os.fstat(fd).st_size
         try:

@@ -31,6 +31,7 @@ the 10,000 test images (JPEG copy), about 12 CPU-minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import dataclasses
 import functools
 import json
@@ -38,179 +39,237 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import safetensors.numpy
-from flax import nnx
 from tqdm import tqdm
 
 from pixeljax.data import load_cifar10
 from pixeljax.files import write_atomic
-from pixeljax.models.registry import MODELS, create_model
+from pixeljax.models.registry import MODELS
+from pixeljax.models.registry import create_model
 from pixeljax.models.weights import save_weights
 
 # Per-model recipe; any TrainConfig field left as None takes its value here.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "allconv": dict(epochs=60, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="cosine"),
-    "nin": dict(epochs=60, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="cosine"),
-    "vgg16": dict(epochs=60, batch_size=128, lr=0.05, weight_decay=5e-4, schedule="cosine"),
-    "smallcnn": dict(epochs=5, batch_size=128, lr=0.15, weight_decay=5e-4, schedule="onecycle"),
+  "allconv": dict(
+    epochs=60, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="cosine"
+  ),
+  "nin": dict(
+    epochs=60, batch_size=128, lr=0.1, weight_decay=5e-4, schedule="cosine"
+  ),
+  "vgg16": dict(
+    epochs=60, batch_size=128, lr=0.05, weight_decay=5e-4, schedule="cosine"
+  ),
+  "smallcnn": dict(
+    epochs=5, batch_size=128, lr=0.15, weight_decay=5e-4, schedule="onecycle"
+  ),
 }
 CHECKPOINT = "checkpoint"
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run depends on; None means the model's default (`DEFAULTS`)."""
+  """Everything a run depends on; None means the model's default (`DEFAULTS`)."""
 
-    model: str = "smallcnn"
-    out: str | None = None            # folder for checkpoints and final weights
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None           # peak learning rate
-    weight_decay: float | None = None
-    schedule: str | None = None       # "cosine" or "onecycle"
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0        # cosine only
-    augment: bool = True
-    bf16: bool = False
-    seed: int = 0
-    label_smoothing: float = 0.0      # weight of the uniform target in the cross-entropy
-    resume: bool = False
-    time_limit: float | None = None   # seconds: stop after the last epoch that fits (resumable)
-    limit_train: int | None = None    # use the first N training images (quick runs)
-    limit_test: int | None = None
-    data: str | None = None           # data source; default PIXELJAX_DATA / load_cifar10 order
-    eval_batch_size: int = 500
-    progress: bool = True
-    command: str | None = None        # recorded in the card
+  model: str = "smallcnn"
+  out: str | None = None  # folder for checkpoints and final weights
+  epochs: int | None = None
+  batch_size: int | None = None
+  lr: float | None = None  # peak learning rate
+  weight_decay: float | None = None
+  schedule: str | None = None  # "cosine" or "onecycle"
+  momentum: float = 0.9
+  warmup_epochs: float = 1.0  # cosine only
+  augment: bool = True
+  bf16: bool = False
+  seed: int = 0
+  label_smoothing: float = (
+    0.0  # weight of the uniform target in the cross-entropy
+  )
+  resume: bool = False
+  time_limit: float | None = (
+    None  # seconds: stop after the last epoch that fits (resumable)
+  )
+  limit_train: int | None = None  # use the first N training images (quick runs)
+  limit_test: int | None = None
+  data: str | None = (
+    None  # data source; default PIXELJAX_DATA / load_cifar10 order
+  )
+  eval_batch_size: int = 500
+  progress: bool = True
+  command: str | None = None  # recorded in the card
 
-    def resolved(self) -> "TrainConfig":
-        if self.model not in MODELS:
-            raise ValueError(f"model: expected one of {sorted(MODELS)}, got {self.model!r}")
-        filled = {k: v for k, v in DEFAULTS[self.model].items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, **filled)
-        if cfg.schedule not in ("cosine", "onecycle"):
-            raise ValueError(f"schedule: expected 'cosine' or 'onecycle', got {cfg.schedule!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"{name}: expected a positive int, got {getattr(cfg, name)}")
-        if not 0.0 <= cfg.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing: expected a number in [0, 1), got "
-                             f"{cfg.label_smoothing}")
-        if cfg.time_limit is not None and (cfg.time_limit <= 0 or cfg.out is None):
-            raise ValueError(f"time_limit: expected seconds > 0 with out= set (the checkpoint "
-                             f"to resume from), got {cfg.time_limit} with out={cfg.out!r}")
-        return cfg
+  def resolved(self) -> TrainConfig:
+    if self.model not in MODELS:
+      raise ValueError(
+        f"model: expected one of {sorted(MODELS)}, got {self.model!r}"
+      )
+    filled = {
+      k: v for k, v in DEFAULTS[self.model].items() if getattr(self, k) is None
+    }
+    cfg = dataclasses.replace(self, **filled)
+    if cfg.schedule not in ("cosine", "onecycle"):
+      raise ValueError(
+        f"schedule: expected 'cosine' or 'onecycle', got {cfg.schedule!r}"
+      )
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+      if getattr(cfg, name) < 1:
+        raise ValueError(
+          f"{name}: expected a positive int, got {getattr(cfg, name)}"
+        )
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+      raise ValueError(
+        f"label_smoothing: expected a number in [0, 1), got "
+        f"{cfg.label_smoothing}"
+      )
+    if cfg.time_limit is not None and (cfg.time_limit <= 0 or cfg.out is None):
+      raise ValueError(
+        f"time_limit: expected seconds > 0 with out= set (the checkpoint "
+        f"to resume from), got {cfg.time_limit} with out={cfg.out!r}"
+      )
+    return cfg
 
 
 @dataclasses.dataclass
 class TrainResult:
-    model: nnx.Module               # trained, in eval mode
-    test_accuracy: float
-    history: list[dict[str, float]]
-    card_path: pathlib.Path | None  # None when config.out is None or the run is not complete
-    complete: bool = True           # False: stopped by time_limit; resume from the checkpoint
+  model: nnx.Module  # trained, in eval mode
+  test_accuracy: float
+  history: list[dict[str, float]]
+  card_path: (
+    pathlib.Path | None
+  )  # None when config.out is None or the run is not complete
+  complete: bool = (
+    True  # False: stopped by time_limit; resume from the checkpoint
+  )
 
 
 def augment(key: jax.Array, images: jax.Array) -> jax.Array:
-    """Random crop after zero-padding 4 pixels, and random horizontal flip.
+  """Random crop after zero-padding 4 pixels, and random horizontal flip.
 
-    images f32 [B, H, W, C] -> f32 [B, H, W, C]; one crop and flip per image.
-    """
-    b, h, w, c = images.shape
-    k_y, k_x, k_flip = jax.random.split(key, 3)
-    padded = jnp.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
-    ys = jax.random.randint(k_y, (b,), 0, 9)
-    xs = jax.random.randint(k_x, (b,), 0, 9)
-    crop = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (h, w, c)))
-    out = crop(padded, ys, xs)
-    flip = jax.random.bernoulli(k_flip, 0.5, (b,))
-    return jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
+  images f32 [B, H, W, C] -> f32 [B, H, W, C]; one crop and flip per image.
+  """
+  b, h, w, c = images.shape
+  k_y, k_x, k_flip = jax.random.split(key, 3)
+  padded = jnp.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  ys = jax.random.randint(k_y, (b,), 0, 9)
+  xs = jax.random.randint(k_x, (b,), 0, 9)
+  crop = jax.vmap(
+    lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (h, w, c))
+  )
+  out = crop(padded, ys, xs)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with Nesterov momentum after L2 weight decay on the kernels only."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "cosine":
-        warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total, end_value=0.0)
+def make_optimizer(
+  cfg: TrainConfig, steps_per_epoch: int
+) -> optax.GradientTransformation:
+  """SGD with Nesterov momentum after L2 weight decay on the kernels only."""
+  total = cfg.epochs * steps_per_epoch
+  if cfg.schedule == "cosine":
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    lr = optax.warmup_cosine_decay_schedule(
+      0.0, cfg.lr, warmup, total, end_value=0.0
+    )
+  else:
+    lr = optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=0.25)
+  # Batch-norm scales and biases are 1-D: decaying them only hurts.
+  kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+  return optax.chain(
+    optax.add_decayed_weights(cfg.weight_decay, mask=kernels),
+    optax.sgd(lr, momentum=cfg.momentum, nesterov=True),
+  )
+
+
+def make_steps(
+  graphdef,
+  tx: optax.GradientTransformation,
+  *,
+  seed: int,
+  do_augment: bool,
+  label_smoothing: float = 0.0,
+):
+  """Pure jitted train and eval steps over (params, rest) = nnx.split(model, nnx.Param, ...).
+
+  train_step(params, rest, opt_state, images u8 [N,H,W,C], labels i64 [N],
+             idx i32 [B], step i32) -> (params, rest, opt_state, loss f32, correct i32)
+  eval_step(params, rest, images u8 [B,H,W,C], labels i64 [B], mask bool [B]) -> correct i32
+
+  train_step donates (params, rest, opt_state): pass it the state it returned last.
+  The loss is the cross-entropy against targets smoothed by `label_smoothing`
+  (0: the one-hot labels).
+  """
+  base_key = jax.random.key(seed)
+
+  def loss_fn(params, rest, x, y, key):
+    # copy=True: fresh Variables at this trace level, so batch norm may update them.
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    logits = model(x, rngs=nnx.Rngs(dropout=key))
+    if label_smoothing:
+      targets = optax.smooth_labels(
+        jax.nn.one_hot(y, logits.shape[-1]), label_smoothing
+      )
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
     else:
-        lr = optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=0.25)
-    # Batch-norm scales and biases are 1-D: decaying them only hurts.
-    kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=kernels),
-                       optax.sgd(lr, momentum=cfg.momentum, nesterov=True))
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+  # Donated: no second copy of the weights and optimizer state per step.
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  def train_step(params, rest, opt_state, images, labels, idx, step):
+    k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
+    x = images[idx].astype(
+      jnp.float32
+    )  # gathered on the device: no host copy per step
+    y = labels[idx]
+    if do_augment:
+      x = augment(k_aug, x)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, rest)), grads = grad_fn(params, rest, x, y, k_drop)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, rest, opt_state, loss, (logits.argmax(-1) == y).sum()
+
+  @jax.jit
+  def eval_step(params, rest, images, labels, mask):
+    model = nnx.merge(graphdef, params, rest)
+    model.eval()
+    logits = model(images.astype(jnp.float32))
+    return ((logits.argmax(-1) == labels) & mask).sum()
+
+  return train_step, eval_step
 
 
-def make_steps(graphdef, tx: optax.GradientTransformation, *, seed: int, do_augment: bool,
-               label_smoothing: float = 0.0):
-    """Pure jitted train and eval steps over (params, rest) = nnx.split(model, nnx.Param, ...).
-
-    train_step(params, rest, opt_state, images u8 [N,H,W,C], labels i64 [N],
-               idx i32 [B], step i32) -> (params, rest, opt_state, loss f32, correct i32)
-    eval_step(params, rest, images u8 [B,H,W,C], labels i64 [B], mask bool [B]) -> correct i32
-
-    train_step donates (params, rest, opt_state): pass it the state it returned last.
-    The loss is the cross-entropy against targets smoothed by `label_smoothing`
-    (0: the one-hot labels).
-    """
-    base_key = jax.random.key(seed)
-
-    def loss_fn(params, rest, x, y, key):
-        # copy=True: fresh Variables at this trace level, so batch norm may update them.
-        model = nnx.merge(graphdef, params, rest, copy=True)
-        logits = model(x, rngs=nnx.Rngs(dropout=key))
-        if label_smoothing:
-            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
-            loss = optax.softmax_cross_entropy(logits, targets).mean()
-        else:
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
-
-    # Donated: no second copy of the weights and optimizer state per step.
-    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-    def train_step(params, rest, opt_state, images, labels, idx, step):
-        k_aug, k_drop = jax.random.split(jax.random.fold_in(base_key, step))
-        x = images[idx].astype(jnp.float32)  # gathered on the device: no host copy per step
-        y = labels[idx]
-        if do_augment:
-            x = augment(k_aug, x)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, rest)), grads = grad_fn(params, rest, x, y, k_drop)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, rest, opt_state, loss, (logits.argmax(-1) == y).sum()
-
-    @jax.jit
-    def eval_step(params, rest, images, labels, mask):
-        model = nnx.merge(graphdef, params, rest)
-        model.eval()
-        logits = model(images.astype(jnp.float32))
-        return ((logits.argmax(-1) == labels) & mask).sum()
-
-    return train_step, eval_step
-
-
-def evaluate(eval_step, params, rest, images: np.ndarray, labels: np.ndarray,
-             batch_size: int) -> float:
-    """Accuracy over all images, in fixed-size batches (the last one padded)."""
-    n = len(images)
-    batch_size = min(batch_size, n)
-    correct = 0
-    for start in range(0, n, batch_size):
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        pad = batch_size - len(x)
-        mask = np.arange(batch_size) < len(x)
-        if pad:  # one shape for every batch: one compilation
-            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-            y = np.concatenate([y, np.zeros(pad, y.dtype)])
-        correct += int(eval_step(params, rest, x, y, mask))
-    return correct / n
+def evaluate(
+  eval_step,
+  params,
+  rest,
+  images: np.ndarray,
+  labels: np.ndarray,
+  batch_size: int,
+) -> float:
+  """Accuracy over all images, in fixed-size batches (the last one padded)."""
+  n = len(images)
+  batch_size = min(batch_size, n)
+  correct = 0
+  for start in range(0, n, batch_size):
+    x, y = (
+      images[start : start + batch_size],
+      labels[start : start + batch_size],
+    )
+    pad = batch_size - len(x)
+    mask = np.arange(batch_size) < len(x)
+    if pad:  # one shape for every batch: one compilation
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    correct += int(eval_step(params, rest, x, y, mask))
+  return correct / n
 
 
 # ----------------------------------------------------------------------------
@@ -218,232 +277,410 @@ def evaluate(eval_step, params, rest, images: np.ndarray, labels: np.ndarray,
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(jax.device_get(v)) for p, v in leaves}
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    jax.tree_util.keystr(p): np.asarray(jax.device_get(v)) for p, v in leaves
+  }
 
 
 def _unflatten(template, arrays: dict[str, np.ndarray], where: pathlib.Path):
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves = []
-    for path, like in paths:
-        key = jax.tree_util.keystr(path)
-        if key not in arrays or arrays[key].shape != like.shape:
-            raise ValueError(f"{where}: checkpoint tensor {key} missing or of the wrong shape; "
-                             "was it written by another model or version?")
-        leaves.append(jnp.asarray(arrays[key], like.dtype))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+  leaves = []
+  for path, like in paths:
+    key = jax.tree_util.keystr(path)
+    if key not in arrays or arrays[key].shape != like.shape:
+      raise ValueError(
+        f"{where}: checkpoint tensor {key} missing or of the wrong shape; "
+        "was it written by another model or version?"
+      )
+    leaves.append(jnp.asarray(arrays[key], like.dtype))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def save_checkpoint(out: pathlib.Path, state: tuple, meta: dict[str, Any]) -> None:
-    """Writes out/checkpoint.safetensors then out/checkpoint.json, each atomically."""
-    params, rest, opt_state = state
-    arrays = {}
-    for prefix, tree in (("params", params), ("rest", rest), ("opt", opt_state)):
-        arrays.update({prefix + k: v for k, v in _flatten(tree).items()})
-    write_atomic(out / f"{CHECKPOINT}.safetensors", safetensors.numpy.save(arrays))
-    write_atomic(out / f"{CHECKPOINT}.json", json.dumps(meta, indent=1).encode())
+def save_checkpoint(
+  out: pathlib.Path, state: tuple, meta: dict[str, Any]
+) -> None:
+  """Writes out/checkpoint.safetensors then out/checkpoint.json, each atomically."""
+  params, rest, opt_state = state
+  arrays = {}
+  for prefix, tree in (("params", params), ("rest", rest), ("opt", opt_state)):
+    arrays.update({prefix + k: v for k, v in _flatten(tree).items()})
+  write_atomic(
+    out / f"{CHECKPOINT}.safetensors", safetensors.numpy.save(arrays)
+  )
+  write_atomic(out / f"{CHECKPOINT}.json", json.dumps(meta, indent=1).encode())
 
 
-def load_checkpoint(out: pathlib.Path, template: tuple) -> tuple[tuple, dict[str, Any]]:
-    """Reads the checkpoint in `out` into arrays shaped like `template`."""
-    meta = json.loads((out / f"{CHECKPOINT}.json").read_text())
-    arrays = safetensors.numpy.load_file(out / f"{CHECKPOINT}.safetensors")
-    state = []
-    for prefix, tree in zip(("params", "rest", "opt"), template):
-        part = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix + "[")}
-        state.append(_unflatten(tree, part, out))
-    return tuple(state), meta
+def load_checkpoint(
+  out: pathlib.Path, template: tuple
+) -> tuple[tuple, dict[str, Any]]:
+  """Reads the checkpoint in `out` into arrays shaped like `template`."""
+  meta = json.loads((out / f"{CHECKPOINT}.json").read_text())
+  arrays = safetensors.numpy.load_file(out / f"{CHECKPOINT}.safetensors")
+  state = []
+  for prefix, tree in zip(("params", "rest", "opt"), template):
+    part = {
+      k[len(prefix) :]: v
+      for k, v in arrays.items()
+      if k.startswith(prefix + "[")
+    }
+    state.append(_unflatten(tree, part, out))
+  return tuple(state), meta
 
 
 # ----------------------------------------------------------------------------
 
 
 def _limit(data, n: int | None):
-    if n is None:
-        return data.images, data.labels
-    if n < 1:
-        raise ValueError(f"limit: expected a positive number of images, got {n}")
-    # A seeded shuffle first: the folder sources are sorted by class.
-    idx = np.random.default_rng(0).permutation(len(data.images))[:n]
-    return data.images[idx], data.labels[idx]
+  if n is None:
+    return data.images, data.labels
+  if n < 1:
+    raise ValueError(f"limit: expected a positive number of images, got {n}")
+  # A seeded shuffle first: the folder sources are sorted by class.
+  idx = np.random.default_rng(0).permutation(len(data.images))[:n]
+  return data.images[idx], data.labels[idx]
 
 
 # What a resumed run must share with its checkpoint (absent in old checkpoints: the default).
-_RECIPE = ("model", "epochs", "batch_size", "lr", "weight_decay", "schedule", "momentum",
-           "warmup_epochs", "augment", "bf16", "seed", "label_smoothing", "limit_train")
+_RECIPE = (
+  "model",
+  "epochs",
+  "batch_size",
+  "lr",
+  "weight_decay",
+  "schedule",
+  "momentum",
+  "warmup_epochs",
+  "augment",
+  "bf16",
+  "seed",
+  "label_smoothing",
+  "limit_train",
+)
 
 
-def _check_resume(saved: dict[str, Any], cfg: TrainConfig, out: pathlib.Path) -> None:
-    defaults = TrainConfig()
-    diffs = [f"{k}: checkpoint {saved.get(k, getattr(defaults, k))!r}, now {getattr(cfg, k)!r}"
-             for k in _RECIPE if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)]
-    if diffs:
-        raise ValueError(f"resume: the checkpoint in {out} was made with another recipe ("
-                         + "; ".join(diffs) + "); pass the same options, or another --out")
+def _check_resume(
+  saved: dict[str, Any], cfg: TrainConfig, out: pathlib.Path
+) -> None:
+  defaults = TrainConfig()
+  diffs = [
+    f"{k}: checkpoint {saved.get(k, getattr(defaults, k))!r}, now {getattr(cfg, k)!r}"
+    for k in _RECIPE
+    if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)
+  ]
+  if diffs:
+    raise ValueError(
+      f"resume: the checkpoint in {out} was made with another recipe ("
+      + "; ".join(diffs)
+      + "); pass the same options, or another --out"
+    )
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Trains `config.model`; writes checkpoints and the final weights + card to
-    `config.out` (when set). Returns the trained model and its test accuracy
-    (float32 compute at full precision, whatever the training dtype).
+  """Trains `config.model`; writes checkpoints and the final weights + card to
+  `config.out` (when set). Returns the trained model and its test accuracy
+  (float32 compute at full precision, whatever the training dtype).
 
-    With `time_limit`, stops before an epoch that would end past it (judged by
-    the last epoch's time) and returns `complete=False`, no card: the
-    checkpoint holds the run so far, and `resume=True` continues it."""
-    started = time.perf_counter()
-    cfg = config.resolved()
-    train_data = load_cifar10("train", source=cfg.data)
-    test_data = load_cifar10("test", source=cfg.data)
-    x_train, y_train = _limit(train_data, cfg.limit_train)
-    x_test, y_test = _limit(test_data, cfg.limit_test)
-    batch = min(cfg.batch_size, len(x_train))
-    steps_per_epoch = len(x_train) // batch  # the last partial batch is dropped
+  With `time_limit`, stops before an epoch that would end past it (judged by
+  the last epoch's time) and returns `complete=False`, no card: the
+  checkpoint holds the run so far, and `resume=True` continues it."""
+  started = time.perf_counter()
+  cfg = config.resolved()
+  train_data = load_cifar10("train", source=cfg.data)
+  test_data = load_cifar10("test", source=cfg.data)
+  x_train, y_train = _limit(train_data, cfg.limit_train)
+  x_test, y_test = _limit(test_data, cfg.limit_test)
+  batch = min(cfg.batch_size, len(x_train))
+  steps_per_epoch = len(x_train) // batch  # the last partial batch is dropped
 
-    dtype = jnp.bfloat16 if cfg.bf16 else jnp.float32
-    model = create_model(cfg.model, rngs=nnx.Rngs(cfg.seed),
-                         num_classes=len(train_data.class_names), dtype=dtype)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(cfg, steps_per_epoch)
-    state = (params, rest, tx.init(params))
-    train_step, eval_step = make_steps(graphdef, tx, seed=cfg.seed, do_augment=cfg.augment,
-                                       label_smoothing=cfg.label_smoothing)
+  dtype = jnp.bfloat16 if cfg.bf16 else jnp.float32
+  model = create_model(
+    cfg.model,
+    rngs=nnx.Rngs(cfg.seed),
+    num_classes=len(train_data.class_names),
+    dtype=dtype,
+  )
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = make_optimizer(cfg, steps_per_epoch)
+  state = (params, rest, tx.init(params))
+  train_step, eval_step = make_steps(
+    graphdef,
+    tx,
+    seed=cfg.seed,
+    do_augment=cfg.augment,
+    label_smoothing=cfg.label_smoothing,
+  )
 
-    out = pathlib.Path(cfg.out) if cfg.out else None
-    first_epoch, history = 0, []
+  out = pathlib.Path(cfg.out) if cfg.out else None
+  first_epoch, history = 0, []
+  if out is not None:
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and (out / f"{CHECKPOINT}.json").exists():
+      state, meta = load_checkpoint(out, state)
+      if meta["config"]["model"] != cfg.model:
+        raise ValueError(
+          f"resume: checkpoint in {out} is for model "
+          f"{meta['config']['model']!r}, not {cfg.model!r}"
+        )
+      _check_resume(meta["config"], cfg, out)
+      first_epoch, history = meta["epoch"], meta["history"]
+
+  images_dev, labels_dev = jax.device_put(x_train), jax.device_put(y_train)
+  test_acc = history[-1]["test_acc"] if history else float("nan")
+  complete = True
+  for epoch in range(first_epoch, cfg.epochs):
+    elapsed = time.perf_counter() - started
+    if (
+      cfg.time_limit is not None
+      and history
+      and (elapsed + history[-1]["seconds"] > cfg.time_limit)
+    ):
+      complete = False
+      break
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
+    t0 = time.perf_counter()
+    # Summed on the device: reading them back every step would stall the GPU's queue.
+    loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
+    show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
+    bar = tqdm(
+      range(steps_per_epoch),
+      desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+      disable=not show,
+      leave=False,
+      file=sys.stderr,
+    )
+    for i in bar:
+      step = epoch * steps_per_epoch + i
+      idx = order[i * batch : (i + 1) * batch].astype(np.int32)
+      *state, loss, ok = train_step(*state, images_dev, labels_dev, idx, step)
+      loss_sum, correct, seen = (
+        loss_sum + loss * batch,
+        correct + ok,
+        seen + batch,
+      )
+      if show and (i % 10 == 0 or i == steps_per_epoch - 1):
+        rate = seen / (time.perf_counter() - t0)
+        bar.set_postfix(
+          loss=f"{float(loss_sum) / seen:.3f}",
+          acc=f"{int(correct) / seen:.3f}",
+          img_s=f"{rate:.0f}",
+        )
+    loss_sum, correct = (
+      float(loss_sum),
+      int(correct),
+    )  # waits for the epoch's last step
+    seconds = time.perf_counter() - t0
+    test_acc = evaluate(
+      eval_step, state[0], state[1], x_test, y_test, cfg.eval_batch_size
+    )
+    history.append(
+      dict(
+        epoch=epoch + 1,
+        loss=loss_sum / seen,
+        train_acc=correct / seen,
+        test_acc=test_acc,
+        seconds=seconds,
+        images_per_s=seen / seconds,
+      )
+    )
+    if cfg.progress:
+      print(
+        f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
+        f"train acc {correct / seen:.4f} test acc {test_acc:.4f} "
+        f"({seconds:.0f} s, {seen / seconds:.0f} img/s)",
+        file=sys.stderr,
+      )
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and (out / f"{CHECKPOINT}.json").exists():
-            state, meta = load_checkpoint(out, state)
-            if meta["config"]["model"] != cfg.model:
-                raise ValueError(f"resume: checkpoint in {out} is for model "
-                                 f"{meta['config']['model']!r}, not {cfg.model!r}")
-            _check_resume(meta["config"], cfg, out)
-            first_epoch, history = meta["epoch"], meta["history"]
+      save_checkpoint(
+        out,
+        tuple(state),
+        dict(
+          epoch=epoch + 1,
+          step=(epoch + 1) * steps_per_epoch,
+          rng=dict(
+            seed=cfg.seed,
+            keys="fold_in(key(seed), step)",
+            order="default_rng([seed, epoch]).permutation",
+          ),
+          config=dataclasses.asdict(cfg),
+          history=history,
+        ),
+      )
 
-    images_dev, labels_dev = jax.device_put(x_train), jax.device_put(y_train)
-    test_acc = history[-1]["test_acc"] if history else float("nan")
-    complete = True
-    for epoch in range(first_epoch, cfg.epochs):
-        elapsed = time.perf_counter() - started
-        if cfg.time_limit is not None and history and (
-                elapsed + history[-1]["seconds"] > cfg.time_limit):
-            complete = False
-            break
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
-        t0 = time.perf_counter()
-        # Summed on the device: reading them back every step would stall the GPU's queue.
-        loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
-        show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
-        bar = tqdm(range(steps_per_epoch), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not show, leave=False, file=sys.stderr)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            idx = order[i * batch:(i + 1) * batch].astype(np.int32)
-            *state, loss, ok = train_step(*state, images_dev, labels_dev, idx, step)
-            loss_sum, correct, seen = loss_sum + loss * batch, correct + ok, seen + batch
-            if show and (i % 10 == 0 or i == steps_per_epoch - 1):
-                rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}",
-                                acc=f"{int(correct) / seen:.3f}", img_s=f"{rate:.0f}")
-        loss_sum, correct = float(loss_sum), int(correct)  # waits for the epoch's last step
-        seconds = time.perf_counter() - t0
-        test_acc = evaluate(eval_step, state[0], state[1], x_test, y_test, cfg.eval_batch_size)
-        history.append(dict(epoch=epoch + 1, loss=loss_sum / seen, train_acc=correct / seen,
-                            test_acc=test_acc, seconds=seconds, images_per_s=seen / seconds))
-        if cfg.progress:
-            print(f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
-                  f"train acc {correct / seen:.4f} test acc {test_acc:.4f} "
-                  f"({seconds:.0f} s, {seen / seconds:.0f} img/s)", file=sys.stderr)
-        if out is not None:
-            save_checkpoint(out, tuple(state), dict(
-                epoch=epoch + 1, step=(epoch + 1) * steps_per_epoch,
-                rng=dict(seed=cfg.seed, keys="fold_in(key(seed), step)",
-                         order="default_rng([seed, epoch]).permutation"),
-                config=dataclasses.asdict(cfg), history=history))
-
-    if not complete:
-        nnx.update(model, state[0], state[1])
-        model.eval()
-        return TrainResult(model, test_acc, history, None, complete=False)
-    # The victim is the float32 network as stored: evaluate it so, whatever the
-    # training dtype and the device's default matmul precision (TF32 on recent GPUs);
-    # a float32 run on a CPU was evaluated so already.
-    model = nnx.eval_shape(lambda: create_model(cfg.model, rngs=nnx.Rngs(cfg.seed),
-                                                num_classes=len(train_data.class_names)))
+  if not complete:
     nnx.update(model, state[0], state[1])
-    if cfg.bf16 or jax.default_backend() != "cpu":
-        graphdef32, params32, rest32 = nnx.split(model, nnx.Param, ...)
-        _, eval32 = make_steps(graphdef32, tx, seed=cfg.seed, do_augment=False)
-        with jax.default_matmul_precision("highest"):
-            test_acc = evaluate(eval32, params32, rest32, x_test, y_test, cfg.eval_batch_size)
     model.eval()
-    card_path = None
-    if out is not None:
-        card_path = save_weights(model, out, cfg.model, architecture=cfg.model, card=dict(
-            test_accuracy=test_acc,
-            test_accuracy_precision="float32 compute, jax default_matmul_precision 'highest'",
-            eval_data=dict(split="test", source=cfg.data or os.environ.get("PIXELJAX_DATA")
-                           or "load_cifar10 default order", num_images=len(x_test)),
-            train_data=dict(split="train", num_images=len(x_train)),
-            training_command=cfg.command,
-            training=dict(config=dataclasses.asdict(cfg), history=history,
-                          train_seconds=sum(h["seconds"] for h in history),
-                          device=str(jax.devices()[0]), device_kind=jax.devices()[0].device_kind,
-                          jax=jax.__version__)))
-    return TrainResult(model, test_acc, history, card_path)
+    return TrainResult(model, test_acc, history, None, complete=False)
+  # The victim is the float32 network as stored: evaluate it so, whatever the
+  # training dtype and the device's default matmul precision (TF32 on recent GPUs);
+  # a float32 run on a CPU was evaluated so already.
+  model = nnx.eval_shape(
+    lambda: create_model(
+      cfg.model,
+      rngs=nnx.Rngs(cfg.seed),
+      num_classes=len(train_data.class_names),
+    )
+  )
+  nnx.update(model, state[0], state[1])
+  if cfg.bf16 or jax.default_backend() != "cpu":
+    graphdef32, params32, rest32 = nnx.split(model, nnx.Param, ...)
+    _, eval32 = make_steps(graphdef32, tx, seed=cfg.seed, do_augment=False)
+    with jax.default_matmul_precision("highest"):
+      test_acc = evaluate(
+        eval32, params32, rest32, x_test, y_test, cfg.eval_batch_size
+      )
+  model.eval()
+  card_path = None
+  if out is not None:
+    card_path = save_weights(
+      model,
+      out,
+      cfg.model,
+      architecture=cfg.model,
+      card=dict(
+        test_accuracy=test_acc,
+        test_accuracy_precision="float32 compute, jax default_matmul_precision 'highest'",
+        eval_data=dict(
+          split="test",
+          source=cfg.data
+          or os.environ.get("PIXELJAX_DATA")
+          or "load_cifar10 default order",
+          num_images=len(x_test),
+        ),
+        train_data=dict(split="train", num_images=len(x_train)),
+        training_command=cfg.command,
+        training=dict(
+          config=dataclasses.asdict(cfg),
+          history=history,
+          train_seconds=sum(h["seconds"] for h in history),
+          device=str(jax.devices()[0]),
+          device_kind=jax.devices()[0].device_kind,
+          jax=jax.__version__,
+        ),
+      ),
+    )
+  return TrainResult(model, test_acc, history, card_path)
 
 
 def _parser() -> argparse.ArgumentParser:
-    # `pixeljax train` and `python -m pixeljax.train` are the same program.
-    p = argparse.ArgumentParser(prog="pixeljax train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(MODELS),
-                   help="the architecture to train")
-    p.add_argument("--out", required=True, help="folder for checkpoints and final weights")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the model's recipe)")
-    p.add_argument("--batch-size", type=int, help="images per step (default: the model's recipe)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
-    p.add_argument("--weight-decay", type=float,
-                   help="L2 weight decay on the kernels (default: the model's recipe)")
-    p.add_argument("--schedule", choices=("cosine", "onecycle"),
-                   help="learning-rate schedule (default: the model's recipe)")
-    p.add_argument("--momentum", type=float, default=0.9,
-                   help="Nesterov momentum (default 0.9)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0,
-                   help="linear warm-up before the cosine decay, in epochs (default 1)")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random-crop and flip augmentation")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 compute (GPU/TPU)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds the weights, the data order and the augmentation (default 0)")
-    p.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="weight of the uniform target in the cross-entropy (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.json")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS",
-                   help="stop after the last epoch that fits (checkpoint kept; --resume goes on)")
-    p.add_argument("--limit-train", type=int, help="train on N images (quick runs)")
-    p.add_argument("--limit-test", type=int, help="evaluate on N images")
-    p.add_argument("--data", help="CIFAR-10 source (default: PIXELJAX_DATA, then the "
-                                  "load_cifar10 order)")
-    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
-    return p
+  # `pixeljax train` and `python -m pixeljax.train` are the same program.
+  p = argparse.ArgumentParser(
+    prog="pixeljax train",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--model",
+    required=True,
+    choices=sorted(MODELS),
+    help="the architecture to train",
+  )
+  p.add_argument(
+    "--out", required=True, help="folder for checkpoints and final weights"
+  )
+  p.add_argument(
+    "--epochs", type=int, help="training epochs (default: the model's recipe)"
+  )
+  p.add_argument(
+    "--batch-size",
+    type=int,
+    help="images per step (default: the model's recipe)",
+  )
+  p.add_argument(
+    "--lr", type=float, help="peak learning rate (default: the model's recipe)"
+  )
+  p.add_argument(
+    "--weight-decay",
+    type=float,
+    help="L2 weight decay on the kernels (default: the model's recipe)",
+  )
+  p.add_argument(
+    "--schedule",
+    choices=("cosine", "onecycle"),
+    help="learning-rate schedule (default: the model's recipe)",
+  )
+  p.add_argument(
+    "--momentum",
+    type=float,
+    default=0.9,
+    help="Nesterov momentum (default 0.9)",
+  )
+  p.add_argument(
+    "--warmup-epochs",
+    type=float,
+    default=1.0,
+    help="linear warm-up before the cosine decay, in epochs (default 1)",
+  )
+  p.add_argument(
+    "--no-augment",
+    dest="augment",
+    action="store_false",
+    help="no random-crop and flip augmentation",
+  )
+  p.add_argument(
+    "--bf16", action="store_true", help="bfloat16 compute (GPU/TPU)"
+  )
+  p.add_argument(
+    "--seed",
+    type=int,
+    default=0,
+    help="seeds the weights, the data order and the augmentation (default 0)",
+  )
+  p.add_argument(
+    "--label-smoothing",
+    type=float,
+    default=0.0,
+    help="weight of the uniform target in the cross-entropy (default 0)",
+  )
+  p.add_argument(
+    "--resume", action="store_true", help="continue from --out/checkpoint.json"
+  )
+  p.add_argument(
+    "--time-limit",
+    type=float,
+    metavar="SECONDS",
+    help="stop after the last epoch that fits (checkpoint kept; --resume goes on)",
+  )
+  p.add_argument(
+    "--limit-train", type=int, help="train on N images (quick runs)"
+  )
+  p.add_argument("--limit-test", type=int, help="evaluate on N images")
+  p.add_argument(
+    "--data",
+    help="CIFAR-10 source (default: PIXELJAX_DATA, then the "
+    "load_cifar10 order)",
+  )
+  p.add_argument(
+    "--quiet", dest="progress", action="store_false", help="no progress bar"
+  )
+  return p
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:
-    """Command-line entry: parses `argv` (default sys.argv[1:]) and trains."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = vars(_parser().parse_args(argv))
-    cfg = TrainConfig(**args, command="python -m pixeljax.train " + " ".join(argv))
-    result = train(cfg)
-    if not result.complete:
-        print(f"{cfg.model}: time limit: stopped after epoch {len(result.history)} of "
-              f"{cfg.resolved().epochs} (test accuracy "
-              f"{result.test_accuracy:.4f}); rerun with --resume to continue")
-        return result
-    print(f"{cfg.model}: test accuracy {result.test_accuracy:.4f}"
-          + (f"; weights and card in {result.card_path.parent}" if result.card_path else ""))
+  """Command-line entry: parses `argv` (default sys.argv[1:]) and trains."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = vars(_parser().parse_args(argv))
+  cfg = TrainConfig(
+    **args, command="python -m pixeljax.train " + " ".join(argv)
+  )
+  result = train(cfg)
+  if not result.complete:
+    print(
+      f"{cfg.model}: time limit: stopped after epoch {len(result.history)} of "
+      f"{cfg.resolved().epochs} (test accuracy "
+      f"{result.test_accuracy:.4f}); rerun with --resume to continue"
+    )
     return result
+  print(
+    f"{cfg.model}: test accuracy {result.test_accuracy:.4f}"
+    + (
+      f"; weights and card in {result.card_path.parent}"
+      if result.card_path
+      else ""
+    )
+  )
+  return result
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -90,28 +90,38 @@ VICTIMS = ("allconv", "nin", "vgg16")
 # bfloat16 compute (float32 weights); crop + flip on the device (train.py).
 # Chosen to reach 90% on the JPEG test split in a few H100 minutes: untested.
 RECIPES = {
-    "allconv": "--epochs 40 --batch-size 512 --lr 0.2 --weight-decay 5e-4 "
-               "--schedule onecycle --label-smoothing 0.1 --bf16",
-    "nin": "--epochs 60 --batch-size 512 --lr 0.2 --weight-decay 5e-4 "
-           "--schedule onecycle --label-smoothing 0.1 --bf16",
-    "vgg16": "--epochs 30 --batch-size 512 --lr 0.1 --weight-decay 5e-4 "
-             "--schedule onecycle --label-smoothing 0.1 --bf16",
+  "allconv": "--epochs 40 --batch-size 512 --lr 0.2 --weight-decay 5e-4 "
+  "--schedule onecycle --label-smoothing 0.1 --bf16",
+  "nin": "--epochs 60 --batch-size 512 --lr 0.2 --weight-decay 5e-4 "
+  "--schedule onecycle --label-smoothing 0.1 --bf16",
+  "vgg16": "--epochs 30 --batch-size 512 --lr 0.1 --weight-decay 5e-4 "
+  "--schedule onecycle --label-smoothing 0.1 --bf16",
 }
-THROUGHPUT = ("--bf16 --batch 4000 --generations 20 --repeats 3 --maxiter 100 "
-              "--sizes 1,4,16,64,256,1024,4096 --devices= --stream-images 256 "
-              "--slots 64 --stream-maxiter 100")
+THROUGHPUT = (
+  "--bf16 --batch 4000 --generations 20 --repeats 3 --maxiter 100 "
+  "--sizes 1,4,16,64,256,1024,4096 --devices= --stream-images 256 "
+  "--slots 64 --stream-maxiter 100"
+)
 PEERS = "--images 16 --pixels 1,3 --torch-device cuda"
 PAPER = "--slots 256 --batch-size 4000 --quiet"
 # The toy configuration (PIXELJAX_GPU_TOY=1): the same code paths in seconds.
 TOY_VICTIMS = ("smallcnn", "nin")  # nin: never trained, as VGG16 later
-TOY_RECIPE = ("--epochs 1 --batch-size 32 --lr 0.05 --limit-train 96 "
-              "--limit-test 64 --schedule onecycle --label-smoothing 0.1")
-TOY_THROUGHPUT = ("--bf16 --batch 32 --popsize 8 --generations 1 --repeats 1 "
-                  "--sizes= --devices= --stream-images 0")
-TOY_PEERS = ("--images 1 --pixels 1 --popsize 10 --maxiter 1 "
-             "--forward-seconds 0 --tools pixeljax,art")
-TOY_PAPER = ("--images 2 --popsize 8 --maxiter 2 --pixels 1 --targeted-pixels "
-             "--slots 2 --batch-size 16 --no-download --quiet")
+TOY_RECIPE = (
+  "--epochs 1 --batch-size 32 --lr 0.05 --limit-train 96 "
+  "--limit-test 64 --schedule onecycle --label-smoothing 0.1"
+)
+TOY_THROUGHPUT = (
+  "--bf16 --batch 32 --popsize 8 --generations 1 --repeats 1 "
+  "--sizes= --devices= --stream-images 0"
+)
+TOY_PEERS = (
+  "--images 1 --pixels 1 --popsize 10 --maxiter 1 "
+  "--forward-seconds 0 --tools pixeljax,art"
+)
+TOY_PAPER = (
+  "--images 2 --popsize 8 --maxiter 2 --pixels 1 --targeted-pixels "
+  "--slots 2 --batch-size 16 --no-download --quiet"
+)
 
 
 class StepError(Exception):
@@ -127,8 +137,9 @@ def gpu_dir() -> pathlib.Path:
 
 
 def results_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("PIXELJAX_GPU_RESULTS")
-                      or REPO / "benchmarks" / "results")
+  return pathlib.Path(
+    os.environ.get("PIXELJAX_GPU_RESULTS") or REPO / "benchmarks" / "results"
+  )
 
 
 def part_bytes() -> int:
@@ -168,6 +179,7 @@ def data_path() -> pathlib.Path:
 def _write_atomic(target: pathlib.Path, content):
   """``pixeljax.files.write_atomic``, making ``target``'s folder first."""
   from pixeljax.files import write_atomic  # pixeljax, and jax, when used
+
   target.parent.mkdir(parents=True, exist_ok=True)
   write_atomic(target, content)
 
@@ -188,19 +200,25 @@ def prepare(data, wheels: bool):
   """Copies the data archive into .gpu/data/, downloads the wheels."""
   source = data or os.environ.get("PIXELJAX_DATA")
   if not source or not pathlib.Path(source).is_file():
-    raise StepError(f"--data: expected the CIFAR-10 archive {DATA_FILE} (or "
-                    f"set PIXELJAX_DATA), got {source!r}")
+    raise StepError(
+      f"--data: expected the CIFAR-10 archive {DATA_FILE} (or "
+      f"set PIXELJAX_DATA), got {source!r}"
+    )
   digest = sha256(pathlib.Path(source))
   if digest != DATA_SHA256 and not toy():
-    raise StepError(f"--data: {source} has sha256 {digest}, not the "
-                    f"{DATA_SHA256} of {DATA_FILE}")
+    raise StepError(
+      f"--data: {source} has sha256 {digest}, not the "
+      f"{DATA_SHA256} of {DATA_FILE}"
+    )
   target = data_path()
   if target.is_file() and sha256(target) == digest:
     print(f"{shown(target)}: already there")
   else:
     _copy_atomic(pathlib.Path(source), target)
-    print(f"copied {source} to {shown(target)} "
-          f"({target.stat().st_size / MIB:.1f} MiB)")
+    print(
+      f"copied {source} to {shown(target)} "
+      f"({target.stat().st_size / MIB:.1f} MiB)"
+    )
   (target.parent / "SHA256").write_text(f"{digest}  {DATA_FILE}\n")
   if wheels:
     download_wheels(gpu_dir() / "wheels")
@@ -208,8 +226,9 @@ def prepare(data, wheels: bool):
 
 
 def _wheel_names(folder: pathlib.Path) -> set:
-  return {p.name.split("-")[0].replace("_", "-").lower()
-          for p in folder.glob("*.whl")}
+  return {
+    p.name.split("-")[0].replace("_", "-").lower() for p in folder.glob("*.whl")
+  }
 
 
 def download_wheels(folder: pathlib.Path):
@@ -219,20 +238,40 @@ def download_wheels(folder: pathlib.Path):
     return
   folder.mkdir(parents=True, exist_ok=True)
   subprocess.run(
-      [sys.executable, "-m", "pip", "download", "--no-deps",
-       "--only-binary=:all:", "--python-version", "3.12", "--implementation",
-       "cp", "--platform", "manylinux2014_x86_64", "-d", str(folder),
-       *WHEELS], check=True)
-  print(f"wheels in {shown(folder)}: "
-        + ", ".join(sorted(p.name for p in folder.glob("*.whl"))))
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "download",
+      "--no-deps",
+      "--only-binary=:all:",
+      "--python-version",
+      "3.12",
+      "--implementation",
+      "cp",
+      "--platform",
+      "manylinux2014_x86_64",
+      "-d",
+      str(folder),
+      *WHEELS,
+    ],
+    check=True,
+  )
+  print(
+    f"wheels in {shown(folder)}: "
+    + ", ".join(sorted(p.name for p in folder.glob("*.whl")))
+  )
 
 
 def working_tree_bytes() -> int:
   """Bytes of what travels without `carry`: tracked files and untracked
   ones that git does not ignore."""
   listed = subprocess.run(
-      ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-      cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd=REPO,
+    capture_output=True,
+    check=True,
+  ).stdout.split(b"\0")
   files = {REPO / os.fsdecode(name) for name in listed if name}
   return sum(p.stat().st_size for p in files if p.is_file())
 
@@ -240,8 +279,10 @@ def working_tree_bytes() -> int:
 def carry_candidates() -> list:
   """(path, why) in order of need."""
   g = gpu_dir()
-  found = [(g / "data", "CIFAR-10 archive (every device step)"),
-           (g / "wheels", "torchattacks and ART wheels (peers)")]
+  found = [
+    (g / "data", "CIFAR-10 archive (every device step)"),
+    (g / "wheels", "torchattacks and ART wheels (peers)"),
+  ]
   for model in victims():
     if (g / "victims" / model / f"{model}.json").is_file():
       found.append((g / "victims" / model, f"trained {model}"))
@@ -254,15 +295,18 @@ def carry_candidates() -> list:
 def carry() -> list:
   """Prints and returns the carry list that fits the 64 MiB with the tree."""
   total = working_tree_bytes()
-  print(f"working tree (tracked and untracked-not-ignored): "
-        f"{total / MIB:.1f} MiB")
+  print(
+    f"working tree (tracked and untracked-not-ignored): {total / MIB:.1f} MiB"
+  )
   chosen = []
   for path, why in carry_candidates():
     size = tree_bytes(path)
     fits = total + size <= CARRY_BYTES - MIB and len(chosen) < CARRY_PATHS
-    print(f"  {'carry' if fits else 'LEAVE'} {shown(path)}: "
-          f"{size / MIB:.1f} MiB, {why}"
-          + ("" if fits else " (over the 64 MiB that may travel)"))
+    print(
+      f"  {'carry' if fits else 'LEAVE'} {shown(path)}: "
+      f"{size / MIB:.1f} MiB, {why}"
+      + ("" if fits else " (over the 64 MiB that may travel)")
+    )
     if fits:
       chosen.append(shown(path))
       total += size
@@ -281,15 +325,16 @@ def out_dir() -> pathlib.Path:
   return pathlib.Path(out)
 
 
-def pack(name: str, source: pathlib.Path, files, *, root: str, dest: str,
-         priority: int) -> pathlib.Path:
+def pack(
+  name: str, source: pathlib.Path, files, *, root: str, dest: str, priority: int
+) -> pathlib.Path:
   """Queues ``files`` (relative to ``source``) as a .tgz in the outbox, in
   parts of at most part_bytes(), with a manifest naming where `restore`
   puts them: ``dest`` under .gpu/ (root "gpu") or the results folder (root
   "results"). Returns the manifest's path."""
   outbox = gpu_dir() / "outbox"
   outbox.mkdir(parents=True, exist_ok=True)
-  created = datetime.datetime.now(datetime.timezone.utc)
+  created = datetime.datetime.now(datetime.UTC)
   stem = f"{name}-{created:%Y%m%dT%H%M%S%f}"
   whole = outbox / f".{stem}.tgz"
   with tarfile.open(whole, "w:gz", compresslevel=6) as tar:
@@ -300,17 +345,28 @@ def pack(name: str, source: pathlib.Path, files, *, root: str, dest: str,
     for index in range(1, max(1, -(-size // part_bytes())) + 1):
       part = outbox / f"{stem}.tgz.part{index}"
       part.write_bytes(f.read(part_bytes()))
-      parts.append(dict(file=part.name, sha256=sha256(part),
-                        bytes=part.stat().st_size))
-  manifest = dict(format=PACK_FORMAT, name=name, created=created.isoformat(),
-                  priority=priority, root=root, dest=dest,
-                  files=sorted(files), sha256=sha256(whole), bytes=size,
-                  parts=parts)
+      parts.append(
+        dict(file=part.name, sha256=sha256(part), bytes=part.stat().st_size)
+      )
+  manifest = dict(
+    format=PACK_FORMAT,
+    name=name,
+    created=created.isoformat(),
+    priority=priority,
+    root=root,
+    dest=dest,
+    files=sorted(files),
+    sha256=sha256(whole),
+    bytes=size,
+    parts=parts,
+  )
   whole.unlink()
   path = outbox / f"{stem}.manifest.json"
   path.write_text(json.dumps(manifest, indent=1) + "\n")
-  print(f"packed {name}: {len(files)} files, {size / MIB:.1f} MiB in "
-        f"{len(parts)} part(s)")
+  print(
+    f"packed {name}: {len(files)} files, {size / MIB:.1f} MiB in "
+    f"{len(parts)} part(s)"
+  )
   return path
 
 
@@ -324,8 +380,11 @@ def _queue() -> list:
     where = outbox / name if (outbox / name).is_file() else sent / name
     manifest = json.loads(where.read_text())
     files = [outbox / name] + [outbox / p["file"] for p in manifest["parts"]]
-    order += [((manifest["priority"], manifest["created"], i), f)
-              for i, f in enumerate(files) if f.is_file()]
+    order += [
+      ((manifest["priority"], manifest["created"], i), f)
+      for i, f in enumerate(files)
+      if f.is_file()
+    ]
   return [f for _, f in sorted(order, key=lambda t: t[0])]
 
 
@@ -346,19 +405,24 @@ def flush(again: bool = False) -> list:
   waiting = []
   for path in _queue():
     size = path.stat().st_size
-    if count + 1 > OUT_FILES or used + size > OUT_BYTES or (
-        size > OUT_FILE_BYTES):
+    if (
+      count + 1 > OUT_FILES
+      or used + size > OUT_BYTES
+      or (size > OUT_FILE_BYTES)
+    ):
       waiting.append(path)
       continue
     shutil.copyfile(path, out / path.name)
     os.replace(path, sent_dir / path.name)
     count, used = count + 1, used + size
   if waiting:
-    print(f"WAITING in {shown(gpu_dir() / 'outbox')}: "
-          f"{len(waiting)} file(s), "
-          f"{sum(p.stat().st_size for p in waiting) / MIB:.1f} MiB; they go "
-          "with the next step's files if the machine is still warm (run "
-          "`bash scripts/gpu_session.sh flush` now)")
+    print(
+      f"WAITING in {shown(gpu_dir() / 'outbox')}: "
+      f"{len(waiting)} file(s), "
+      f"{sum(p.stat().st_size for p in waiting) / MIB:.1f} MiB; they go "
+      "with the next step's files if the machine is still warm (run "
+      "`bash scripts/gpu_session.sh flush` now)"
+    )
   print(f"$OUT: {count} files, {(used - LOG_RESERVE) / MIB:.1f} MiB")
   return waiting
 
@@ -372,19 +436,26 @@ def _safe_members(tar: tarfile.TarFile, where: str) -> list:
   for m in members:
     parts = pathlib.PurePosixPath(m.name).parts
     if not m.isfile() or m.name.startswith("/") or ".." in parts:
-      raise StepError(f"{where}: member {m.name!r} is not a plain relative "
-                      "file; refusing to unpack")
+      raise StepError(
+        f"{where}: member {m.name!r} is not a plain relative "
+        "file; refusing to unpack"
+      )
   return members
 
 
 def _destination(manifest: dict, where: str) -> pathlib.Path:
   roots = {"gpu": gpu_dir(), "results": results_dir()}
   dest = pathlib.PurePosixPath(manifest.get("dest", ""))
-  if manifest.get("root") not in roots or dest.is_absolute() or (
-      ".." in dest.parts):
-    raise StepError(f"{where}: root/dest {manifest.get('root')!r}/"
-                    f"{str(dest)!r} is not a folder under .gpu/ or the "
-                    "results folder")
+  if (
+    manifest.get("root") not in roots
+    or dest.is_absolute()
+    or (".." in dest.parts)
+  ):
+    raise StepError(
+      f"{where}: root/dest {manifest.get('root')!r}/"
+      f"{str(dest)!r} is not a folder under .gpu/ or the "
+      "results folder"
+    )
   return roots[manifest["root"]] / dest
 
 
@@ -395,12 +466,15 @@ def _unpack(manifest_path: pathlib.Path, inbox: pathlib.Path) -> bool:
   manifest = json.loads(manifest_path.read_text())
   if manifest.get("format") != PACK_FORMAT:
     raise StepError(f"{manifest_path}: not a {PACK_FORMAT} manifest")
-  missing = [p["file"] for p in manifest["parts"]
-             if not (inbox / p["file"]).is_file()]
+  missing = [
+    p["file"] for p in manifest["parts"] if not (inbox / p["file"]).is_file()
+  ]
   if missing:
-    print(f"waiting for {len(missing)} of {len(manifest['parts'])} parts of "
-          f"{manifest['name']} ({', '.join(missing)}): they are still in the "
-          "device's outbox; a `flush` on the same warm machine sends them")
+    print(
+      f"waiting for {len(missing)} of {len(manifest['parts'])} parts of "
+      f"{manifest['name']} ({', '.join(missing)}): they are still in the "
+      "device's outbox; a `flush` on the same warm machine sends them"
+    )
     return False
   whole = inbox / f".{manifest_path.name}.tgz"
   try:
@@ -408,17 +482,21 @@ def _unpack(manifest_path: pathlib.Path, inbox: pathlib.Path) -> bool:
       for part in manifest["parts"]:
         data = (inbox / part["file"]).read_bytes()
         if hashlib.sha256(data).hexdigest() != part["sha256"]:
-          raise StepError(f"{inbox / part['file']}: sha256 differs from its "
-                          "manifest; the transfer broke: `flush --again` on "
-                          "the same warm machine sends it again")
+          raise StepError(
+            f"{inbox / part['file']}: sha256 differs from its "
+            "manifest; the transfer broke: `flush --again` on "
+            "the same warm machine sends it again"
+          )
         out.write(data)
     if sha256(whole) != manifest["sha256"]:
-      raise StepError(f"{manifest_path}: the joined parts differ from the "
-                      "pack that was made")
+      raise StepError(
+        f"{manifest_path}: the joined parts differ from the pack that was made"
+      )
     dest = _destination(manifest, str(manifest_path))
     ledger_path = inbox / "restored.json"
-    ledger = (json.loads(ledger_path.read_text()) if ledger_path.is_file()
-              else {})
+    ledger = (
+      json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
+    )
     with tarfile.open(whole, "r:gz") as tar:
       for member in _safe_members(tar, str(manifest_path)):
         target = dest / member.name
@@ -436,8 +514,9 @@ def _unpack(manifest_path: pathlib.Path, inbox: pathlib.Path) -> bool:
   done.mkdir(exist_ok=True)
   for name in [manifest_path.name] + [p["file"] for p in manifest["parts"]]:
     os.replace(inbox / name, done / name)
-  print(f"restored {manifest['name']} ({manifest['created']}) into "
-        f"{shown(dest)}")
+  print(
+    f"restored {manifest['name']} ({manifest['created']}) into {shown(dest)}"
+  )
   return True
 
 
@@ -460,17 +539,21 @@ def restore(folders):
       shutil.copyfile(path, target)
       if not is_pack:
         print(f"log: {shown(target)}")
-  manifests = sorted(inbox.glob("*.manifest.json"),
-                     key=lambda p: json.loads(p.read_text())["created"])
+  manifests = sorted(
+    inbox.glob("*.manifest.json"),
+    key=lambda p: json.loads(p.read_text())["created"],
+  )
   for path in manifests:
     _unpack(path, inbox)
   for model in victims():
     card = gpu_dir() / "victims" / model / f"{model}.json"
     if card.is_file():
       meta = json.loads(card.read_text())
-      print(f"{model}: test accuracy {meta['test_accuracy']:.4f} "
-            f"({meta['param_count']:,} parameters, "
-            f"{tree_bytes(card.parent) / MIB:.1f} MiB) in {shown(card.parent)}")
+      print(
+        f"{model}: test accuracy {meta['test_accuracy']:.4f} "
+        f"({meta['param_count']:,} parameters, "
+        f"{tree_bytes(card.parent) / MIB:.1f} MiB) in {shown(card.parent)}"
+      )
   carry()
 
 
@@ -506,38 +589,51 @@ def child_env(**extra) -> dict:
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = PREALLOCATE
   paths = [str(REPO)] + ([str(site_dir())] if site_dir().is_dir() else [])
   env["PYTHONPATH"] = os.pathsep.join(
-      paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    paths + [p for p in [os.environ.get("PYTHONPATH")] if p]
+  )
   env.update(extra)
   return env
 
 
 def setup():
   """Prints the machine and versions; checks the data and the models."""
-  import jax  # here, not at the top: the steps run here need no jax
   import flax
-  import optax
+  import jax  # here, not at the top: the steps run here need no jax
   import numpy
-  print(f"python {sys.version.split()[0]}, jax {jax.__version__}, flax "
-        f"{flax.__version__}, optax {optax.__version__}, numpy "
-        f"{numpy.__version__}; backend {jax.default_backend()}: "
-        f"{[d.device_kind for d in jax.devices()]}")
+  import optax
+
+  print(
+    f"python {sys.version.split()[0]}, jax {jax.__version__}, flax "
+    f"{flax.__version__}, optax {optax.__version__}, numpy "
+    f"{numpy.__version__}; backend {jax.default_backend()}: "
+    f"{[d.device_kind for d in jax.devices()]}"
+  )
   if shutil.which("nvidia-smi"):
     subprocess.run(["nvidia-smi", "-L"], check=False)
   if jax.default_backend() != "gpu" and not toy():
-    raise StepError(f"setup: JAX sees no GPU (backend "
-                    f"{jax.default_backend()}); is the CUDA plugin there?")
+    raise StepError(
+      f"setup: JAX sees no GPU (backend "
+      f"{jax.default_backend()}); is the CUDA plugin there?"
+    )
   data = data_path()
   if not data.is_file():
-    raise StepError(f"setup: {shown(data)} is missing: name "
-                    f"{shown(data.parent)} in `carry` (prepare puts it there)")
+    raise StepError(
+      f"setup: {shown(data)} is missing: name "
+      f"{shown(data.parent)} in `carry` (prepare puts it there)"
+    )
   record = data.parent / "SHA256"  # written by prepare
   recorded = record.read_text().split()[0] if record.is_file() else DATA_SHA256
   if sha256(data) != recorded:
-    raise StepError(f"setup: {shown(data)} has another sha256 than "
-                    f"{recorded}; the copy is damaged")
+    raise StepError(
+      f"setup: {shown(data)} has another sha256 than "
+      f"{recorded}; the copy is damaged"
+    )
   print(f"data: {shown(data)} ({data.stat().st_size / MIB:.1f} MiB), sha256 ok")
   from flax import nnx
-  from pixeljax.models import create_model, param_count
+
+  from pixeljax.models import create_model
+  from pixeljax.models import param_count
+
   for model in victims():
     shape = nnx.eval_shape(lambda m=model: create_model(m, rngs=nnx.Rngs(0)))
     print(f"model {model}: {param_count(shape):,} parameters")
@@ -553,22 +649,43 @@ def install_wheels():
     return
   wheels = sorted((gpu_dir() / "wheels").glob("*.whl"))
   if not wheels:
-    print(f"peers: torchattacks/ART missing and no wheels in "
-          f"{shown(gpu_dir() / 'wheels')}: name it in `carry` for `peers`")
+    print(
+      f"peers: torchattacks/ART missing and no wheels in "
+      f"{shown(gpu_dir() / 'wheels')}: name it in `carry` for `peers`"
+    )
     return
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index",
-                  "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade",
-                  "--target", str(site_dir()), *map(str, wheels)], check=True)
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "-q",
+      "--no-index",
+      "--no-deps",
+      "--no-compile",
+      "--no-cache-dir",
+      "--upgrade",
+      "--target",
+      str(site_dir()),
+      *map(str, wheels),
+    ],
+    check=True,
+  )
   sys.path.insert(0, str(site_dir()))
   importlib.invalidate_caches()
-  print(f"peers: installed {', '.join(w.name for w in wheels)} into "
-        f"{shown(site_dir())}")
+  print(
+    f"peers: installed {', '.join(w.name for w in wheels)} into "
+    f"{shown(site_dir())}"
+  )
 
 
 def card_of(model: str):
   """The weights card of a trained victim: .gpu/victims/, else shipped."""
-  for card in (gpu_dir() / "victims" / model / f"{model}.json",
-               REPO / "pixeljax" / "weights" / f"{model}.json"):
+  for card in (
+    gpu_dir() / "victims" / model / f"{model}.json",
+    REPO / "pixeljax" / "weights" / f"{model}.json",
+  ):
     if card.is_file():
       return card
   return None
@@ -578,64 +695,100 @@ def _models(asked, step: str) -> list:
   """The models a benchmark step runs on: those asked, else every victim
   with trained weights; paper takes every victim (one without weights here
   keeps the rows of its earlier runs, see paper_table)."""
-  models = list(asked) or [m for m in victims()
-                           if step == "paper" or card_of(m)]
+  models = list(asked) or [
+    m for m in victims() if step == "paper" or card_of(m)
+  ]
   missing = [m for m in models if not card_of(m)]
   if (missing and step != "paper") or len(missing) == len(models):
-    raise StepError(f"models: no trained weights for {missing or 'any victim'}"
-                    "; train them with `victims MODEL` (or carry "
-                    ".gpu/victims/MODEL)")
+    raise StepError(
+      f"models: no trained weights for {missing or 'any victim'}"
+      "; train them with `victims MODEL` (or carry "
+      ".gpu/victims/MODEL)"
+    )
   return models
 
 
 def train_victim(model: str, clock: Clock):
   """Trains ``model`` (or resumes it) until done or the clock says stop."""
   if model not in victims():
-    raise StepError(f"victims: expected one of {list(victims())}, got "
-                    f"{model!r}")
+    raise StepError(
+      f"victims: expected one of {list(victims())}, got {model!r}"
+    )
   victim = gpu_dir() / "victims" / model
   if (victim / f"{model}.json").is_file():
     card = json.loads((victim / f"{model}.json").read_text())
-    print(f"{model}: trained already (test accuracy "
-          f"{card['test_accuracy']:.4f}); nothing to do")
+    print(
+      f"{model}: trained already (test accuracy "
+      f"{card['test_accuracy']:.4f}); nothing to do"
+    )
     return
   from pixeljax import train
+
   run = gpu_dir() / "train" / model
   reserve = 5 if toy() else 90  # float32 evaluation, saving, packing
   recipe = (TOY_RECIPE if toy() else RECIPES[model]).split()
-  argv = ["--model", model, "--out", shown(run), *recipe, "--data",
-          shown(data_path()), "--time-limit",
-          str(max(1, int(clock.left(reserve)))), "--resume"]
+  argv = [
+    "--model",
+    model,
+    "--out",
+    shown(run),
+    *recipe,
+    "--data",
+    shown(data_path()),
+    "--time-limit",
+    str(max(1, int(clock.left(reserve)))),
+    "--resume",
+  ]
   print("python -m pixeljax.train " + " ".join(argv), flush=True)
   result = train.main(argv)
   if result.complete:
     card = json.loads(result.card_path.read_text())
     names = [result.card_path.name, *card["files"]] + (
-        [card["index"]] if card.get("index") else [])
+      [card["index"]] if card.get("index") else []
+    )
     if victim.exists():
       shutil.rmtree(victim)
     victim.mkdir(parents=True)
     for name in names:
       shutil.copyfile(run / name, victim / name)
-    pack(f"victim-{model}", victim, names, root="gpu",
-         dest=f"victims/{model}", priority=0)
-    print(f"{model}: DONE, test accuracy {result.test_accuracy:.4f} "
-          f"(float32), {card['training']['train_seconds']:.0f} s of epochs")
+    pack(
+      f"victim-{model}",
+      victim,
+      names,
+      root="gpu",
+      dest=f"victims/{model}",
+      priority=0,
+    )
+    print(
+      f"{model}: DONE, test accuracy {result.test_accuracy:.4f} "
+      f"(float32), {card['training']['train_seconds']:.0f} s of epochs"
+    )
     return
   names = ["checkpoint.json", "checkpoint.safetensors"]
   size = sum((run / n).stat().st_size for n in names)
-  print(f"{model}: PARTIAL, {len(result.history)} epochs, test accuracy "
-        f"{result.test_accuracy:.4f}; `victims {model}` again resumes")
+  print(
+    f"{model}: PARTIAL, {len(result.history)} epochs, test accuracy "
+    f"{result.test_accuracy:.4f}; `victims {model}` again resumes"
+  )
   if size <= CHECKPOINT_MAX:
-    pack(f"checkpoint-{model}", run, names, root="gpu", dest=f"train/{model}",
-         priority=1)
+    pack(
+      f"checkpoint-{model}",
+      run,
+      names,
+      root="gpu",
+      dest=f"train/{model}",
+      priority=1,
+    )
   else:
-    print(f"{model}: the checkpoint ({size / MIB:.0f} MiB) cannot come back; "
-          "it stays on this machine while it is warm")
+    print(
+      f"{model}: the checkpoint ({size / MIB:.0f} MiB) cannot come back; "
+      "it stays on this machine while it is warm"
+    )
 
 
-def run_until(command: list, seconds: float, *, env: dict,
-              grace: float = 45.0) -> int:
+def run_until(
+  command: list, seconds: float, *, env: dict, grace: float = 45.0
+) -> int:
   """Runs ``command`` from the repository root; SIGTERM after ``seconds``
   (the benchmarks then write what they have), SIGKILL ``grace`` later."""
   print("$ " + shlex.join(command), flush=True)
@@ -653,8 +806,7 @@ def run_until(command: list, seconds: float, *, env: dict,
 
 
 def _results_snapshot(folder: pathlib.Path) -> dict:
-  return {p.name: p.stat().st_mtime_ns for p in folder.glob("*")
-          if p.is_file()}
+  return {p.name: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file()}
 
 
 def pack_results(step: str, folder: pathlib.Path, before: dict):
@@ -662,14 +814,16 @@ def pack_results(step: str, folder: pathlib.Path, before: dict):
   after = _results_snapshot(folder)
   names = [n for n, t in after.items() if before.get(n) != t]
   if names:
-    pack(f"results-{step}", folder, names, root="results", dest=".",
-         priority=1)
+    pack(f"results-{step}", folder, names, root="results", dest=".", priority=1)
   else:
     print(f"{step}: no result files written")
 
 
-MODULES = {"throughput": "benchmarks.throughput", "peers": "benchmarks.peers",
-           "paper": "benchmarks.paper_table"}
+MODULES = {
+  "throughput": "benchmarks.throughput",
+  "peers": "benchmarks.peers",
+  "paper": "benchmarks.paper_table",
+}
 
 
 def benchmark_args(step: str, models: list, budget=None) -> list:
@@ -677,17 +831,30 @@ def benchmark_args(step: str, models: list, budget=None) -> list:
   paper takes every model at once, throughput and peers one."""
   folder = shown(gpu_dir() / "results" / step)
   if step == "paper":
-    return ["--models", *models, "--weights-dir", shown(gpu_dir() / "weights"),
-            "--data", shown(data_path()), "--out-dir",
-            shown(gpu_dir() / "paper"), "--results-dir", folder,
-            *(TOY_PAPER if toy() else PAPER).split()]
+    return [
+      "--models",
+      *models,
+      "--weights-dir",
+      shown(gpu_dir() / "weights"),
+      "--data",
+      shown(data_path()),
+      "--out-dir",
+      shown(gpu_dir() / "paper"),
+      "--results-dir",
+      folder,
+      *(TOY_PAPER if toy() else PAPER).split(),
+    ]
   (model,) = models
-  settings = {"throughput": TOY_THROUGHPUT if toy() else THROUGHPUT,
-              "peers": TOY_PEERS if toy() else PEERS}[step]
+  settings = {
+    "throughput": TOY_THROUGHPUT if toy() else THROUGHPUT,
+    "peers": TOY_PEERS if toy() else PEERS,
+  }[step]
   kind = "cpu" if toy() else "gpu"
-  return (["--weights", shown(card_of(model)), *settings.split()]
-          + (["--budget-seconds", f"{budget:g}"] if budget else [])
-          + ["--name", f"{step}_{kind}_{model}", "--results-dir", folder])
+  return (
+    ["--weights", shown(card_of(model)), *settings.split()]
+    + (["--budget-seconds", f"{budget:g}"] if budget else [])
+    + ["--name", f"{step}_{kind}_{model}", "--results-dir", folder]
+  )
 
 
 def _link_weights(models: list):
@@ -701,7 +868,8 @@ def _link_weights(models: list):
     card = card_of(model)
     meta = json.loads(card.read_text())
     for name in [card.name, *meta["files"]] + (
-        [meta["index"]] if meta.get("index") else []):
+      [meta["index"]] if meta.get("index") else []
+    ):
       try:
         os.link(card.parent / name, weights / name)  # VGG16: no 76 MiB copy
       except OSError:
@@ -724,39 +892,56 @@ def benchmark(step: str, models, clock: Clock, *, tf32: bool = False):
     precision = "default" if tf32 else "highest"
     mark = gpu_dir() / "paper" / "matmul_precision"
     if mark.is_file() and mark.read_text().strip() != precision:
-      raise StepError(f"paper: the run folders were made at matmul precision "
-                      f"{mark.read_text().strip()!r}, not {precision!r}; "
-                      f"{'drop' if tf32 else 'pass'} --tf32 to resume them")
+      raise StepError(
+        f"paper: the run folders were made at matmul precision "
+        f"{mark.read_text().strip()!r}, not {precision!r}; "
+        f"{'drop' if tf32 else 'pass'} --tf32 to resume them"
+      )
     mark.parent.mkdir(parents=True, exist_ok=True)
     mark.write_text(precision + "\n")
     extra = {} if tf32 else {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
-    print(f"matmul precision: {precision}"
-          + (" (TF32 on a recent GPU)" if tf32 else ""))
-    status = run_until(python + benchmark_args(step, models),
-                       clock.left(reserve), env=child_env(**extra))
-    print(f"paper_table exit status {status} (130: cut short, partial table "
-          "written; the next `paper` resumes)")
+    print(
+      f"matmul precision: {precision}"
+      + (" (TF32 on a recent GPU)" if tf32 else "")
+    )
+    status = run_until(
+      python + benchmark_args(step, models),
+      clock.left(reserve),
+      env=child_env(**extra),
+    )
+    print(
+      f"paper_table exit status {status} (130: cut short, partial table "
+      "written; the next `paper` resumes)"
+    )
     runs = gpu_dir() / "paper"
     if runs.is_dir():
-      names = [str(p.relative_to(runs)) for p in runs.rglob("*")
-               if p.is_file() and p.name != "run.lock"]
+      names = [
+        str(p.relative_to(runs))
+        for p in runs.rglob("*")
+        if p.is_file() and p.name != "run.lock"
+      ]
       pack("paper-runs", runs, names, root="gpu", dest="paper", priority=2)
   else:
     extra = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"} if step == "peers" else {}
     for i, model in enumerate(models):
       share = clock.left(reserve) / (len(models) - i)
       budget = round(0.4 * share) if step == "throughput" else None
-      status = run_until(python + benchmark_args(step, [model], budget),
-                         share, env=child_env(**extra))
+      status = run_until(
+        python + benchmark_args(step, [model], budget),
+        share,
+        env=child_env(**extra),
+      )
       print(f"{step} {model}: exit status {status}")
   pack_results(step, folder, before)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="bash scripts/gpu_session.sh", description=__doc__.split("\n\n")[0],
-      epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="bash scripts/gpu_session.sh",
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   steps = parser.add_subparsers(dest="step", required=True)
   p = steps.add_parser("prepare", help="here: data and wheels into .gpu/")
   p.add_argument("--data", help="the CIFAR-10 archive (default PIXELJAX_DATA)")
@@ -765,28 +950,48 @@ def main(argv=None) -> int:
   p = steps.add_parser("restore", help="here: unpack returned files")
   p.add_argument("folders", nargs="+", metavar="DIR")
   minutes = argparse.ArgumentParser(add_help=False)
-  minutes.add_argument("--minutes", type=float, default=9.0,
-                       help="wall time of the step, packing included "
-                       "(default 9: the run tool stops a command at 10)")
+  minutes.add_argument(
+    "--minutes",
+    type=float,
+    default=9.0,
+    help="wall time of the step, packing included "
+    "(default 9: the run tool stops a command at 10)",
+  )
   steps.add_parser("setup", parents=[minutes], help="device: check the machine")
-  p = steps.add_parser("victims", parents=[minutes],
-                       help="device: train a victim (or resume it)")
+  p = steps.add_parser(
+    "victims", parents=[minutes], help="device: train a victim (or resume it)"
+  )
   p.add_argument("model", help=f"one of {', '.join(VICTIMS)}")
   for name in ("throughput", "peers", "paper"):
-    p = steps.add_parser(name, parents=[minutes],
-                         help=f"device: python -m {MODULES[name]}")
-    p.add_argument("models", nargs="*", metavar="MODEL", help=(
+    p = steps.add_parser(
+      name, parents=[minutes], help=f"device: python -m {MODULES[name]}"
+    )
+    p.add_argument(
+      "models",
+      nargs="*",
+      metavar="MODEL",
+      help=(
         "default: every victim (one without weights here keeps the rows of "
-        "its earlier runs)" if name == "paper"
-        else "default: every victim with trained weights"))
+        "its earlier runs)"
+        if name == "paper"
+        else "default: every victim with trained weights"
+      ),
+    )
     if name == "paper":
-      p.add_argument("--tf32", action="store_true",
-                     help="JAX's default float32 precision (TF32 on the GPU: "
-                     "faster) instead of full float32")
-  p = steps.add_parser("flush", parents=[minutes],
-                       help="device: send the outbox")
-  p.add_argument("--again", action="store_true",
-                 help="send again what was sent before (a broken transfer)")
+      p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="JAX's default float32 precision (TF32 on the GPU: "
+        "faster) instead of full float32",
+      )
+  p = steps.add_parser(
+    "flush", parents=[minutes], help="device: send the outbox"
+  )
+  p.add_argument(
+    "--again",
+    action="store_true",
+    help="send again what was sent before (a broken transfer)",
+  )
   args = parser.parse_args(argv)
   try:
     if args.step == "prepare":
@@ -821,8 +1026,9 @@ def device_step(args):
     if args.step == "victims":
       train_victim(args.model, clock)
     elif args.step in MODULES:
-      benchmark(args.step, args.models, clock,
-                tf32=getattr(args, "tf32", False))
+      benchmark(
+        args.step, args.models, clock, tf32=getattr(args, "tf32", False)
+      )
   finally:
     if args.step != "flush":
       flush()

@@ -17,7 +17,8 @@ def assert_honest(predict, images, labels, result, pixels, targets=None):
     for x, y, *colour in result.perturbation[i]:
       np.testing.assert_array_equal(result.adv_images[i, y, x], colour)
   predicted = np.asarray(
-      predict(jnp.asarray(result.adv_images, jnp.float32))).argmax(-1)
+    predict(jnp.asarray(result.adv_images, jnp.float32))
+  ).argmax(-1)
   np.testing.assert_array_equal(predicted, result.adv_label)
   expected = predicted != labels if targets is None else predicted == targets
   np.testing.assert_array_equal(result.success, expected)
@@ -31,8 +32,9 @@ def two_white_pixels(first=(1, 6), second=(4, 3)):
   """
 
   def predict(images):
-    bright = sum(images[:, y, x, :].mean(-1) / 255.0 for x, y in
-                 (first, second))
+    bright = sum(
+      images[:, y, x, :].mean(-1) / 255.0 for x, y in (first, second)
+    )
     switch = 4.0 * bright - 6.0
     return jnp.stack([jnp.zeros_like(switch), switch], axis=-1)
 

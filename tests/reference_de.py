@@ -20,8 +20,9 @@ def _decode_and_inject(image, candidate):
   return out
 
 
-def attack_one(predict_numpy, image, label, rng, *, pixels, popsize, maxiter,
-               mutation=0.5):
+def attack_one(
+  predict_numpy, image, label, rng, *, pixels, popsize, maxiter, mutation=0.5
+):
   """Non-targeted DE/rand/1, no crossover, greedy selection, early stop.
 
   Returns whether the attack fooled the model.
@@ -38,7 +39,8 @@ def attack_one(predict_numpy, image, label, rng, *, pixels, popsize, maxiter,
   population[..., 0] = rng.uniform(0, width, (popsize, pixels))
   population[..., 1] = rng.uniform(0, height, (popsize, pixels))
   population[..., 2:] = np.clip(
-      rng.normal(128, 127, (popsize, pixels, channels)), 0, 255)
+    rng.normal(128, 127, (popsize, pixels, channels)), 0, 255
+  )
   population = population.reshape(popsize, -1)
   fitness, fooled = evaluate(population)
   for _ in range(maxiter):
@@ -48,8 +50,9 @@ def attack_one(predict_numpy, image, label, rng, *, pixels, popsize, maxiter,
     for i in range(popsize):
       others = [j for j in range(popsize) if j != i]
       r1, r2, r3 = rng.choice(others, size=3, replace=False)
-      children[i] = population[r1] + mutation * (population[r2] -
-                                                  population[r3])
+      children[i] = population[r1] + mutation * (
+        population[r2] - population[r3]
+      )
     children = np.clip(children, 0, upper)
     child_fitness, fooled = evaluate(children)
     better = child_fitness < fitness

@@ -29,8 +29,11 @@ def victim():
   """The shipped SmallCNN: (JAX predict, torch module on NCHW, JAX result)."""
   model = weights.load_victim("smallcnn")
   predict = make_predict(model)
-  return (predict, torch_victims.to_torch(model),
-          pixeljax.batched_attack(predict, _IMAGES, _LABELS, **_ATTACK))
+  return (
+    predict,
+    torch_victims.to_torch(model),
+    pixeljax.batched_attack(predict, _IMAGES, _LABELS, **_ATTACK),
+  )
 
 
 def _export(module, path, *, dynamic_batch=True):
@@ -39,26 +42,40 @@ def _export(module, path, *, dynamic_batch=True):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     torch.onnx.export(
-        module, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
-        input_names=["pixels"],
-        dynamic_axes={"pixels": {0: "batch"}} if dynamic_batch else None)
+      module,
+      (torch.zeros(1, 3, 32, 32),),
+      str(path),
+      dynamo=False,
+      input_names=["pixels"],
+      dynamic_axes={"pixels": {0: "batch"}} if dynamic_batch else None,
+    )
   return path
 
 
 def _assert_same_attack(got, want):
-  for name in ("success", "adv_images", "perturbation", "adv_label",
-               "queries", "generations", "clean_label"):
-    np.testing.assert_array_equal(getattr(got, name), getattr(want, name),
-                                  err_msg=name)
+  for name in (
+    "success",
+    "adv_images",
+    "perturbation",
+    "adv_label",
+    "queries",
+    "generations",
+    "clean_label",
+  ):
+    np.testing.assert_array_equal(
+      getattr(got, name), getattr(want, name), err_msg=name
+    )
   for name in ("true_prob", "adv_prob", "target_prob"):
-    np.testing.assert_allclose(getattr(got, name), getattr(want, name),
-                               atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+      getattr(got, name), getattr(want, name), atol=1e-5, err_msg=name
+    )
 
 
 def test_torch_model_is_attacked_as_the_jax_model(victim):
   predict, module, want = victim
-  got = pixeljax.batched_attack(adapters.from_torch(module, nchw=True),
-                                _IMAGES, _LABELS, **_ATTACK)
+  got = pixeljax.batched_attack(
+    adapters.from_torch(module, nchw=True), _IMAGES, _LABELS, **_ATTACK
+  )
   assert want.success.any() and not want.success.all()
   _assert_same_attack(got, want)
 
@@ -68,8 +85,9 @@ def test_onnx_model_is_attacked_as_the_jax_model(victim, tmp_path):
   predict, module, want = victim
   path = _export(module, tmp_path / "smallcnn.onnx")
   # The layout is read from the declared input [batch, 3, 32, 32].
-  got = pixeljax.batched_attack(adapters.from_onnx(path), _IMAGES, _LABELS,
-                                **_ATTACK)
+  got = pixeljax.batched_attack(
+    adapters.from_onnx(path), _IMAGES, _LABELS, **_ATTACK
+  )
   _assert_same_attack(got, want)
 
 
@@ -102,8 +120,11 @@ def test_onnx_fixed_batch_is_padded(victim, tmp_path):
   predict, module, _ = victim
   path = _export(module, tmp_path / "fixed.onnx", dynamic_batch=False)
   images = jnp.asarray(_IMAGES[:3], jnp.float32)
-  np.testing.assert_allclose(jax.jit(adapters.from_onnx(path))(images),
-                             jax.jit(predict)(images), atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(adapters.from_onnx(path))(images),
+    jax.jit(predict)(images),
+    atol=1e-5,
+  )
 
 
 class _Output(torch.nn.Module):
@@ -115,17 +136,30 @@ class _Output(torch.nn.Module):
     return self.make(x)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda x: x[:, :, 0, :], r"module: expected logits \[B, K\] .* got an "
-     r"output of shape \(1, 4, 3\)"),
+@pytest.mark.parametrize(
+  "make, match",
+  [
+    (
+      lambda x: x[:, :, 0, :],
+      r"module: expected logits \[B, K\] .* got an "
+      r"output of shape \(1, 4, 3\)",
+    ),
     (lambda x: (x.mean(dim=(1, 2)),), "module: expected a tensor"),
-], ids=["rank-3", "tuple"])
+  ],
+  ids=["rank-3", "tuple"],
+)
 def test_output_not_logits_is_a_clear_error(make, match):
   predict = adapters.from_torch(_Output(make).eval())
   images = np.zeros((2, 4, 4, 3), np.float32)
   with pytest.raises(ValueError, match=match):
-    pixeljax.batched_attack(predict, images, np.zeros(2, int),
-                            key=jax.random.key(0), popsize=4, maxiter=1)
+    pixeljax.batched_attack(
+      predict,
+      images,
+      np.zeros(2, int),
+      key=jax.random.key(0),
+      popsize=4,
+      maxiter=1,
+    )
 
 
 def test_bad_arguments():
@@ -147,8 +181,9 @@ def test_onnx_layout_must_be_decidable(tmp_path):
   path = tmp_path / "square.onnx"
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    torch.onnx.export(square.eval(), (torch.zeros(1, 3, 3, 3),), str(path),
-                      dynamo=False)
+    torch.onnx.export(
+      square.eval(), (torch.zeros(1, 3, 3, 3),), str(path), dynamo=False
+    )
   images = jnp.zeros((1, 3, 3, 3), jnp.float32)
   with pytest.raises(ValueError, match=r"nchw: .* fits both"):
     adapters.from_onnx(path)(images)
@@ -176,16 +211,18 @@ def test_load_external_torch_and_onnx(tmp_path):
   with torch.no_grad():
     want = trained(torch.from_numpy(np.array(images))).numpy()
 
-  external = adapters.load_external(torch_factory=factory, weights=state,
-                                    image_shape=(4, 4, 3), num_classes=3)
+  external = adapters.load_external(
+    torch_factory=factory, weights=state, image_shape=(4, 4, 3), num_classes=3
+  )
   assert external.num_classes == 3
   assert external.identity["architecture"] == f"torch:{factory}"
   assert set(external.identity["files"]) == {"state.pt"}
   np.testing.assert_allclose(external.predict(images), want, rtol=1e-5)
 
   with pytest.raises(ValueError, match="num_classes: the model gives 3"):
-    adapters.load_external(torch_factory=factory, image_shape=(4, 4, 3),
-                           num_classes=10)
+    adapters.load_external(
+      torch_factory=factory, image_shape=(4, 4, 3), num_classes=10
+    )
   with pytest.raises(ValueError, match="exactly one of onnx and"):
     adapters.load_external()
   with pytest.raises(ValueError, match="torch_factory: expected"):
@@ -193,16 +230,22 @@ def test_load_external_torch_and_onnx(tmp_path):
   with pytest.raises(ValueError, match="weights: .* does not fit"):
     wrong = tmp_path / "wrong.pt"
     torch.save(torch.nn.Linear(2, 2).state_dict(), wrong)
-    adapters.load_external(torch_factory=factory, weights=wrong,
-                           image_shape=(4, 4, 3))
+    adapters.load_external(
+      torch_factory=factory, weights=wrong, image_shape=(4, 4, 3)
+    )
 
   pytest.importorskip("onnxruntime")
   path = tmp_path / "linear.onnx"
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    torch.onnx.export(trained.eval(), (torch.zeros(1, 4, 4, 3),), str(path),
-                      dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "b"}})
+    torch.onnx.export(
+      trained.eval(),
+      (torch.zeros(1, 4, 4, 3),),
+      str(path),
+      dynamo=False,
+      input_names=["x"],
+      dynamic_axes={"x": {0: "b"}},
+    )
   external = adapters.load_external(onnx=path, image_shape=(4, 4, 3))
   assert external.identity["name"] == "linear"
   assert external.num_classes == 3

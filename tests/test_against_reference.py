@@ -17,12 +17,21 @@ def test_success_rate_matches_a_plain_numpy_de(pixels):
   images = rng.integers(0, 256, (count, 8, 8, 3)).astype(np.uint8)
   labels = predict_numpy(images.astype(np.float32)).argmax(-1)
   budget = dict(pixels=pixels, popsize=20, maxiter=10)
-  engine = pixeljax.batched_attack(predict, images, labels,
-                                   key=jax.random.key(0), **budget)
-  reference = np.array([
-      reference_de.attack_one(predict_numpy, images[i], labels[i],
-                              np.random.default_rng(1000 + i), **budget)
-      for i in range(count)])
+  engine = pixeljax.batched_attack(
+    predict, images, labels, key=jax.random.key(0), **budget
+  )
+  reference = np.array(
+    [
+      reference_de.attack_one(
+        predict_numpy,
+        images[i],
+        labels[i],
+        np.random.default_rng(1000 + i),
+        **budget,
+      )
+      for i in range(count)
+    ]
+  )
   # Both rates are binomial; the check is meaningful only away from 0 and 1.
   assert 0.15 < reference.mean() < 0.85
   pooled = (engine.success.mean() + reference.mean()) / 2

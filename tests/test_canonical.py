@@ -4,10 +4,10 @@
 import re
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from pixeljax.attack import canonical
 from pixeljax.attack import evaluate
@@ -29,12 +29,14 @@ def _cnn(layout: str):
   def predict(images):
     x = (images - 128.0) / 64.0
     if layout == "NCHW":
-      x = lax.conv_general_dilated(x.transpose(0, 3, 1, 2), kernel, (1, 1),
-                                   "SAME")
+      x = lax.conv_general_dilated(
+        x.transpose(0, 3, 1, 2), kernel, (1, 1), "SAME"
+      )
       x = x.transpose(0, 2, 3, 1)
     else:
-      x = lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                   dimension_numbers=("NHWC", layout, "NHWC"))
+      x = lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", layout, "NHWC")
+      )
     return jnp.mean(jax.nn.relu(x), axis=(1, 2)) @ _DENSE
 
   return predict
@@ -60,8 +62,14 @@ def _score(predict):
 
   def score(images):
     return evaluate.score_candidates(
-        predict, images, jnp.zeros(2, jnp.int32), None,
-        jnp.asarray(_CANDIDATES), jnp.ones(2, bool), batch_size=4)
+      predict,
+      images,
+      jnp.zeros(2, jnp.int32),
+      None,
+      jnp.asarray(_CANDIDATES),
+      jnp.ones(2, bool),
+      batch_size=4,
+    )
 
   return score, jnp.zeros((2, 8, 8, 3), jnp.uint8)
 
@@ -75,7 +83,10 @@ def test_engine_loops_hold_only_canonical_convolutions(layout):
     assert convs
     for eqn in convs:
       assert tuple(eqn.params["dimension_numbers"]) == (
-          (0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+        (0, 3, 1, 2),
+        (3, 2, 0, 1),
+        (0, 3, 1, 2),
+      )
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's HLO")
@@ -99,8 +110,12 @@ def _nested(function):
   custom.defjvp(lambda primals, tangents: (custom(*primals), tangents[0]))
 
   def predict(images):
-    out, _ = lax.scan(lambda c, _: (c + custom(images), None),
-                      jnp.zeros((images.shape[0], 3)), None, length=2)
+    out, _ = lax.scan(
+      lambda c, _: (c + custom(images), None),
+      jnp.zeros((images.shape[0], 3)),
+      None,
+      length=2,
+    )
     return lax.cond(images[0, 0, 0, 0] > 1e9, lambda o: -o, lambda o: o, out)
 
   return predict
@@ -111,38 +126,49 @@ def _grouped(images):
   x = images.reshape(images.shape[0], -1, 6)  # [B, 32, 6]
   kernel = jnp.asarray(_RNG.normal(size=(3, 2, 6)), jnp.float32)  # W I O
   out = lax.conv_general_dilated(
-      x.transpose(2, 1, 0), kernel.transpose(1, 2, 0), (2,), [(1, 2)],
-      rhs_dilation=(2,), feature_group_count=3,
-      dimension_numbers=("CWN", "IOW", "WCN"))  # [W', 6, B]
+    x.transpose(2, 1, 0),
+    kernel.transpose(1, 2, 0),
+    (2,),
+    [(1, 2)],
+    rhs_dilation=(2,),
+    feature_group_count=3,
+    dimension_numbers=("CWN", "IOW", "WCN"),
+  )  # [W', 6, B]
   return out.mean(axis=0).T[:, :3] / 100.0
 
 
-@pytest.mark.parametrize("predict", [
-    _cnn("OIHW"), _cnn("NCHW"), _nested(_cnn("OIHW")), _grouped],
-                         ids=["oihw", "nchw", "nested", "grouped-1d"])
+@pytest.mark.parametrize(
+  "predict",
+  [_cnn("OIHW"), _cnn("NCHW"), _nested(_cnn("OIHW")), _grouped],
+  ids=["oihw", "nchw", "nested", "grouped-1d"],
+)
 def test_same_logits(predict):
   images = jnp.asarray(_RNG.integers(0, 256, (5, 8, 8, 3)), jnp.float32)
   rewritten = canonical.for_loops(predict)
   assert canonical.needs_rewrite(jax.make_jaxpr(predict)(images).jaxpr)
   assert not canonical.needs_rewrite(jax.make_jaxpr(rewritten)(images).jaxpr)
-  np.testing.assert_allclose(jax.jit(rewritten)(images),
-                             jax.jit(predict)(images), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(rewritten)(images), jax.jit(predict)(images), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_canonical_model_is_called_as_it_is():
   predict = _cnn("HWIO")
   images = jnp.zeros((2, 8, 8, 3), jnp.float32)
   assert str(jax.make_jaxpr(canonical.for_loops(predict))(images)) == str(
-      jax.make_jaxpr(predict)(images))
+    jax.make_jaxpr(predict)(images)
+  )
 
 
 def test_oihw_model_scores_exactly_as_its_hwio_twin():
   score_hwio, _ = _score(_cnn("HWIO"))
   score_oihw, _ = _score(_cnn("OIHW"))
   images = jnp.asarray(_RNG.integers(0, 256, (2, 8, 8, 3)), jnp.uint8)
-  for got, want in zip(jax.jit(score_oihw)(images),
-                       jax.jit(score_hwio)(images)):
+  for got, want in zip(
+    jax.jit(score_oihw)(images), jax.jit(score_hwio)(images)
+  ):
     np.testing.assert_array_equal(got, want)
   recheck = lambda predict: jax.jit(
-      lambda x: evaluate.recheck_logits(predict, x))(images)
+    lambda x: evaluate.recheck_logits(predict, x)
+  )(images)
   np.testing.assert_array_equal(recheck(_cnn("OIHW")), recheck(_cnn("HWIO")))

@@ -24,20 +24,58 @@ import sys
 import zlib
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 # 6 images x 2 pixel counts, 4 in flight at once: several hand-backs each.
-TINY = ["--images", "6", "--pixels", "1", "3", "--popsize", "12",
-        "--maxiter", "40", "--slots", "4", "--no-download", "--quiet"]
+TINY = [
+  "--images",
+  "6",
+  "--pixels",
+  "1",
+  "3",
+  "--popsize",
+  "12",
+  "--maxiter",
+  "40",
+  "--slots",
+  "4",
+  "--no-download",
+  "--quiet",
+]
 # Cheaper, for the runs in this process: 4 attacks of one generation, in
 # the shapes of TINY's 1-pixel attack (compiled once, then from the cache).
-CHEAP = ["--images", "4", "--pixels", "1", "--popsize", "12", "--maxiter", "1",
-         "--slots", "4", "--no-download", "--no-figures", "--no-examples",
-         "--quiet"]
-FIELDS = {"image", "label", "target", "pixels", "success", "adv_label",
-          "adv_prob", "true_prob", "target_prob", "perturbation", "queries",
-          "generations", "seconds_share"}
+CHEAP = [
+  "--images",
+  "4",
+  "--pixels",
+  "1",
+  "--popsize",
+  "12",
+  "--maxiter",
+  "1",
+  "--slots",
+  "4",
+  "--no-download",
+  "--no-figures",
+  "--no-examples",
+  "--quiet",
+]
+FIELDS = {
+  "image",
+  "label",
+  "target",
+  "pixels",
+  "success",
+  "adv_label",
+  "adv_prob",
+  "true_prob",
+  "target_prob",
+  "perturbation",
+  "queries",
+  "generations",
+  "seconds_share",
+}
 # `pixeljax ARGS` (cli.main) that stops for good once its first records are
 # on disk (appended and fsync'd), until the test kills or interrupts it: the
 # signal always comes mid-run, however loaded the machine.
@@ -58,20 +96,29 @@ sys.exit(cli.main(sys.argv[1:]))
 def victim(tmp_path_factory):
   """The options that name the victim."""
   from pixeljax.models import weights
+
   if "smallcnn" in weights.shipped_models():
     return ["--model", "smallcnn"]
   from flax import nnx
+
   from pixeljax.models import registry
+
   model = registry.create_model("smallcnn", rngs=nnx.Rngs(0))
-  card = weights.save_weights(model, tmp_path_factory.mktemp("weights"),
-                              "random", architecture="smallcnn")
+  card = weights.save_weights(
+    model, tmp_path_factory.mktemp("weights"), "random", architecture="smallcnn"
+  )
   return ["--weights", str(card)]
 
 
 def pixeljax(*args, env):
   """Runs `python -m pixeljax.cli ARGS`; returns the CompletedProcess."""
-  return subprocess.run([sys.executable, "-m", "pixeljax.cli", *map(str, args)],
-                        env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "pixeljax.cli", *map(str, args)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def read_records(folder):
@@ -81,9 +128,12 @@ def read_records(folder):
 
 def comparable(records):
   """Records keyed by attack, without the wall time."""
-  return {(r["pixels"], r["image"], r["target"]):
-          {k: v for k, v in r.items() if k != "seconds_share"}
-          for r in records}
+  return {
+    (r["pixels"], r["image"], r["target"]): {
+      k: v for k, v in r.items() if k != "seconds_share"
+    }
+    for r in records
+  }
 
 
 def check_probabilities(records):
@@ -102,8 +152,7 @@ def check_probabilities(records):
 def straight(tmp_path_factory, env, victim):
   """An uninterrupted run: (folder, CompletedProcess)."""
   out = tmp_path_factory.mktemp("runs") / "straight"
-  done = pixeljax("attack", *victim, *TINY, "--out", out,
-                  env=env)
+  done = pixeljax("attack", *victim, *TINY, "--out", out, env=env)
   assert done.returncode == 0, done.stderr
   return out, done
 
@@ -134,18 +183,32 @@ def test_attack_writes_results_images_and_summary(straight):
     assert (out / "figures" / f"{name}.png").is_file()
 
 
-def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
-                                                     tmp_path):
+def test_resume_after_kill_loses_and_repeats_nothing(
+  straight, env, victim, tmp_path
+):
   out = tmp_path / "killed"
-  command = [sys.executable, "-c", STOP_AFTER_FIRST_RECORDS, "attack",
-             *victim, *TINY, "--out", str(out)]
+  command = [
+    sys.executable,
+    "-c",
+    STOP_AFTER_FIRST_RECORDS,
+    "attack",
+    *victim,
+    *TINY,
+    "--out",
+    str(out),
+  ]
 
   def stopped_mid_run(sig):
     """Starts the run, waits until it stops after its first records, and
     sends it ``sig``; returns (exit code, stderr)."""
-    proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+      command,
+      env=env,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     ready, _, _ = select.select([proc.stdout], [], [], 280)
     line = proc.stdout.readline() if ready else "(no records in 280 s)"
     proc.send_signal(sig)
@@ -166,8 +229,7 @@ def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
   assert "rerun" in stderr and "Traceback" not in stderr
   assert lines < len(read_records(out)) < 12
 
-  done = pixeljax("attack", *victim, *TINY, "--out", out,
-                  env=env)
+  done = pixeljax("attack", *victim, *TINY, "--out", out, env=env)
   assert done.returncode == 0, done.stderr
   assert "Resuming" in done.stderr
   records = read_records(out)
@@ -177,8 +239,9 @@ def test_resume_after_kill_loses_and_repeats_nothing(straight, env, victim,
   expected = comparable(read_records(straight[0]))
   for key, record in comparable(records).items():
     for field in ("adv_prob", "true_prob", "target_prob"):
-      assert record.pop(field) == pytest.approx(expected[key].pop(field),
-                                                rel=1e-5)
+      assert record.pop(field) == pytest.approx(
+        expected[key].pop(field), rel=1e-5
+      )
     assert record == expected[key]
 
 
@@ -190,8 +253,12 @@ def test_figures_redraws_from_saved_results(straight, main):
   assert code == 0, err
   paths = [pathlib.Path(p) for p in stdout.split()]
   assert {p.name for p in paths} == {
-      "grid_1px.png", "grid_3px.png", "class_pairs_1px.png",
-      "class_pairs_3px.png", "success_vs_pixels.png"}
+    "grid_1px.png",
+    "grid_3px.png",
+    "class_pairs_1px.png",
+    "class_pairs_3px.png",
+    "success_vs_pixels.png",
+  }
   for path in paths:
     with Image.open(path) as image:
       assert image.format == "PNG" and min(image.size) > 100
@@ -199,6 +266,7 @@ def test_figures_redraws_from_saved_results(straight, main):
 
 def test_own_image_folder(env, victim, tmp_path):
   from pixeljax import data
+
   sample = data.load_cifar10_sample()
   for i in np.flatnonzero(np.isin(sample.labels, [7, 8]))[:40]:
     folder = tmp_path / "pictures" / sample.class_names[sample.labels[i]]
@@ -212,9 +280,21 @@ def test_own_image_folder(env, victim, tmp_path):
   bomb[29:33] = struct.pack(">I", zlib.crc32(bytes(bomb[12:29])))
   (tmp_path / "pictures" / "ship" / "bomb.png").write_bytes(bytes(bomb))
   # TINY's shapes for one pixel: the compiled attack comes from the cache.
-  done = pixeljax("attack", *victim, *TINY[:2], "--pixels", 1, *TINY[5:],
-                  "--folder", tmp_path / "pictures", "--no-figures",
-                  "--skip-bad-images", "--out", tmp_path / "out", env=env)
+  done = pixeljax(
+    "attack",
+    *victim,
+    *TINY[:2],
+    "--pixels",
+    1,
+    *TINY[5:],
+    "--folder",
+    tmp_path / "pictures",
+    "--no-figures",
+    "--skip-bad-images",
+    "--out",
+    tmp_path / "out",
+    env=env,
+  )
   assert done.returncode == 0, done.stderr
   assert "Skipped 2 bad images" in done.stderr
   assert os.path.join("horse", "broken.png: not an image") in done.stderr
@@ -226,8 +306,9 @@ def test_own_image_folder(env, victim, tmp_path):
     name = sample.class_names[r["label"]]
     assert r["path"].startswith(name + os.sep) and r["path"].endswith(".png")
     # The example is named after the image's file.
-    assert (tmp_path / "out" / "examples" / "1px" / f"{r['path']}.png"
-            ).is_file()
+    assert (
+      tmp_path / "out" / "examples" / "1px" / f"{r['path']}.png"
+    ).is_file()
 
 
 # The cases below run in this process: the same main(), without paying for
@@ -249,8 +330,9 @@ def test_unknown_model(main, tmp_path):
 
 
 def test_missing_data(main, victim, tmp_path):
-  code, _, err = main("attack", *victim, "--data", tmp_path / "cifar",
-                      "--out", tmp_path / "out")
+  code, _, err = main(
+    "attack", *victim, "--data", tmp_path / "cifar", "--out", tmp_path / "out"
+  )
   assert code == 3 and "--data" in err and "no such file" in err
 
 
@@ -258,6 +340,7 @@ def test_missing_data(main, victim, tmp_path):
 def main(monkeypatch, capsys, env):
   """Runs cli.main(ARGS) here; returns (exit code, stdout, stderr)."""
   from pixeljax import cli
+
   monkeypatch.delenv("PIXELJAX_DATA", raising=False)
   monkeypatch.setenv("PIXELJAX_CACHE", env["PIXELJAX_CACHE"])
 
@@ -280,8 +363,14 @@ def test_missing_weights_file(main, tmp_path):
 def test_unreadable_image(main, victim, tmp_path):
   (tmp_path / "pictures" / "cat").mkdir(parents=True)
   (tmp_path / "pictures" / "cat" / "broken.png").write_bytes(b"not a png")
-  code, _, err = main("attack", *victim, "--folder", tmp_path / "pictures",
-                   "--out", tmp_path / "out")
+  code, _, err = main(
+    "attack",
+    *victim,
+    "--folder",
+    tmp_path / "pictures",
+    "--out",
+    tmp_path / "out",
+  )
   assert code == 3 and "broken.png" in err and "--skip-bad-images" in err
 
 
@@ -292,24 +381,30 @@ def test_output_folder_not_writable(main, victim, tmp_path):
   assert code == 3 and "cannot be written" in err
 
 
-@pytest.mark.parametrize("args, phrase", [
+@pytest.mark.parametrize(
+  "args, phrase",
+  [
     (["--popsize", "2"], "--popsize"),
     (["--pixels", "0"], "--pixels"),
     (["--mutation", "abc"], "--mutation"),
     (["--targeted", "--target", "cat"], "not allowed"),
     (["--onnx", "m.onnx", "--torch", "f.py:g"], "not allowed"),
-    (["--onnx", "m.onnx", "--torch-weights", "w.pt"],
-     "--torch-weights: only with --torch"),
+    (
+      ["--onnx", "m.onnx", "--torch-weights", "w.pt"],
+      "--torch-weights: only with --torch",
+    ),
     (["--nchw"], "--nchw: only with --onnx or --torch"),
-])
+  ],
+)
 def test_usage_errors(main, args, phrase):
   code, _, err = main("attack", *args)
   assert code == 2 and phrase in err
 
 
 def test_unknown_target_class(main, victim, tmp_path):
-  code, _, err = main("attack", *victim, "--target", "unicorn", "--no-download",
-                   "--out", tmp_path)
+  code, _, err = main(
+    "attack", *victim, "--target", "unicorn", "--no-download", "--out", tmp_path
+  )
   assert code == 2 and "'unicorn'" in err and "airplane" in err
 
 
@@ -327,6 +422,7 @@ def test_every_subcommand_has_help(main, command):
 def sample_pictures(folder, per_class, classes=range(10)):
   """Packaged sample images as folder/<class name>/<index>.png."""
   from pixeljax import data
+
   sample = data.load_cifar10_sample()
   for c in classes:
     for i in np.flatnonzero(sample.labels == c)[:per_class]:
@@ -343,7 +439,7 @@ def test_damaged_images_are_rebuilt_on_resume(main, victim, tmp_path):
   with np.load(out / "images.npz") as z:
     original = dict(z)
   whole = (out / "images.npz").read_bytes()
-  (out / "images.npz").write_bytes(whole[:len(whole) // 2])
+  (out / "images.npz").write_bytes(whole[: len(whole) // 2])
   code, _, err = main(*run)
   assert code == 0 and "Rebuilt" in err and "Resuming: 4 of 4" in err, err
   with np.load(out / "images.npz") as z:
@@ -360,8 +456,10 @@ def test_damaged_images_are_rebuilt_on_resume(main, victim, tmp_path):
 
 
 def test_a_full_disk_is_exit_3_and_the_next_run_resumes(
-    main, victim, tmp_path, monkeypatch):
+  main, victim, tmp_path, monkeypatch
+):
   import matplotlib.figure
+
   if not os.path.isdir("/proc/self/fd"):
     pytest.skip("needs /proc to name a file descriptor's file")
   out = tmp_path / "run"
@@ -374,9 +472,15 @@ def test_a_full_disk_is_exit_3_and_the_next_run_resumes(
   def full_disk(what, *args, patch=None):
     """Runs ``args`` on a disk that is full for ``what``."""
     with monkeypatch.context() as m:
-      m.setattr(os, "fsync", lambda fd: (
-          no_space() if what in os.readlink(f"/proc/self/fd/{fd}")
-          else fsync(fd)))
+      m.setattr(
+        os,
+        "fsync",
+        lambda fd: (
+          no_space()
+          if what in os.readlink(f"/proc/self/fd/{fd}")
+          else fsync(fd)
+        ),
+      )
       if patch:
         m.setattr(*patch, no_space)
       code, _, err = main(*args)
@@ -390,12 +494,13 @@ def test_a_full_disk_is_exit_3_and_the_next_run_resumes(
   assert full_disk("results.jsonl", *run) == 0
   assert (out / "run.json").is_file() and (out / "images.npz").is_file()
   examples = [a for a in run if a != "--no-examples"]
-  assert full_disk("examples", *examples,
-                   patch=(Image.Image, "save")) == 0
+  assert full_disk("examples", *examples, patch=(Image.Image, "save")) == 0
   assert full_disk("summary.json", *run) == 4
   figures = [a for a in run if a != "--no-figures"]
-  assert full_disk("figures", *figures,
-                   patch=(matplotlib.figure.Figure, "savefig")) == 4
+  assert (
+    full_disk("figures", *figures, patch=(matplotlib.figure.Figure, "savefig"))
+    == 4
+  )
   code, _, err = main(*run)
   assert code == 0 and "Resuming: 4 of 4" in err, err
   records = read_records(out)
@@ -406,16 +511,16 @@ def test_a_full_disk_is_exit_3_and_the_next_run_resumes(
 
 def test_a_refused_setting_writes_nothing(main, victim, tmp_path):
   out = tmp_path / "new" / "run"
-  code, _, err = main("attack", *victim, *CHEAP, "--pixels", 2000,
-                      "--out", out)
+  code, _, err = main("attack", *victim, *CHEAP, "--pixels", 2000, "--out", out)
   assert code == 2 and "pixels" in err and "2000" in err, err
   assert not (tmp_path / "new").exists()
   code, _, err = main("attack", *victim, *CHEAP, "--out", out)
   assert code == 0, err
 
 
-def test_the_same_data_named_otherwise_resumes(main, victim, tmp_path,
-                                               monkeypatch):
+def test_the_same_data_named_otherwise_resumes(
+  main, victim, tmp_path, monkeypatch
+):
   sample_pictures(tmp_path / "data" / "test", per_class=2)
   shutil.copytree(tmp_path / "data", tmp_path / "copy")
   (tmp_path / "link").symlink_to(tmp_path / "data")
@@ -433,8 +538,9 @@ def test_the_same_data_named_otherwise_resumes(main, victim, tmp_path,
   assert code == 4 and "data" in err
 
 
-def test_the_readme_commands_get_a_folder_each(main, victim, tmp_path,
-                                               monkeypatch):
+def test_the_readme_commands_get_a_folder_each(
+  main, victim, tmp_path, monkeypatch
+):
   """`pixeljax attack`, then `pixeljax attack --folder my_pictures/`."""
   sample_pictures(tmp_path / "my_pictures", per_class=3, classes=(7, 8))
   monkeypatch.chdir(tmp_path)
@@ -453,8 +559,10 @@ def test_the_readme_commands_get_a_folder_each(main, victim, tmp_path,
 
 @pytest.mark.parametrize("command", ["train", "bench"])
 def test_train_and_bench_help_name_the_command_and_each_option(
-    main, monkeypatch, command):
+  main, monkeypatch, command
+):
   import argparse
+
   parsers = []
   parse_args = argparse.ArgumentParser.parse_args
 
@@ -475,16 +583,26 @@ def test_run_folders_are_not_for_git():
   if not (root / ".git").exists():
     pytest.skip("not a git checkout")
   check = subprocess.run(
-      ["git", "check-ignore", "-q", "pixeljax-runs/smallcnn/run.json"],
-      cwd=root)
+    ["git", "check-ignore", "-q", "pixeljax-runs/smallcnn/run.json"], cwd=root
+  )
   assert check.returncode == 0
 
 
 # Models from outside pixeljax (pixeljax.adapters): the shipped SmallCNN
 # rebuilt in PyTorch (benchmarks/torch_victims.py), as an ONNX file and as a
 # --torch factory. Cheaper still than CHEAP: the model runs on the host.
-EXTERNAL = ["--images", "2", "--popsize", "8", "--maxiter", "1",
-            "--no-download", "--no-figures", "--no-examples", "--quiet"]
+EXTERNAL = [
+  "--images",
+  "2",
+  "--popsize",
+  "8",
+  "--maxiter",
+  "1",
+  "--no-download",
+  "--no-figures",
+  "--no-examples",
+  "--quiet",
+]
 FACTORIES = """
 import torch
 from flax import nnx
@@ -514,6 +632,7 @@ def torch_smallcnn():
   pytest.importorskip("torch")
   torch_victims = pytest.importorskip("benchmarks.torch_victims")
   from pixeljax.models import weights
+
   if "smallcnn" not in weights.shipped_models():
     pytest.skip("needs the shipped SmallCNN")
   return torch_victims.to_torch(weights.load_victim("smallcnn"))
@@ -529,16 +648,16 @@ def factories(tmp_path):
 
 def attacked_as_jax(main, records, tmp_path):
   """Checks ``records`` against the same run on the JAX SmallCNN."""
-  code, _, err = main("attack", "--model", "smallcnn", *EXTERNAL, "--out",
-                      tmp_path / "jax")
+  code, _, err = main(
+    "attack", "--model", "smallcnn", *EXTERNAL, "--out", tmp_path / "jax"
+  )
   assert code == 0, err
   want = comparable(read_records(tmp_path / "jax"))
   got = comparable(records)
   assert len(got) == 2 and got.keys() == want.keys()
   for key, record in got.items():
     for field in ("adv_prob", "true_prob", "target_prob"):
-      assert record.pop(field) == pytest.approx(want[key].pop(field),
-                                                abs=1e-5)
+      assert record.pop(field) == pytest.approx(want[key].pop(field), abs=1e-5)
     assert record == want[key]
 
 
@@ -550,6 +669,7 @@ def only_run(folder):
 def test_onnx_model(main, torch_smallcnn, tmp_path, monkeypatch):
   pytest.importorskip("onnxruntime")
   from tests.test_adapters import _export
+
   model = _export(torch_smallcnn, tmp_path / "smallcnn.onnx")
   monkeypatch.chdir(tmp_path)
   code, _, err = main("attack", "--onnx", model, *EXTERNAL)
@@ -560,7 +680,8 @@ def test_onnx_model(main, torch_smallcnn, tmp_path, monkeypatch):
   attacked_as_jax(main, read_records(run), tmp_path)
   settings = json.loads((run / "run.json").read_text())
   assert settings["model"]["files"] == {
-      "smallcnn.onnx": hashlib.sha256(model.read_bytes()).hexdigest()}
+    "smallcnn.onnx": hashlib.sha256(model.read_bytes()).hexdigest()
+  }
   code, _, err = main("attack", "--onnx", model, *EXTERNAL)
   assert code == 0 and "Resuming: 2 of 2" in err, err
   # Another model in the same file: another run.
@@ -571,14 +692,23 @@ def test_onnx_model(main, torch_smallcnn, tmp_path, monkeypatch):
   assert len(names) == 2 and names[0][:18] != names[1][:18], names
 
 
-def test_torch_factory_with_weights(main, torch_smallcnn, factories,
-                                    tmp_path, monkeypatch):
+def test_torch_factory_with_weights(
+  main, torch_smallcnn, factories, tmp_path, monkeypatch
+):
   import torch
+
   torch.save(torch_smallcnn.state_dict(), tmp_path / "trained.pt")
   monkeypatch.chdir(tmp_path)
   factory = f"{factories}:smallcnn"
-  code, _, err = main("attack", "--torch", factory, "--torch-weights",
-                      "trained.pt", "--nchw", *EXTERNAL)
+  code, _, err = main(
+    "attack",
+    "--torch",
+    factory,
+    "--torch-weights",
+    "trained.pt",
+    "--nchw",
+    *EXTERNAL,
+  )
   assert code == 0, err
   run = only_run(tmp_path)
   assert re.fullmatch(r"smallcnn-[0-9a-f]{8}_sample-.*", run.name), run.name
@@ -592,19 +722,35 @@ def test_torch_factory_with_weights(main, torch_smallcnn, factories,
   assert len(list((tmp_path / "pixeljax-runs").iterdir())) == 2
 
 
-@pytest.mark.parametrize("function, phrase", [
-    ("images_out", r"--torch \S+:images_out: expected logits \[B, K\] .* "
-     r"got an output of shape \(1, 32, 32, 3\)"),
+@pytest.mark.parametrize(
+  "function, phrase",
+  [
+    (
+      "images_out",
+      r"--torch \S+:images_out: expected logits \[B, K\] .* "
+      r"got an output of shape \(1, 32, 32, 3\)",
+    ),
     ("three_classes", r"the model has 3 classes, the data 10"),
-    ("smallcnn", r"--torch \S+:smallcnn: cannot load or run the model: "
-     r"RuntimeError: .*needs --nchw"),  # an NCHW module given NHWC
+    (
+      "smallcnn",
+      r"--torch \S+:smallcnn: cannot load or run the model: "
+      r"RuntimeError: .*needs --nchw",
+    ),  # an NCHW module given NHWC
     ("nothing", r"has no function 'nothing'"),
-])
-def test_a_model_that_does_not_fit_is_exit_3(main, factories, tmp_path,
-                                             function, phrase):
+  ],
+)
+def test_a_model_that_does_not_fit_is_exit_3(
+  main, factories, tmp_path, function, phrase
+):
   pytest.importorskip("torch")
-  code, _, err = main("attack", "--torch", f"{factories}:{function}",
-                      *EXTERNAL, "--out", tmp_path / "out")
+  code, _, err = main(
+    "attack",
+    "--torch",
+    f"{factories}:{function}",
+    *EXTERNAL,
+    "--out",
+    tmp_path / "out",
+  )
   assert code == 3 and re.search(phrase, err), err
   assert "Traceback" not in err and not (tmp_path / "out").exists()
 
@@ -613,10 +759,12 @@ def test_missing_model_files(main, factories, tmp_path):
   pytest.importorskip("torch")
   missing = tmp_path / "none"
   for args, phrase in [
-      (["--onnx", f"{missing}.onnx"], "no such ONNX file"),
-      (["--torch", f"{missing}.py:build"], "no such file"),
-      (["--torch", f"{factories}:smallcnn", "--torch-weights",
-        f"{missing}.pt"], f"--torch-weights {missing}.pt: no such file"),
+    (["--onnx", f"{missing}.onnx"], "no such ONNX file"),
+    (["--torch", f"{missing}.py:build"], "no such file"),
+    (
+      ["--torch", f"{factories}:smallcnn", "--torch-weights", f"{missing}.pt"],
+      f"--torch-weights {missing}.pt: no such file",
+    ),
   ]:
     if args[0] == "--onnx" and importlib.util.find_spec("onnxruntime") is None:
       continue

@@ -31,10 +31,12 @@ def test_known_answer_after_the_predicted_evaluations_and_early_stop():
   assert result.success.all()
   np.testing.assert_array_equal(result.queries, [176, 176, 8, 8])
   np.testing.assert_array_equal(result.generations, [22, 22, 1, 1])
-  np.testing.assert_array_equal(result.perturbation[:, 0],
-                                [[5, 2, 255, 0, 0]] * 2 + [[0, 0, 0, 0, 0]] * 2)
-  np.testing.assert_array_equal(result.clean_success, [False, False, True,
-                                                       True])
+  np.testing.assert_array_equal(
+    result.perturbation[:, 0], [[5, 2, 255, 0, 0]] * 2 + [[0, 0, 0, 0, 0]] * 2
+  )
+  np.testing.assert_array_equal(
+    result.clean_success, [False, False, True, True]
+  )
   # One call per block of active candidates, plus the clean images (checked
   # before the scan, and scored again beside the final re-check) and the
   # final re-check, each in chunks of RECHECK_BATCH: nothing for finished
@@ -48,16 +50,19 @@ def test_targeted_without_early_stop_scans_all_and_keeps_the_best():
   images = np.full((2, 6, 6, 3), 60, np.uint8)
   images[..., 0] = 100  # class 0 wins on the clean images
   labels, targets = np.zeros(2, np.int64), np.array([1, 2])
-  result = corner_attack(predict, images, labels, targets=targets,
-                         early_stop=False)
+  result = corner_attack(
+    predict, images, labels, targets=targets, early_stop=False
+  )
   np.testing.assert_array_equal(result.queries, [6 * 6 * 8] * 2)
   assert result.success.all()
   np.testing.assert_array_equal(result.adv_label, targets)
   # The pure target colour is the most confident; the first pixel on ties.
-  np.testing.assert_array_equal(result.perturbation[:, 0],
-                                [[0, 0, 0, 255, 0], [0, 0, 0, 0, 255]])
-  corner_models.assert_honest(predict, images, labels, result, pixels=1,
-                              targets=targets)
+  np.testing.assert_array_equal(
+    result.perturbation[:, 0], [[0, 0, 0, 255, 0], [0, 0, 0, 0, 255]]
+  )
+  corner_models.assert_honest(
+    predict, images, labels, result, pixels=1, targets=targets
+  )
 
 
 def test_exhaustive_finds_every_corner_success_de_finds():
@@ -80,10 +85,12 @@ def test_exhaustive_finds_every_corner_success_de_finds():
     predicted = np.asarray(predict(jnp.asarray(batch, jnp.float32)))
     assert np.all(predicted.argmax(-1) == label)
 
-  de = pixeljax.batched_attack(predict, images, labels, key=jax.random.key(0),
-                               popsize=40, maxiter=20)
+  de = pixeljax.batched_attack(
+    predict, images, labels, key=jax.random.key(0), popsize=40, maxiter=20
+  )
   at_corner = de.success & np.all(
-      np.isin(de.perturbation[:, 0, 2:], (0, 255)), axis=-1)
+    np.isin(de.perturbation[:, 0, 2:], (0, 255)), axis=-1
+  )
   assert at_corner.any()  # else the check below would mean nothing
   assert np.all(corner.success[at_corner])
 
@@ -97,14 +104,24 @@ def test_few_pixel_search_finds_the_pair_and_keeps_its_promises():
   one = corner_attack(predict, images, labels)
   assert not one.success.any()
   # It still reports its best: one of the two pixels (the first scanned) white.
-  np.testing.assert_array_equal(one.perturbation[:, 0],
-                                [[4, 3, 255, 255, 255]] * 3)
-  result = corner_search(predict, images, labels, key=jax.random.key(0),
-                         pixels=2, max_queries=2000, proposals=16)
+  np.testing.assert_array_equal(
+    one.perturbation[:, 0], [[4, 3, 255, 255, 255]] * 3
+  )
+  result = corner_search(
+    predict,
+    images,
+    labels,
+    key=jax.random.key(0),
+    pixels=2,
+    max_queries=2000,
+    proposals=16,
+  )
   assert result.success.all()
   np.testing.assert_array_equal(result.queries, [8 * 8 * 8 + 16] * 3)
   assert sorted(map(tuple, result.perturbation[0])) == [
-      (1, 6, 255, 255, 255), (4, 3, 255, 255, 255)]
+    (1, 6, 255, 255, 255),
+    (4, 3, 255, 255, 255),
+  ]
   corner_models.assert_honest(predict, images, labels, result, pixels=2)
 
 
@@ -116,9 +133,17 @@ def test_few_pixel_search_respects_d_and_its_budget(scan, rounds):
   images = np.random.default_rng(6).integers(0, 256, (8, 8, 8, 3))
   images = images.astype(np.uint8)
   labels = np.asarray(predict(jnp.asarray(images, jnp.float32))).argmax(-1)
-  result = corner_search(predict, images, labels, key=jax.random.key(1),
-                         pixels=3, max_queries=512 + 5 * 32, proposals=32,
-                         early_stop=False, scan=scan)
+  result = corner_search(
+    predict,
+    images,
+    labels,
+    key=jax.random.key(1),
+    pixels=3,
+    max_queries=512 + 5 * 32,
+    proposals=32,
+    early_stop=False,
+    scan=scan,
+  )
   np.testing.assert_array_equal(result.queries, [512 + 5 * 32] * 8)
   np.testing.assert_array_equal(result.generations, [rounds] * 8)
   corner_models.assert_honest(predict, images, labels, result, pixels=3)
@@ -146,11 +171,14 @@ def test_an_image_gets_the_same_result_whatever_shares_its_batch():
   images = np.random.default_rng(7).integers(0, 256, (6, 8, 8, 3))
   images = images.astype(np.uint8)
   labels = np.asarray(predict(jnp.asarray(images, jnp.float32))).argmax(-1)
-  kwargs = dict(key=jax.random.key(4), pixels=2, max_queries=160,
-                proposals=16, scan=False)
+  kwargs = dict(
+    key=jax.random.key(4), pixels=2, max_queries=160, proposals=16, scan=False
+  )
   batch = corner_search(predict, images, labels, **kwargs)
-  alone = corner_search(predict, images[3:4], labels[3:4], image_ids=[3],
-                        batch_size=5, **kwargs)
+  alone = corner_search(
+    predict, images[3:4], labels[3:4], image_ids=[3], batch_size=5, **kwargs
+  )
   for field in ("success", "adv_images", "perturbation", "queries"):
-    np.testing.assert_array_equal(getattr(alone, field),
-                                  getattr(batch, field)[3:4], err_msg=field)
+    np.testing.assert_array_equal(
+      getattr(alone, field), getattr(batch, field)[3:4], err_msg=field
+    )

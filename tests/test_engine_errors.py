@@ -14,21 +14,34 @@ PREDICT = toy_models.small_cnn(channels=3, num_classes=4)
 
 
 def _attack(**overrides):
-  kwargs = dict(predict=PREDICT, images=IMAGES, labels=LABELS,
-                key=jax.random.key(0), popsize=8, maxiter=1)
+  kwargs = dict(
+    predict=PREDICT,
+    images=IMAGES,
+    labels=LABELS,
+    key=jax.random.key(0),
+    popsize=8,
+    maxiter=1,
+  )
   kwargs.update(overrides)
-  predict, images, labels = (kwargs.pop(k) for k in
-                             ("predict", "images", "labels"))
+  predict, images, labels = (
+    kwargs.pop(k) for k in ("predict", "images", "labels")
+  )
   return pixeljax.batched_attack(predict, images, labels, **kwargs)
 
 
-@pytest.mark.parametrize("overrides,error,words", [
+@pytest.mark.parametrize(
+  "overrides,error,words",
+  [
     (dict(images=IMAGES[0]), ValueError, "images must be a non-empty array"),
     (dict(images=IMAGES[:0]), ValueError, "images must be a non-empty array"),
     (dict(images=IMAGES.tolist()), TypeError, "images must be an array"),
     (dict(images=IMAGES / 255.0), ValueError, "integers 0..255"),
     (dict(images=IMAGES * 3.0), ValueError, "integers 0..255"),
-    (dict(labels=np.array([0, 1, 2])), ValueError, "labels must have shape (2,)"),
+    (
+      dict(labels=np.array([0, 1, 2])),
+      ValueError,
+      "labels must have shape (2,)",
+    ),
     (dict(labels=np.array([0, 4])), ValueError, "labels must be in [0, 4)"),
     (dict(labels=np.array([0.0, 1.0])), TypeError, "labels must hold integer"),
     (dict(targets=np.array([0, 2])), ValueError, "targets must differ"),
@@ -46,12 +59,19 @@ def _attack(**overrides):
     (dict(key=0), TypeError, "key must be a PRNG key"),
     (dict(image_ids=[0]), ValueError, "image_ids must be integers of shape"),
     (dict(predict="model"), TypeError, "predict must be callable"),
-    (dict(predict=lambda x: x.mean(axis=(1, 2, 3))), ValueError,
-     "predict must return float logits of shape"),
+    (
+      dict(predict=lambda x: x.mean(axis=(1, 2, 3))),
+      ValueError,
+      "predict must return float logits of shape",
+    ),
     (dict(predict=lambda x: x[:, :1, 0, 0]), ValueError, "K >= 2"),
-    (dict(predict=lambda x: x.reshape(-1)[:3]), ValueError,
-     "predict must return"),
-])
+    (
+      dict(predict=lambda x: x.reshape(-1)[:3]),
+      ValueError,
+      "predict must return",
+    ),
+  ],
+)
 def test_bad_input_is_named(overrides, error, words):
   with pytest.raises(error) as info:
     _attack(**overrides)
@@ -67,14 +87,18 @@ def test_nan_logits_are_refused():
     _attack(predict=predict)
 
 
-@pytest.mark.parametrize("overrides,words", [
+@pytest.mark.parametrize(
+  "overrides,words",
+  [
     (dict(popsize=2**31), "popsize must be at least 4 and at most"),
     (dict(maxiter=2**31), "maxiter must be at least 0 and at most"),
     (dict(popsize=2**16, maxiter=2**16), "popsize * (maxiter + 1)"),
     (dict(popsize=2**30 + 1, maxiter=0), "candidates of one round"),
-])
-def test_counts_that_overflow_int32_are_refused_before_any_work(overrides,
-                                                                words):
+  ],
+)
+def test_counts_that_overflow_int32_are_refused_before_any_work(
+  overrides, words
+):
   traced = []
 
   def predict(images):

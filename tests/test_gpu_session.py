@@ -20,8 +20,8 @@ import sys
 import tarfile
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from benchmarks import common
 from pixeljax import data as data_lib
@@ -45,7 +45,8 @@ def toy_archive(path: pathlib.Path):
           pixels = rng.normal(25 * label, 40, (32, 32, 3))
           buffer = io.BytesIO()
           Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
-              buffer, "PNG")
+            buffer, "PNG"
+          )
           info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{name}/{i:04d}.png")
           info.size = len(buffer.getvalue())
           tar.addfile(info, io.BytesIO(buffer.getvalue()))
@@ -81,9 +82,11 @@ def check_out_limits(out: pathlib.Path):
   assert len(files) <= 8 and all(p.parent == out for p in files)
   assert all(p.stat().st_size <= 16 * 2**20 for p in files)
   assert sum(p.stat().st_size for p in files) <= 64 * 2**20
-  assert all(set(p.name) <= set("abcdefghijklmnopqrstuvwxyz"
-                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-             for p in files)
+  assert all(
+    set(p.name)
+    <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    for p in files
+  )
   return files
 
 
@@ -93,7 +96,8 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   toy_archive(tmp / "toy.tar.gz")
   call(["prepare", "--data", str(tmp / "toy.tar.gz"), "--no-wheels"])
   assert (device / "data" / gs.DATA_FILE).read_bytes() == (
-      tmp / "toy.tar.gz").read_bytes()
+    tmp / "toy.tar.gz"
+  ).read_bytes()
   assert "carry=[" in capsys.readouterr().out
 
   # victims: 10 parts + manifest do not fit 8 files: the rest waits.
@@ -117,15 +121,24 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   assert "waiting for" not in restored and "smallcnn: test accuracy" in restored
   for name in ("smallcnn.json", "smallcnn.safetensors"):
     assert (here / "victims" / "smallcnn" / name).read_bytes() == (
-        device / "victims" / "smallcnn" / name).read_bytes()
+      device / "victims" / "smallcnn" / name
+    ).read_bytes()
   results = sorted(p.name for p in (tmp / "results").iterdir())
-  assert {"throughput_cpu_smallcnn.json", "throughput_cpu_smallcnn.md",
-          "paper_table.json", "paper_table.md", "peers_cpu_smallcnn.json",
-          "peers_cpu_smallcnn.png"} <= set(results)
-  payload = json.loads((tmp / "results" / "throughput_cpu_smallcnn.json")
-                       .read_text())
+  assert {
+    "throughput_cpu_smallcnn.json",
+    "throughput_cpu_smallcnn.md",
+    "paper_table.json",
+    "paper_table.md",
+    "peers_cpu_smallcnn.json",
+    "peers_cpu_smallcnn.png",
+  } <= set(results)
+  payload = json.loads(
+    (tmp / "results" / "throughput_cpu_smallcnn.json").read_text()
+  )
   assert set(payload["predict_images_per_second_variants"]) == {
-      "float32_highest", "bfloat16"}
+    "float32_highest",
+    "bfloat16",
+  }
   assert payload["flops_per_image"] > 0 and payload["efficiency"] > 0
   carry = [line for line in restored.splitlines() if line.startswith("carry=")]
   assert str(here / "victims" / "smallcnn") in carry[-1]
@@ -134,8 +147,10 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   # A victim whose weights are not there (as VGG16's: they cannot travel)
   # keeps the rows of its earlier runs: toy nin stands for it.
   shutil.copytree(device / "data", here / "data")  # here, `prepare` made it
-  shutil.copytree(here / "paper" / "smallcnn_untargeted_1px",
-                  here / "paper" / "nin_untargeted_1px")
+  shutil.copytree(
+    here / "paper" / "smallcnn_untargeted_1px",
+    here / "paper" / "nin_untargeted_1px",
+  )
   shutil.rmtree(device)
   for name in ("data", "victims", "paper"):
     shutil.copytree(here / name, device / name)
@@ -144,8 +159,9 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   sessions = (device / "paper" / "sessions.jsonl").read_text().splitlines()
   assert [json.loads(line)["new_attacks"] for line in sessions] == [2, 0]
   check_out_limits(tmp / "out6")
-  table = json.loads((device / "results" / "paper" / "paper_table.json")
-                     .read_text())
+  table = json.loads(
+    (device / "results" / "paper" / "paper_table.json").read_text()
+  )
   assert table["shown_from_earlier_sessions"] == ["nin"]
   assert [e["model"] for e in table["runs"]] == ["smallcnn", "nin"]
   # The run folders do not record the matmul precision: one per table.
@@ -156,6 +172,7 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
 
 def test_throughput_sweep_skips_what_its_budget_cannot_hold(monkeypatch):
   from benchmarks import throughput
+
   calls = []
 
   class Result:
@@ -170,22 +187,30 @@ def test_throughput_sweep_skips_what_its_budget_cannot_hold(monkeypatch):
   throughput.jax.random.key(0)  # JAX started: not part of the budget
   pool = (np.zeros((6, 32, 32, 3), np.uint8), np.zeros(6, np.int64))
   rows, skipped = throughput.measure_images_per_second(
-      None, [1, 2, 64, 4, 8], 16, 8, 2, pool=pool, budget=0.4)
+    None, [1, 2, 64, 4, 8], 16, 8, 2, pool=pool, budget=0.4
+  )
   # 64: more than the pool; 8: projected past the budget after 1, 2 and 4.
   assert [r["images"] for r in rows] == [1, 2, 4] and skipped == [64, 8]
   assert calls == [1, 1, 2, 2, 4, 4]  # each size compiles, then is timed
 
 
-def test_pack_waits_for_room_and_restore_checks_every_part(toy_env,
-                                                           monkeypatch):
+def test_pack_waits_for_room_and_restore_checks_every_part(
+  toy_env, monkeypatch
+):
   tmp = toy_env
   source = tmp / "made"
   source.mkdir()
   rng = np.random.default_rng(0)
   (source / "big.bin").write_bytes(rng.bytes(5 * PART))  # incompressible
   (source / "small.json").write_text("{}")
-  gs.pack("thing", source, ["big.bin", "small.json"], root="gpu",
-          dest="things", priority=0)
+  gs.pack(
+    "thing",
+    source,
+    ["big.bin", "small.json"],
+    root="gpu",
+    dest="things",
+    priority=0,
+  )
   out = tmp / "out"
   out.mkdir()
   monkeypatch.setenv("OUT", str(out))
@@ -211,7 +236,8 @@ def test_pack_waits_for_room_and_restore_checks_every_part(toy_env,
   shutil.copyfile(tmp / "device" / "sent" / part.name, part)
   gs.restore([out2])
   assert (here / "things" / "big.bin").read_bytes() == (
-      source / "big.bin").read_bytes()
+    source / "big.bin"
+  ).read_bytes()
   assert (here / "logs" / "gpu-step.log").exists()
 
 
@@ -222,8 +248,14 @@ def test_a_late_older_pack_keeps_the_newer_files(toy_env, monkeypatch):
   outs = []
   for i, text in enumerate(("old", "new")):
     (source / "checkpoint.json").write_text(text)
-    gs.pack("checkpoint-x", source, ["checkpoint.json"], root="gpu",
-            dest="train/x", priority=1)
+    gs.pack(
+      "checkpoint-x",
+      source,
+      ["checkpoint.json"],
+      root="gpu",
+      dest="train/x",
+      priority=1,
+    )
     outs.append(tmp / f"out{i}")
     outs[-1].mkdir()
     monkeypatch.setenv("OUT", str(outs[-1]))
@@ -244,15 +276,30 @@ def test_restore_refuses_to_write_outside_its_folders(toy_env):
     info.size = 2
     tar.addfile(info, io.BytesIO(b"hi"))
   (inbox / "bad.tgz.part1").write_bytes(payload.getvalue())
-  part = dict(file="bad.tgz.part1", sha256=gs.sha256(inbox / "bad.tgz.part1"),
-              bytes=len(payload.getvalue()))
-  manifest = dict(format=gs.PACK_FORMAT, name="bad", created="x", priority=0,
-                  root="gpu", dest="ok", files=[], parts=[part],
-                  sha256=part["sha256"], bytes=part["bytes"])
-  for dest, match in (("../up", "not a folder under"),
-                      ("ok", "not a plain relative file")):
-    (inbox / "bad.manifest.json").write_text(json.dumps({**manifest,
-                                                         "dest": dest}))
+  part = dict(
+    file="bad.tgz.part1",
+    sha256=gs.sha256(inbox / "bad.tgz.part1"),
+    bytes=len(payload.getvalue()),
+  )
+  manifest = dict(
+    format=gs.PACK_FORMAT,
+    name="bad",
+    created="x",
+    priority=0,
+    root="gpu",
+    dest="ok",
+    files=[],
+    parts=[part],
+    sha256=part["sha256"],
+    bytes=part["bytes"],
+  )
+  for dest, match in (
+    ("../up", "not a folder under"),
+    ("ok", "not a plain relative file"),
+  ):
+    (inbox / "bad.manifest.json").write_text(
+      json.dumps({**manifest, "dest": dest})
+    )
     with pytest.raises(gs.StepError, match=match):
       gs._unpack(inbox / "bad.manifest.json", inbox)
   assert not (tmp / "escape.txt").exists() and not (tmp / "up").exists()
@@ -294,36 +341,64 @@ def test_the_gpu_command_lines_parse(tmp_path, monkeypatch):
   monkeypatch.delenv("PIXELJAX_GPU_TOY", raising=False)
   monkeypatch.setenv("PIXELJAX_GPU_DIR", str(tmp_path))
   for model in gs.VICTIMS:
-    argv = ["--model", model, "--out", "x", *gs.RECIPES[model].split(),
-            "--time-limit", "480", "--resume"]
+    argv = [
+      "--model",
+      model,
+      "--out",
+      "x",
+      *gs.RECIPES[model].split(),
+      "--time-limit",
+      "480",
+      "--resume",
+    ]
     cfg = train_lib.TrainConfig(
-        **vars(train_lib._parser().parse_args(argv))).resolved()
+      **vars(train_lib._parser().parse_args(argv))
+    ).resolved()
     assert cfg.bf16 and cfg.label_smoothing == 0.1 and cfg.batch_size == 512
     (tmp_path / "victims" / model).mkdir(parents=True)
     (tmp_path / "victims" / model / f"{model}.json").write_text("{}")
   from benchmarks import paper_table
   from benchmarks import throughput
-  parsed = parse_only(monkeypatch, throughput.main, gs.benchmark_args(
-      "throughput", ["allconv"], budget=100))
+
+  parsed = parse_only(
+    monkeypatch,
+    throughput.main,
+    gs.benchmark_args("throughput", ["allconv"], budget=100),
+  )
   assert parsed.bf16 and parsed.devices == "" and parsed.budget_seconds == 100
-  parsed = parse_only(monkeypatch, paper_table.main, gs.benchmark_args(
-      "paper", list(gs.VICTIMS)))
+  parsed = parse_only(
+    monkeypatch, paper_table.main, gs.benchmark_args("paper", list(gs.VICTIMS))
+  )
   assert parsed.models == list(gs.VICTIMS) and parsed.slots == 256
   pytest.importorskip("torch")
   from benchmarks import peers
-  parsed = parse_only(monkeypatch, peers.main, gs.benchmark_args(
-      "peers", ["nin"]))
+
+  parsed = parse_only(
+    monkeypatch, peers.main, gs.benchmark_args("peers", ["nin"])
+  )
   assert parsed.torch_device == "cuda" and parsed.weights.endswith("nin.json")
 
 
 def test_wrapper_logs_into_out_and_help_gives_the_plan(tmp_path):
-  env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable,
-             PIXELJAX_GPU_DIR=str(tmp_path / "g"))
-  done = subprocess.run(["bash", str(SCRIPT.with_suffix(".sh")), "flush"],
-                        env=env, capture_output=True, text=True, check=True)
+  env = dict(
+    os.environ,
+    OUT=str(tmp_path),
+    PYTHON=sys.executable,
+    PIXELJAX_GPU_DIR=str(tmp_path / "g"),
+  )
+  done = subprocess.run(
+    ["bash", str(SCRIPT.with_suffix(".sh")), "flush"],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   assert (tmp_path / "gpu-flush.log").read_text() == done.stdout
   help_text = subprocess.run(
-      ["bash", str(SCRIPT.with_suffix(".sh")), "--help"],
-      env={k: v for k, v in env.items() if k != "OUT"}, capture_output=True,
-      text=True, check=True).stdout
+    ["bash", str(SCRIPT.with_suffix(".sh")), "--help"],
+    env={k: v for k, v in env.items() if k != "OUT"},
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   assert "victims allconv" in help_text and "carry=" in help_text

@@ -28,9 +28,14 @@ _SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_224px_attack_of_64_images_stays_within_a_few_gib():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=root,
-                        capture_output=True, text=True, timeout=600,
-                        check=True)
+  done = subprocess.run(
+    [sys.executable, "-c", _SCRIPT],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=True,
+  )
   report = json.loads(done.stdout.strip().splitlines()[-1])
   # Every candidate image of one generation: 64 x 400 x 224 x 224 x 3 floats.
   materialised = 64 * 400 * 224 * 224 * 3 * 4

@@ -12,8 +12,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _dependencies():
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-  return {line.split(">")[0].split("=")[0].split("[")[0].strip().lower()
-          for line in project["dependencies"]}
+  return {
+    line.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+    for line in project["dependencies"]
+  }
 
 
 def test_the_compile_cache_dependency_is_declared():
@@ -33,8 +35,14 @@ def test_a_rerun_finds_its_programs_in_the_compile_cache(tmp_path, env):
       cache = pathlib.Path(jax.config.jax_compilation_cache_dir)
       print(json.dumps(sorted(p.name for p in cache.iterdir())))
   """)
-  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   names = json.loads(done.stdout.strip().splitlines()[-1])
   assert any(name.startswith("jit_") for name in names), names

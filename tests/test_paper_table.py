@@ -20,20 +20,46 @@ from benchmarks import common
 from benchmarks import paper_table
 from pixeljax.models import weights
 
-TINY = ["--images", "2", "--popsize", "8", "--maxiter", "2", "--pixels", "1",
-        "--targeted-pixels", "1", "--no-download", "--quiet"]
+TINY = [
+  "--images",
+  "2",
+  "--popsize",
+  "8",
+  "--maxiter",
+  "2",
+  "--pixels",
+  "1",
+  "--targeted-pixels",
+  "1",
+  "--no-download",
+  "--quiet",
+]
 
-pytestmark = pytest.mark.skipif("smallcnn" not in weights.shipped_models(),
-                                reason="the shipped SmallCNN is missing")
+pytestmark = pytest.mark.skipif(
+  "smallcnn" not in weights.shipped_models(),
+  reason="the shipped SmallCNN is missing",
+)
 
 
 def paper(*args, env, out):
   """Runs the script into ``out``/runs and ``out``/results."""
   return subprocess.run(
-      [sys.executable, "-m", "benchmarks.paper_table", *map(str, args),
-       "--out-dir", out / "runs", "--results-dir", out / "results"],
-      cwd=common.REPO_ROOT, env=env, capture_output=True, text=True,
-      timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "benchmarks.paper_table",
+      *map(str, args),
+      "--out-dir",
+      out / "runs",
+      "--results-dir",
+      out / "results",
+    ],
+    cwd=common.REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def read_records(run_dir):
@@ -54,9 +80,13 @@ def table(tmp_path_factory, env):
 def test_one_run_folder_per_model_mode_and_pixels(table):
   out, payload = table
   assert [(e["model"], e["mode"], e["pixels"]) for e in payload["runs"]] == [
-      ("smallcnn", "non-targeted", 1), ("smallcnn", "targeted", 1)]
+    ("smallcnn", "non-targeted", 1),
+    ("smallcnn", "targeted", 1),
+  ]
   assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == [
-      "smallcnn_targeted_1px", "smallcnn_untargeted_1px"]
+    "smallcnn_targeted_1px",
+    "smallcnn_untargeted_1px",
+  ]
   assert payload["settings"]["popsize"] == 8
   assert "images 2 (paper: 500)" in payload["not_the_protocol"]
 
@@ -72,7 +102,8 @@ def test_numbers_are_those_of_the_records(table):
     assert summary["success_rate"] == pytest.approx(success.mean())
     confidence = [r["adv_prob"] for r in records if r["success"]]
     assert summary["mean_confidence"] == (
-        pytest.approx(np.mean(confidence)) if confidence else None)
+      pytest.approx(np.mean(confidence)) if confidence else None
+    )
     assert {r["pixels"] for r in records} == {entry["pixels"]}
 
 
@@ -85,7 +116,8 @@ def test_targeted_counts_every_other_class(table):
   for image in {r["image"] for r in records}:
     mine = [r for r in records if r["image"] == image]
     assert sorted(r["target"] for r in mine) == sorted(
-        set(range(10)) - {mine[0]["label"]})
+      set(range(10)) - {mine[0]["label"]}
+    )
     reached[image] = sum(r["success"] for r in mine)
   expected = np.bincount(list(reached.values()), minlength=10)
   assert entry["targets_reached"] == expected.tolist()
@@ -93,7 +125,8 @@ def test_targeted_counts_every_other_class(table):
   successes = np.array(entry["pair_successes"])
   attempts = np.array(entry["pair_attempts"])
   assert attempts.sum() == 18 and successes.sum() == sum(
-      r["success"] for r in records)
+    r["success"] for r in records
+  )
   assert not np.diag(attempts).any()
 
 
@@ -106,8 +139,11 @@ def test_markdown_and_figures(table):
   assert "| smallcnn | non-targeted | 1 | 2 |" in text
   assert "| smallcnn | targeted | 1 | 18 |" in text
   assert "1710.08864" in text and "68.71%" in text
-  for name in ("heatmap_smallcnn_1px", "success_vs_pixels_smallcnn",
-               "targets_reached"):
+  for name in (
+    "heatmap_smallcnn_1px",
+    "success_vs_pixels_smallcnn",
+    "targets_reached",
+  ):
     assert (results / f"paper_table_{name}.png").stat().st_size > 0
   assert payload["wall_time"]["attacks"] == 20
 
@@ -122,15 +158,18 @@ def test_rerun_redoes_nothing(table, env):
     assert read_records(run_dir) == records
   sessions = (out / "runs" / paper_table.SESSIONS_FILE).read_text()
   assert [json.loads(s)["new_attacks"] for s in sessions.splitlines()] == [
-      20, 0]
+    20,
+    0,
+  ]
   again = json.loads((out / "results" / "paper_table.json").read_text())
   assert again["runs"] == payload["runs"]
   assert again["wall_time"]["sessions"] == 2
 
 
 def test_model_without_weights_fails_clearly(env, tmp_path):
-  missing = [m for m in paper_table.PAPER_MODELS
-             if m not in weights.shipped_models()]
+  missing = [
+    m for m in paper_table.PAPER_MODELS if m not in weights.shipped_models()
+  ]
   if not missing:
     pytest.skip("every paper victim ships")
   done = paper("--models", missing[0], *TINY, env=env, out=tmp_path)
@@ -139,15 +178,41 @@ def test_model_without_weights_fails_clearly(env, tmp_path):
 
 
 def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
-  args = ["--models", "smallcnn", "--images", "3", "--popsize", "8",
-          "--maxiter", "300", "--pixels", "1", "--targeted-pixels",
-          "--slots", "1", "--no-download", "--quiet"]
-  command = [sys.executable, "-m", "benchmarks.paper_table", *args,
-             "--out-dir", tmp_path / "runs", "--results-dir",
-             tmp_path / "results"]
+  args = [
+    "--models",
+    "smallcnn",
+    "--images",
+    "3",
+    "--popsize",
+    "8",
+    "--maxiter",
+    "300",
+    "--pixels",
+    "1",
+    "--targeted-pixels",
+    "--slots",
+    "1",
+    "--no-download",
+    "--quiet",
+  ]
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks.paper_table",
+    *args,
+    "--out-dir",
+    tmp_path / "runs",
+    "--results-dir",
+    tmp_path / "results",
+  ]
   run = tmp_path / "runs" / "smallcnn_untargeted_1px"
-  process = subprocess.Popen(command, cwd=common.REPO_ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process = subprocess.Popen(
+    command,
+    cwd=common.REPO_ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
   while not (run / "run.json").exists():  # images chosen: attacking now
     assert process.poll() is None, process.stderr.read()
     time.sleep(0.05)
@@ -162,8 +227,10 @@ def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
   done = paper(*args, env=env, out=tmp_path)
   assert done.returncode == 0, done.stderr
   records = read_records(run)
-  assert sorted(r["image"] for r in records) == sorted(
-      {r["image"] for r in records}) and len(records) == 3
+  assert (
+    sorted(r["image"] for r in records) == sorted({r["image"] for r in records})
+    and len(records) == 3
+  )
   payload = json.loads((tmp_path / "results" / "paper_table.json").read_text())
   assert payload["runs"][0]["complete"]
   assert payload["wall_time"]["sessions"] == 2
@@ -171,9 +238,14 @@ def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
 
 def test_plan_puts_the_one_pixel_runs_first():
   plan = paper_table.make_plan(["allconv", "vgg16"], [1, 3], [1])
-  assert plan == [("allconv", False, 1), ("vgg16", False, 1),
-                  ("allconv", True, 1), ("vgg16", True, 1),
-                  ("allconv", False, 3), ("vgg16", False, 3)]
+  assert plan == [
+    ("allconv", False, 1),
+    ("vgg16", False, 1),
+    ("allconv", True, 1),
+    ("vgg16", True, 1),
+    ("allconv", False, 3),
+    ("vgg16", False, 3),
+  ]
 
 
 def test_weights_dir_cards_win_over_shipped_weights(tmp_path):
@@ -182,4 +254,5 @@ def test_weights_dir_cards_win_over_shipped_weights(tmp_path):
   assert paper_table.find_weights("no-such-model", tmp_path) == ""
   (tmp_path / "smallcnn.json").write_text("{}")
   assert paper_table.find_weights("smallcnn", tmp_path) == str(
-      tmp_path / "smallcnn.json")
+    tmp_path / "smallcnn.json"
+  )

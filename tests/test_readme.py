@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _python_example() -> str:
   readme = (ROOT / "README.md").read_text()
-  section = readme[readme.index("## From Python"):]
+  section = readme[readme.index("## From Python") :]
   return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -14,19 +14,27 @@ from pixeljax import runs
 from pixeljax.errors import InputError
 from pixeljax.errors import RunConflictError
 
-SETTINGS = dict(model=dict(name="toy"), seed=0,
-                data=dict(source="data/cifar", count=3, sha256="ab" * 8))
+SETTINGS = dict(
+  model=dict(name="toy"),
+  seed=0,
+  data=dict(source="data/cifar", count=3, sha256="ab" * 8),
+)
 
 
 def images(count=2):
-  return dict(images=np.zeros((count, 4, 4, 3), np.uint8),
-              index=np.arange(count), labels=np.zeros(count, np.int64),
-              clean_prob=np.ones(count, np.float32),
-              class_names=np.array(["a", "b"]), looked=np.int64(count))
+  return dict(
+    images=np.zeros((count, 4, 4, 3), np.uint8),
+    index=np.arange(count),
+    labels=np.zeros(count, np.int64),
+    clean_prob=np.ones(count, np.float32),
+    class_names=np.array(["a", "b"]),
+    looked=np.int64(count),
+  )
 
 
 def test_every_file_reaches_the_disk_before_it_replaces_the_old(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   if not os.path.isdir("/proc/self/fd"):
     pytest.skip("needs /proc to name a file descriptor's file")
   calls = []
@@ -45,8 +53,9 @@ def test_every_file_reaches_the_disk_before_it_replaces_the_old(
   store = runs.RunStore.create_or_resume(tmp_path / "run", SETTINGS)
   store.start(SETTINGS, images())
   runs.write_atomic(tmp_path / "run" / "summary.md", b"# summary\n")
-  replaced = [(n, path) for n, (op, path) in enumerate(calls)
-              if op == "replace"]
+  replaced = [
+    (n, path) for n, (op, path) in enumerate(calls) if op == "replace"
+  ]
   assert len(replaced) == 3  # images.npz, run.json, summary.md
   for n, path in replaced:
     assert ("fsync", path) in calls[:n], path
@@ -54,8 +63,7 @@ def test_every_file_reaches_the_disk_before_it_replaces_the_old(
 
 def test_a_run_that_never_started_leaves_nothing_behind(tmp_path):
   # A folder it made, and the parents it made, go.
-  store = runs.RunStore.create_or_resume(tmp_path / "a" / "b" / "run",
-                                         SETTINGS)
+  store = runs.RunStore.create_or_resume(tmp_path / "a" / "b" / "run", SETTINGS)
   assert (tmp_path / "a" / "b" / "run" / runs.LOCK_FILE).exists()
   store.close()
   assert list(tmp_path.iterdir()) == []
@@ -69,7 +77,11 @@ def test_a_run_that_never_started_leaves_nothing_behind(tmp_path):
   (mine / "new" / "later.txt").write_text("written meanwhile")
   store.close()
   assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == [
-      "new", "new/later.txt", "notes", "notes/todo.txt"]
+    "new",
+    "new/later.txt",
+    "notes",
+    "notes/todo.txt",
+  ]
 
 
 def test_a_started_run_is_kept(tmp_path):
@@ -77,21 +89,26 @@ def test_a_started_run_is_kept(tmp_path):
   store.start(SETTINGS, images())
   store.close()
   assert {p.name for p in (tmp_path / "run").iterdir()} == {
-      runs.SETTINGS_FILE, runs.IMAGES_FILE, runs.LOCK_FILE}
+    runs.SETTINGS_FILE,
+    runs.IMAGES_FILE,
+    runs.LOCK_FILE,
+  }
 
 
 def test_data_is_compared_by_content_not_by_where_it_came_from(tmp_path):
   runs.RunStore.create_or_resume(tmp_path, SETTINGS).start(SETTINGS, images())
   moved = dict(SETTINGS, data=dict(SETTINGS["data"], source="/elsewhere"))
   store = runs.RunStore.create_or_resume(
-      tmp_path, moved, uncompared=campaign._UNCOMPARED)
+    tmp_path, moved, uncompared=campaign._UNCOMPARED
+  )
   assert store.resumed
   store.close()
   assert store.settings()["data"]["source"] == "data/cifar"  # the first kept
   other = dict(moved, data=dict(moved["data"], sha256="cd" * 8))
   with pytest.raises(RunConflictError, match="sha256"):
-    runs.RunStore.create_or_resume(tmp_path, other,
-                                   uncompared=campaign._UNCOMPARED)
+    runs.RunStore.create_or_resume(
+      tmp_path, other, uncompared=campaign._UNCOMPARED
+    )
 
 
 def test_damaged_images_are_told_apart_from_unreadable_ones(tmp_path):
@@ -100,7 +117,7 @@ def test_damaged_images_are_told_apart_from_unreadable_ones(tmp_path):
     store.images()
   store.start(SETTINGS, images())
   whole = (tmp_path / runs.IMAGES_FILE).read_bytes()
-  for damaged in (whole[:len(whole) // 2], b""):
+  for damaged in (whole[: len(whole) // 2], b""):
     (tmp_path / runs.IMAGES_FILE).write_bytes(damaged)
     with pytest.raises(runs.DamagedImagesError, match="damaged"):
       store.images()
@@ -110,7 +127,8 @@ def test_damaged_images_are_told_apart_from_unreadable_ones(tmp_path):
 
 
 def test_a_full_disk_is_an_input_error_and_keeps_what_was_written(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   store = runs.RunStore.create_or_resume(tmp_path, SETTINGS)
   store.start(SETTINGS, images())
   store.append([dict(image=1)])
@@ -120,9 +138,11 @@ def test_a_full_disk_is_an_input_error_and_keeps_what_was_written(
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(os, "fsync", full)
-  for write in (lambda: store.append([dict(image=2)]),
-                lambda: store.start(SETTINGS, images(3)),
-                lambda: runs.write_atomic(tmp_path / "summary.md", b"x")):
+  for write in (
+    lambda: store.append([dict(image=2)]),
+    lambda: store.start(SETTINGS, images(3)),
+    lambda: runs.write_atomic(tmp_path / "summary.md", b"x"),
+  ):
     with pytest.raises(InputError, match="No space left on device") as error:
       write()
     assert str(tmp_path) in str(error.value)
@@ -132,27 +152,46 @@ def test_a_full_disk_is_an_input_error_and_keeps_what_was_written(
 
 
 def _victim(name="smallcnn", files=None):
-  return campaign.Victim(None, 10, dict(
-      name=name, architecture="smallcnn",
-      files=files or {"w.safetensors": "0" * 64}))
+  return campaign.Victim(
+    None,
+    10,
+    dict(
+      name=name,
+      architecture="smallcnn",
+      files=files or {"w.safetensors": "0" * 64},
+    ),
+  )
 
 
 def _pool(source="folder /x", sha256="0123456789abcdef"):
-  return campaign.Pool(None, None, ("cat", "dog"),
-                       dict(source=source, count=3, sha256=sha256))
+  return campaign.Pool(
+    None, None, ("cat", "dog"), dict(source=source, count=3, sha256=sha256)
+  )
 
 
-@pytest.mark.parametrize("name", [
-    "/tmp/elsewhere", "../../up", "..", ".hidden", "a/b\\c", "", "x" * 300,
-    "sp ace\n"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "/tmp/elsewhere",
+    "../../up",
+    "..",
+    ".hidden",
+    "a/b\\c",
+    "",
+    "x" * 300,
+    "sp ace\n",
+  ],
+)
 def test_the_default_folder_is_one_plain_name_under_pixeljax_runs(name):
   options = campaign.AttackOptions(weights="card.json", folder="../pics/")
-  out = pathlib.PurePath(campaign.default_out(options, _victim(name),
-                                              _pool(), None))
+  out = pathlib.PurePath(
+    campaign.default_out(options, _victim(name), _pool(), None)
+  )
   assert out.parts[0] == "pixeljax-runs" and len(out.parts) == 2
   assert not out.name.startswith(".") and len(out.name) <= 200
-  assert set(out.name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQR"
-                              "STUVWXYZ0123456789.+_-")
+  assert set(out.name) <= set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+_-"
+  )
 
 
 def test_the_default_folder_follows_the_data_and_the_weights():
@@ -160,17 +199,19 @@ def test_the_default_folder_follows_the_data_and_the_weights():
   out = campaign.default_out(options, _victim(), _pool(), None)
   assert out == campaign.default_out(options, _victim(), _pool(), None)
   others = {
-      campaign.default_out(options, _victim(), _pool(sha256="f" * 16), None),
-      campaign.default_out(options, _victim(files={"w": "1" * 64}), _pool(),
-                           None),
-      campaign.default_out(campaign.AttackOptions(), _victim(), _pool(),
-                           None),
-      campaign.default_out(options, _victim(), _pool(), 1)}
+    campaign.default_out(options, _victim(), _pool(sha256="f" * 16), None),
+    campaign.default_out(
+      options, _victim(files={"w": "1" * 64}), _pool(), None
+    ),
+    campaign.default_out(campaign.AttackOptions(), _victim(), _pool(), None),
+    campaign.default_out(options, _victim(), _pool(), 1),
+  }
   assert out not in others and len(others) == 4
   assert "_to-dog_" in campaign.default_out(options, _victim(), _pool(), 1)
   sample = _pool(source=campaign._SAMPLE_SOURCE)
   assert "_sample-01234567_" in campaign.default_out(
-      campaign.AttackOptions(model="smallcnn"), _victim(), sample, None)
+    campaign.AttackOptions(model="smallcnn"), _victim(), sample, None
+  )
 
 
 def test_progress_moves_with_evaluations_before_any_attack_finishes(capsys):

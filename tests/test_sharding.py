@@ -39,11 +39,19 @@ _SCRIPT = textwrap.dedent("""
 
 def test_four_devices_give_the_single_device_results():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=root, env=env,
-                        capture_output=True, text=True, timeout=600)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", _SCRIPT],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.loads(done.stdout.strip().splitlines()[-1])
   assert report.pop("mixed")

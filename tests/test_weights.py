@@ -3,199 +3,323 @@
 import hashlib
 import json
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from pixeljax.data import load_cifar10_sample
-from pixeljax.models import SmallCNN, make_predict
-from pixeljax.models.weights import (load_predict, load_victim, load_weights, save_weights,
-                                     shipped_card, shipped_models)
+from pixeljax.models import SmallCNN
+from pixeljax.models import make_predict
+from pixeljax.models.weights import load_predict
+from pixeljax.models.weights import load_victim
+from pixeljax.models.weights import load_weights
+from pixeljax.models.weights import save_weights
+from pixeljax.models.weights import shipped_card
+from pixeljax.models.weights import shipped_models
 
 
 def _trained_like_model():
-    """A SmallCNN with non-trivial batch statistics, so they must round-trip too."""
-    model = SmallCNN(rngs=nnx.Rngs(3))
-    bn = model.convs[1].bn
-    bn.mean[...] = jnp.linspace(-1, 1, bn.mean[...].size)
-    bn.var[...] = jnp.linspace(0.5, 2, bn.var[...].size)
-    return model
+  """A SmallCNN with non-trivial batch statistics, so they must round-trip too."""
+  model = SmallCNN(rngs=nnx.Rngs(3))
+  bn = model.convs[1].bn
+  bn.mean[...] = jnp.linspace(-1, 1, bn.mean[...].size)
+  bn.var[...] = jnp.linspace(0.5, 2, bn.var[...].size)
+  return model
 
 
 @pytest.fixture(scope="module")
 def images():
-    return jnp.asarray(load_cifar10_sample().images[:8], jnp.float32)
+  return jnp.asarray(load_cifar10_sample().images[:8], jnp.float32)
 
 
 def test_round_trip_gives_identical_logits(tmp_path, images):
-    model = _trained_like_model()
-    card_path = save_weights(model, tmp_path, "m", architecture="smallcnn",
-                             card={"test_accuracy": 0.5})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
-    loaded, card = load_weights(card_path)
-    assert card["test_accuracy"] == 0.5 and card["param_count"] == 242_474
-    np.testing.assert_array_equal(make_predict(loaded)(images), make_predict(model)(images))
+  model = _trained_like_model()
+  card_path = save_weights(
+    model, tmp_path, "m", architecture="smallcnn", card={"test_accuracy": 0.5}
+  )
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    "m.json",
+    "m.safetensors",
+  ]
+  loaded, card = load_weights(card_path)
+  assert card["test_accuracy"] == 0.5 and card["param_count"] == 242_474
+  np.testing.assert_array_equal(
+    make_predict(loaded)(images), make_predict(model)(images)
+  )
 
 
 def test_sharding(tmp_path, images):
-    model = _trained_like_model()
-    card_path = save_weights(model, tmp_path, "m", architecture="smallcnn",
-                             max_shard_bytes=300_000)
-    card = json.loads(card_path.read_text())
-    shards = sorted(p.name for p in tmp_path.glob("m-*.safetensors"))
-    assert len(shards) >= 3 and shards[0] == f"m-00001-of-{len(shards):05d}.safetensors"
-    assert sorted(card["files"]) == shards and not (tmp_path / "m.safetensors").exists()
-    index = json.loads((tmp_path / card["index"]).read_text())
-    assert set(index["weight_map"]) == set(card["tensors"])
-    assert set(index["weight_map"].values()) == set(shards)
-    assert index["metadata"]["total_size"] == 4 * sum(np.prod(s) for s in card["tensors"].values())
-    loaded, _ = load_weights(card_path)
-    np.testing.assert_array_equal(make_predict(loaded)(images), make_predict(model)(images))
+  model = _trained_like_model()
+  card_path = save_weights(
+    model, tmp_path, "m", architecture="smallcnn", max_shard_bytes=300_000
+  )
+  card = json.loads(card_path.read_text())
+  shards = sorted(p.name for p in tmp_path.glob("m-*.safetensors"))
+  assert (
+    len(shards) >= 3
+    and shards[0] == f"m-00001-of-{len(shards):05d}.safetensors"
+  )
+  assert (
+    sorted(card["files"]) == shards
+    and not (tmp_path / "m.safetensors").exists()
+  )
+  index = json.loads((tmp_path / card["index"]).read_text())
+  assert set(index["weight_map"]) == set(card["tensors"])
+  assert set(index["weight_map"].values()) == set(shards)
+  assert index["metadata"]["total_size"] == 4 * sum(
+    np.prod(s) for s in card["tensors"].values()
+  )
+  loaded, _ = load_weights(card_path)
+  np.testing.assert_array_equal(
+    make_predict(loaded)(images), make_predict(model)(images)
+  )
 
 
 @pytest.fixture
 def saved(tmp_path):
-    return save_weights(_trained_like_model(), tmp_path, "m", architecture="smallcnn")
+  return save_weights(
+    _trained_like_model(), tmp_path, "m", architecture="smallcnn"
+  )
 
 
 def _edit(card_path, fn):
-    card = json.loads(card_path.read_text())
-    fn(card)
-    card_path.write_text(json.dumps(card))
+  card = json.loads(card_path.read_text())
+  fn(card)
+  card_path.write_text(json.dumps(card))
 
 
 def test_card_shape_mismatch(saved):
-    _edit(saved, lambda c: c["tensors"].update({"classifier.bias": [11]}))
-    with pytest.raises(ValueError, match="shapes differ for.*classifier.bias"):
-        load_weights(saved)
+  _edit(saved, lambda c: c["tensors"].update({"classifier.bias": [11]}))
+  with pytest.raises(ValueError, match="shapes differ for.*classifier.bias"):
+    load_weights(saved)
 
 
 def test_card_names_other_architecture(saved):
-    _edit(saved, lambda c: c.update(architecture="nin"))
-    with pytest.raises(ValueError, match="do not match architecture 'nin'"):
-        load_weights(saved)
+  _edit(saved, lambda c: c.update(architecture="nin"))
+  with pytest.raises(ValueError, match="do not match architecture 'nin'"):
+    load_weights(saved)
 
 
 def test_card_param_count_mismatch(saved):
-    _edit(saved, lambda c: c.update(param_count=1))
-    with pytest.raises(ValueError, match="card says 1 parameters"):
-        load_weights(saved)
+  _edit(saved, lambda c: c.update(param_count=1))
+  with pytest.raises(ValueError, match="card says 1 parameters"):
+    load_weights(saved)
 
 
 def test_corrupted_file(saved):
-    f = saved.parent / "m.safetensors"
-    raw = bytearray(f.read_bytes())
-    raw[-5] ^= 0xFF
-    f.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="m.safetensors: sha256 .* differs"):
-        load_weights(saved)
+  f = saved.parent / "m.safetensors"
+  raw = bytearray(f.read_bytes())
+  raw[-5] ^= 0xFF
+  f.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match="m.safetensors: sha256 .* differs"):
+    load_weights(saved)
 
 
 def test_not_a_card(tmp_path):
-    (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a pixeljax.weights/1 card"):
-        load_weights(tmp_path / "x.json")
+  (tmp_path / "x.json").write_text("{}")
+  with pytest.raises(ValueError, match="not a pixeljax.weights/1 card"):
+    load_weights(tmp_path / "x.json")
 
 
 def test_no_shipped_weights_says_how_to_train():
-    assert "vgg16" not in shipped_models()
-    with pytest.raises(FileNotFoundError, match="python -m pixeljax.train --model vgg16"):
-        load_victim("vgg16")
+  assert "vgg16" not in shipped_models()
+  with pytest.raises(
+    FileNotFoundError, match="python -m pixeljax.train --model vgg16"
+  ):
+    load_victim("vgg16")
 
 
 def test_shipped_smallcnn_matches_its_card():
-    assert "smallcnn" in shipped_models()
-    card = shipped_card("smallcnn")
-    assert card["eval_data"]["num_images"] == 10_000 and card["test_accuracy"] >= 0.70
-    sample = load_cifar10_sample()
-    logits = jax.jit(load_predict("smallcnn"))(jnp.asarray(sample.images, jnp.float32))
-    accuracy = float((logits.argmax(-1) == sample.labels).mean())
-    # 300 images: the standard error is about 2.6 points.
-    assert abs(accuracy - card["test_accuracy"]) < 0.08, (accuracy, card["test_accuracy"])
+  assert "smallcnn" in shipped_models()
+  card = shipped_card("smallcnn")
+  assert (
+    card["eval_data"]["num_images"] == 10_000 and card["test_accuracy"] >= 0.70
+  )
+  sample = load_cifar10_sample()
+  logits = jax.jit(load_predict("smallcnn"))(
+    jnp.asarray(sample.images, jnp.float32)
+  )
+  accuracy = float((logits.argmax(-1) == sample.labels).mean())
+  # 300 images: the standard error is about 2.6 points.
+  assert abs(accuracy - card["test_accuracy"]) < 0.08, (
+    accuracy,
+    card["test_accuracy"],
+  )
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    reference = tmp_path / "reference"
-    reference.write_bytes(b"")  # what a plain open() makes under this umask
-    mode = reference.stat().st_mode & 0o777
-    model = _trained_like_model()
-    card_path = save_weights(model, tmp_path / "w", "m", architecture="smallcnn",
-                             max_shard_bytes=300_000)
-    written = sorted((tmp_path / "w").iterdir())
-    assert len(written) >= 5 and not any(p.name.startswith(".") for p in written)  # no temp file
-    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: mode for p in written}
-    load_weights(card_path)
+  reference = tmp_path / "reference"
+  reference.write_bytes(b"")  # what a plain open() makes under this umask
+  mode = reference.stat().st_mode & 0o777
+  model = _trained_like_model()
+  card_path = save_weights(
+    model, tmp_path / "w", "m", architecture="smallcnn", max_shard_bytes=300_000
+  )
+  written = sorted((tmp_path / "w").iterdir())
+  assert len(written) >= 5 and not any(
+    p.name.startswith(".") for p in written
+  )  # no temp file
+  assert {p.name: p.stat().st_mode & 0o777 for p in written} == {
+    p.name: mode for p in written
+  }
+  load_weights(card_path)
 
 
-@pytest.mark.parametrize("edit, field, phrase", [
+@pytest.mark.parametrize(
+  "edit, field, phrase",
+  [
     (lambda c: [c], "", "expected a JSON object, got a JSON list"),
-    (lambda c: {**c, "files": list(c["files"])}, "'files'", "expected a non-empty object"),
+    (
+      lambda c: {**c, "files": list(c["files"])},
+      "'files'",
+      "expected a non-empty object",
+    ),
     (lambda c: {**c, "files": {}}, "'files'", "expected a non-empty object"),
     (lambda c: {**c, "files": {k: 1 for k in c["files"]}}, "'files'", "sha256"),
-    (lambda c: {**c, "tensors": list(c["tensors"])}, "'tensors'", "expected an object"),
-    (lambda c: {**c, "tensors": {"a": "3x3"}}, "'tensors'", "shape as a list of ints"),
-    (lambda c: {**c, "num_classes": "ten"}, "'num_classes'", "expected an int from 2"),
-    (lambda c: {**c, "num_classes": True}, "'num_classes'", "expected an int from 2"),
+    (
+      lambda c: {**c, "tensors": list(c["tensors"])},
+      "'tensors'",
+      "expected an object",
+    ),
+    (
+      lambda c: {**c, "tensors": {"a": "3x3"}},
+      "'tensors'",
+      "shape as a list of ints",
+    ),
+    (
+      lambda c: {**c, "num_classes": "ten"},
+      "'num_classes'",
+      "expected an int from 2",
+    ),
+    (
+      lambda c: {**c, "num_classes": True},
+      "'num_classes'",
+      "expected an int from 2",
+    ),
     (lambda c: {**c, "param_count": 1.5}, "'param_count'", "expected an int"),
-    (lambda c: {**c, "architecture": ["smallcnn"]}, "'architecture'", "expected a registry"),
-    (lambda c: {k: v for k, v in c.items() if k != "tensors"}, "", "missing ['tensors']"),
-    (lambda c: {**c, "format": {"a": 1}}, "", "is not a pixeljax.weights/1 card"),
-])
+    (
+      lambda c: {**c, "architecture": ["smallcnn"]},
+      "'architecture'",
+      "expected a registry",
+    ),
+    (
+      lambda c: {k: v for k, v in c.items() if k != "tensors"},
+      "",
+      "missing ['tensors']",
+    ),
+    (
+      lambda c: {**c, "format": {"a": 1}},
+      "",
+      "is not a pixeljax.weights/1 card",
+    ),
+  ],
+)
 def test_malformed_card_is_a_clear_value_error(saved, edit, field, phrase):
-    saved.write_text(json.dumps(edit(json.loads(saved.read_text()))))
-    with pytest.raises(ValueError) as e:
-        load_weights(saved)
-    assert type(e.value) is ValueError
-    assert str(saved) in str(e.value) and field in str(e.value) and phrase in str(e.value)
+  saved.write_text(json.dumps(edit(json.loads(saved.read_text()))))
+  with pytest.raises(ValueError) as e:
+    load_weights(saved)
+  assert type(e.value) is ValueError
+  assert (
+    str(saved) in str(e.value)
+    and field in str(e.value)
+    and phrase in str(e.value)
+  )
 
 
-@pytest.mark.parametrize("text", ["[1, 2", "\xff\xfe{", "[" * 100_000 + "]" * 100_000])
+@pytest.mark.parametrize(
+  "text", ["[1, 2", "\xff\xfe{", "[" * 100_000 + "]" * 100_000]
+)
 def test_unreadable_card_is_a_clear_value_error(tmp_path, text):
-    (tmp_path / "x.json").write_bytes(text.encode("latin-1"))
-    with pytest.raises(ValueError, match="cannot read weights card .*x.json"):
-        load_weights(tmp_path / "x.json")
+  (tmp_path / "x.json").write_bytes(text.encode("latin-1"))
+  with pytest.raises(ValueError, match="cannot read weights card .*x.json"):
+    load_weights(tmp_path / "x.json")
 
 
-@pytest.mark.parametrize("fname", ["../m.safetensors", "/etc/passwd", "sub/m.safetensors",
-                                   "..", ".m.safetensors", "c:m.safetensors"])
+@pytest.mark.parametrize(
+  "fname",
+  [
+    "../m.safetensors",
+    "/etc/passwd",
+    "sub/m.safetensors",
+    "..",
+    ".m.safetensors",
+    "c:m.safetensors",
+  ],
+)
 def test_card_may_name_only_files_in_its_folder(tmp_path, fname, monkeypatch):
-    outside = tmp_path / "m.safetensors"
-    saved = save_weights(_trained_like_model(), tmp_path / "card", "m", architecture="smallcnn")
-    (saved.parent / "m.safetensors").rename(outside)
-    (saved.parent / "sub").mkdir()
-    (saved.parent / "sub" / "m.safetensors").write_bytes(outside.read_bytes())
-    _edit(saved, lambda c: c.update(files={fname: c["files"]["m.safetensors"]}))
-    opened = []
-    monkeypatch.setattr("pixeljax.models.weights._sha256", lambda p: opened.append(p))
-    with pytest.raises(ValueError, match=f"{saved}: field 'files': .*only files in its own"):
-        load_weights(saved)
-    assert not opened
+  outside = tmp_path / "m.safetensors"
+  saved = save_weights(
+    _trained_like_model(), tmp_path / "card", "m", architecture="smallcnn"
+  )
+  (saved.parent / "m.safetensors").rename(outside)
+  (saved.parent / "sub").mkdir()
+  (saved.parent / "sub" / "m.safetensors").write_bytes(outside.read_bytes())
+  _edit(saved, lambda c: c.update(files={fname: c["files"]["m.safetensors"]}))
+  opened = []
+  monkeypatch.setattr(
+    "pixeljax.models.weights._sha256", lambda p: opened.append(p)
+  )
+  with pytest.raises(
+    ValueError, match=f"{saved}: field 'files': .*only files in its own"
+  ):
+    load_weights(saved)
+  assert not opened
 
 
 def test_card_file_linked_outside_its_folder_is_refused(tmp_path):
-    saved = save_weights(_trained_like_model(), tmp_path / "card", "m", architecture="smallcnn")
-    (saved.parent / "m.safetensors").rename(tmp_path / "elsewhere.safetensors")
-    (saved.parent / "m.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
-    with pytest.raises(ValueError, match="'m.safetensors' resolves outside the card's folder"):
-        load_weights(saved)
+  saved = save_weights(
+    _trained_like_model(), tmp_path / "card", "m", architecture="smallcnn"
+  )
+  (saved.parent / "m.safetensors").rename(tmp_path / "elsewhere.safetensors")
+  (saved.parent / "m.safetensors").symlink_to(
+    tmp_path / "elsewhere.safetensors"
+  )
+  with pytest.raises(
+    ValueError, match="'m.safetensors' resolves outside the card's folder"
+  ):
+    load_weights(saved)
 
 
-@pytest.mark.parametrize("name", ["/tmp/evil", "../up", "a/b", "a\\b", ".", "..", ".hidden",
-                                  "", "tab\there", 7, None])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "/tmp/evil",
+    "../up",
+    "a/b",
+    "a\\b",
+    ".",
+    "..",
+    ".hidden",
+    "",
+    "tab\there",
+    7,
+    None,
+  ],
+)
 def test_card_name_must_be_a_plain_file_stem(saved, name):
-    _edit(saved, lambda c: c.update(name=name))
-    with pytest.raises(ValueError, match=f"{saved}: field 'name': expected a plain file name"):
-        load_weights(saved)
-    with pytest.raises(ValueError, match="name: expected a plain file name"):
-        save_weights(_trained_like_model(), saved.parent / "out", name, architecture="smallcnn")
+  _edit(saved, lambda c: c.update(name=name))
+  with pytest.raises(
+    ValueError, match=f"{saved}: field 'name': expected a plain file name"
+  ):
+    load_weights(saved)
+  with pytest.raises(ValueError, match="name: expected a plain file name"):
+    save_weights(
+      _trained_like_model(), saved.parent / "out", name, architecture="smallcnn"
+    )
 
 
 def test_damaged_safetensors_with_matching_card_is_a_value_error(saved):
-    f = saved.parent / "m.safetensors"
-    f.write_bytes(b"garbage!" * 4)
-    _edit(saved, lambda c: c.update(files={"m.safetensors": hashlib.sha256(f.read_bytes())
-                                           .hexdigest()}))
-    with pytest.raises(ValueError, match="m.safetensors: not a readable safetensors file"):
-        load_weights(saved)
+  f = saved.parent / "m.safetensors"
+  f.write_bytes(b"garbage!" * 4)
+  _edit(
+    saved,
+    lambda c: c.update(
+      files={"m.safetensors": hashlib.sha256(f.read_bytes()).hexdigest()}
+    ),
+  )
+  with pytest.raises(
+    ValueError, match="m.safetensors: not a readable safetensors file"
+  ):
+    load_weights(saved)

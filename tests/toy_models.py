@@ -39,8 +39,9 @@ def colour_votes(num_classes: int = 3):
   return predict
 
 
-def linear_model(height: int, width: int, channels: int, num_classes: int,
-                 seed: int):
+def linear_model(
+  height: int, width: int, channels: int, num_classes: int, seed: int
+):
   """A random linear classifier in JAX and the same one in NumPy."""
   rng = np.random.default_rng(seed)
   weights = rng.normal(size=(height * width * channels, num_classes)) * 0.1
@@ -65,8 +66,12 @@ def small_cnn(channels: int, num_classes: int = 10, seed: int = 0):
 
   def predict(images):
     hidden = jax.lax.conv_general_dilated(
-        (images - 128.0) / 64.0, kernel, (4, 4), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      (images - 128.0) / 64.0,
+      kernel,
+      (4, 4),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     return jnp.mean(jax.nn.relu(hidden), axis=(1, 2)) @ dense
 
   return predict

@@ -27,18 +27,30 @@ from jax.extend import core
 # Call-like primitives whose body is replayed inline: for a forward pass this
 # is what they compute (a jit boundary, a custom derivative or a
 # rematerialisation policy changes nothing in the values).
-_INLINE = frozenset({"jit", "pjit", "closed_call", "core_call", "call",
-                     "remat2", "checkpoint", "custom_jvp_call",
-                     "custom_vjp_call", "custom_vjp_call_jaxpr"})
+_INLINE = frozenset(
+  {
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "call",
+    "remat2",
+    "checkpoint",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+  }
+)
 
 
 def _canonical_numbers(rank: int) -> lax.ConvDimensionNumbers:
   """NHWC / HWIO / NHWC dimension numbers for ``rank``-dimensional operands."""
   spatial = tuple(range(1, rank - 1))
   return lax.ConvDimensionNumbers(
-      lhs_spec=(0, rank - 1, *spatial),
-      rhs_spec=(rank - 1, rank - 2, *range(rank - 2)),
-      out_spec=(0, rank - 1, *spatial))
+    lhs_spec=(0, rank - 1, *spatial),
+    rhs_spec=(rank - 1, rank - 2, *range(rank - 2)),
+    out_spec=(0, rank - 1, *spatial),
+  )
 
 
 def _is_slow_conv(eqn) -> bool:
@@ -47,7 +59,8 @@ def _is_slow_conv(eqn) -> bool:
     return False
   rank = len(eqn.invars[0].aval.shape)
   return tuple(eqn.params["dimension_numbers"]) != tuple(
-      _canonical_numbers(rank))
+    _canonical_numbers(rank)
+  )
 
 
 def _subjaxprs(value):
@@ -62,14 +75,18 @@ def _subjaxprs(value):
 
 
 def _inner_needs_rewrite(eqn) -> bool:
-  return any(needs_rewrite(sub) for value in eqn.params.values()
-             for sub in _subjaxprs(value))
+  return any(
+    needs_rewrite(sub)
+    for value in eqn.params.values()
+    for sub in _subjaxprs(value)
+  )
 
 
 def needs_rewrite(jaxpr) -> bool:
   """Whether ``jaxpr`` (open) holds a non-canonical convolution anywhere."""
-  return any(_is_slow_conv(eqn) or _inner_needs_rewrite(eqn)
-             for eqn in jaxpr.eqns)
+  return any(
+    _is_slow_conv(eqn) or _inner_needs_rewrite(eqn) for eqn in jaxpr.eqns
+  )
 
 
 def _transpose(x, permutation):
@@ -90,13 +107,18 @@ def _canonical_conv(lhs, rhs, params):
   lhs = _transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))
   rhs = _transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))
   out = lax.conv_general_dilated(
-      lhs, rhs, params["window_strides"], params["padding"],
-      lhs_dilation=params["lhs_dilation"], rhs_dilation=params["rhs_dilation"],
-      dimension_numbers=_canonical_numbers(rank),
-      feature_group_count=params["feature_group_count"],
-      batch_group_count=params["batch_group_count"],
-      precision=params["precision"],
-      preferred_element_type=params["preferred_element_type"])
+    lhs,
+    rhs,
+    params["window_strides"],
+    params["padding"],
+    lhs_dilation=params["lhs_dilation"],
+    rhs_dilation=params["rhs_dilation"],
+    dimension_numbers=_canonical_numbers(rank),
+    feature_group_count=params["feature_group_count"],
+    batch_group_count=params["batch_group_count"],
+    precision=params["precision"],
+    preferred_element_type=params["preferred_element_type"],
+  )
   # Canonical output axes: batch 0, spatial 1..rank-2, feature rank-1.
   back = [0] * rank
   back[out_spec[0]], back[out_spec[1]] = 0, rank - 1
@@ -109,17 +131,21 @@ def _rewrite_closed(closed):
   """A ClosedJaxpr computing what ``closed`` does, convolutions canonical."""
   if not needs_rewrite(closed.jaxpr):
     return closed
-  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
-           for a in closed.in_avals]
+  avals = [
+    jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+    for a in closed.in_avals
+  ]
   return jax.make_jaxpr(
-      lambda *args: _replay(closed.jaxpr, closed.consts, args))(*avals)
+    lambda *args: _replay(closed.jaxpr, closed.consts, args)
+  )(*avals)
 
 
 def _rewrite_param(value):
   if isinstance(value, core.ClosedJaxpr):
     return _rewrite_closed(value)
   if isinstance(value, tuple) and any(
-      isinstance(v, core.ClosedJaxpr) for v in value):
+    isinstance(v, core.ClosedJaxpr) for v in value
+  ):
     return tuple(_rewrite_param(v) for v in value)
   return value
 

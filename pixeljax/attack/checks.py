@@ -12,7 +12,6 @@ import numpy as np
 
 from pixeljax.attack import evaluate
 
-
 # Counts inside the compiled searches (queries, rounds, candidate indices) are
 # int32.
 INT32_MAX = 2**31 - 1
@@ -37,12 +36,20 @@ def check_int(name: str, value, *, minimum: int, maximum: int | None = None):
 def check_int32_count(what: str, count: int):
   """Raises ``ValueError`` if ``count`` (of ``what``) overflows int32."""
   if count > INT32_MAX:
-    raise ValueError(f"{what} comes to {count}, more than 2**31 - 1, the "
-                     "most the compiled search counts; use smaller values")
+    raise ValueError(
+      f"{what} comes to {count}, more than 2**31 - 1, the "
+      "most the compiled search counts; use smaller values"
+    )
 
 
-def check_float(name: str, value, *, minimum: float, maximum: float,
-                allow_minimum: bool = True) -> float:
+def check_float(
+  name: str,
+  value,
+  *,
+  minimum: float,
+  maximum: float,
+  allow_minimum: bool = True,
+) -> float:
   """Returns ``value`` as float if it is a finite number in range."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise TypeError(f"{name} must be a float, got {_describe(value)}")
@@ -50,33 +57,42 @@ def check_float(name: str, value, *, minimum: float, maximum: float,
   if not (np.isfinite(value) and low_ok and value <= maximum):
     low = "[" if allow_minimum else "("
     raise ValueError(
-        f"{name} must be in {low}{minimum}, {maximum}], got {value}")
+      f"{name} must be in {low}{minimum}, {maximum}], got {value}"
+    )
   return float(value)
 
 
 def check_images(images) -> np.ndarray:
   """uint8 [N, H, W, C] from uint8 or integral float images in 0..255."""
   if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-    raise TypeError(f"images must be an array [N, H, W, C], got "
-                    f"{_describe(images)}")
+    raise TypeError(
+      f"images must be an array [N, H, W, C], got {_describe(images)}"
+    )
   images = np.asarray(images)
   if images.ndim != 4 or 0 in images.shape:
-    raise ValueError(f"images must be a non-empty array [N, H, W, C], got "
-                     f"shape {images.shape}")
+    raise ValueError(
+      f"images must be a non-empty array [N, H, W, C], got shape {images.shape}"
+    )
   if images.dtype == np.uint8:
     return images
   if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(
-      images.dtype, np.integer):
-    raise TypeError(f"images must be uint8 or hold integers 0..255, got dtype "
-                    f"{images.dtype}")
+    images.dtype, np.integer
+  ):
+    raise TypeError(
+      f"images must be uint8 or hold integers 0..255, got dtype {images.dtype}"
+    )
   if not np.all(np.isfinite(images)):
     raise ValueError("images must hold integers 0..255, got NaN or inf")
-  if (images.min() < 0 or images.max() > 255
-      or not np.array_equal(images, np.round(images))):
+  if (
+    images.min() < 0
+    or images.max() > 255
+    or not np.array_equal(images, np.round(images))
+  ):
     raise ValueError(
-        f"images must hold integers 0..255 (the model contract takes raw "
-        f"pixel values), got values in [{images.min()}, {images.max()}]"
-        f"{'' if np.array_equal(images, np.round(images)) else ' with fractions'}")
+      f"images must hold integers 0..255 (the model contract takes raw "
+      f"pixel values), got values in [{images.min()}, {images.max()}]"
+      f"{'' if np.array_equal(images, np.round(images)) else ' with fractions'}"
+    )
   return images.astype(np.uint8)
 
 
@@ -84,15 +100,19 @@ def check_classes(name: str, values, count: int, num_classes: int):
   """int32 [count] class indices in [0, num_classes)."""
   array = np.asarray(values)
   if not np.issubdtype(array.dtype, np.integer):
-    raise TypeError(f"{name} must hold integer class indices, got "
-                    f"{_describe(values)}")
+    raise TypeError(
+      f"{name} must hold integer class indices, got {_describe(values)}"
+    )
   if array.shape != (count,):
-    raise ValueError(f"{name} must have shape ({count},), one per image, got "
-                     f"{array.shape}")
+    raise ValueError(
+      f"{name} must have shape ({count},), one per image, got {array.shape}"
+    )
   bad = (array < 0) | (array >= num_classes)
   if np.any(bad):
-    raise ValueError(f"{name} must be in [0, {num_classes}) (the model has "
-                     f"{num_classes} classes), got {array[bad][:5].tolist()}")
+    raise ValueError(
+      f"{name} must be in [0, {num_classes}) (the model has "
+      f"{num_classes} classes), got {array[bad][:5].tolist()}"
+    )
   return array.astype(np.int32)
 
 
@@ -102,25 +122,31 @@ def check_image_ids(image_ids, count: int):
     return np.arange(count, dtype=np.int32)
   array = np.asarray(image_ids)
   if not np.issubdtype(array.dtype, np.integer) or array.shape != (count,):
-    raise ValueError(f"image_ids must be integers of shape ({count},), got "
-                     f"{_describe(image_ids)}")
+    raise ValueError(
+      f"image_ids must be integers of shape ({count},), got "
+      f"{_describe(image_ids)}"
+    )
   if np.any(array < 0) or np.any(array >= 2**31):
-    raise ValueError("image_ids must be in [0, 2**31), got "
-                     f"[{array.min()}, {array.max()}]")
+    raise ValueError(
+      f"image_ids must be in [0, 2**31), got [{array.min()}, {array.max()}]"
+    )
   return array.astype(np.int32)
 
 
 def check_key(key):
   """A JAX PRNG key: a typed key or a raw uint32 [2] one."""
-  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype,
-                                                   jax.dtypes.prng_key):
+  if isinstance(key, jax.Array) and jnp.issubdtype(
+    key.dtype, jax.dtypes.prng_key
+  ):
     if key.shape != ():
       raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
     return key
   array = np.asarray(key) if key is not None else None
   if array is None or array.dtype != np.uint32 or array.shape != (2,):
-    raise TypeError("key must be a PRNG key (jax.random.key(seed) or "
-                    f"jax.random.PRNGKey(seed)), got {_describe(key)}")
+    raise TypeError(
+      "key must be a PRNG key (jax.random.key(seed) or "
+      f"jax.random.PRNGKey(seed)), got {_describe(key)}"
+    )
   return jnp.asarray(array)
 
 
@@ -144,8 +170,10 @@ def check_predict(predict, image_shape, batch_sizes) -> int:
   """
   if not callable(predict):
     raise TypeError(f"predict must be callable, got {_describe(predict)}")
-  works_on = (f" (it must take any batch size: the search calls it on "
-              f"batches of {', '.join(map(str, batch_sizes))})")
+  works_on = (
+    f" (it must take any batch size: the search calls it on "
+    f"batches of {', '.join(map(str, batch_sizes))})"
+  )
   num_classes = None
   for batch_size in batch_sizes:
     probe = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
@@ -153,18 +181,23 @@ def check_predict(predict, image_shape, batch_sizes) -> int:
       out = jax.eval_shape(predict, probe)
     except Exception as error:  # any tracing failure is the model's
       raise ValueError(
-          f"predict could not be traced on float32 images of shape "
-          f"{probe.shape}{works_on}: {type(error).__name__}: {error}"
+        f"predict could not be traced on float32 images of shape "
+        f"{probe.shape}{works_on}: {type(error).__name__}: {error}"
       ) from error
-    if (not hasattr(out, "shape") or len(out.shape) != 2
-        or out.shape[0] != batch_size or out.shape[1] < 2
-        or not jnp.issubdtype(out.dtype, jnp.floating)
-        or out.shape[1] != (num_classes or out.shape[1])):
+    if (
+      not hasattr(out, "shape")
+      or len(out.shape) != 2
+      or out.shape[0] != batch_size
+      or out.shape[1] < 2
+      or not jnp.issubdtype(out.dtype, jnp.floating)
+      or out.shape[1] != (num_classes or out.shape[1])
+    ):
       expected = "K >= 2" if num_classes is None else f"K = {num_classes}"
       raise ValueError(
-          f"predict must return float logits of shape [{batch_size}, K] with "
-          f"{expected} for images of shape {probe.shape}{works_on}, got "
-          f"{_describe(out)}")
+        f"predict must return float logits of shape [{batch_size}, K] with "
+        f"{expected} for images of shape {probe.shape}{works_on}, got "
+        f"{_describe(out)}"
+      )
     num_classes = int(out.shape[1])
   return num_classes
 
@@ -181,8 +214,10 @@ def check_targets(targets, labels, num_classes: int):
   targets = check_classes("targets", targets, len(labels), num_classes)
   same = np.flatnonzero(targets == labels)
   if same.size:
-    raise ValueError(f"targets must differ from labels, but they are equal "
-                     f"for images {same[:5].tolist()}")
+    raise ValueError(
+      f"targets must differ from labels, but they are equal "
+      f"for images {same[:5].tolist()}"
+    )
   return targets
 
 
@@ -190,5 +225,7 @@ def check_finite_logits(logits: np.ndarray, first_index: int = 0):
   """Raises if the model gave NaN or inf for clean images; float [N, K] in."""
   bad = np.flatnonzero(~np.all(np.isfinite(logits), axis=-1))
   if bad.size:
-    raise ValueError(f"predict returned NaN or inf logits for the clean "
-                     f"images {(bad[:5] + first_index).tolist()}")
+    raise ValueError(
+      f"predict returned NaN or inf logits for the clean "
+      f"images {(bad[:5] + first_index).tolist()}"
+    )

@@ -43,8 +43,9 @@ def scan_size(height: int, width: int, channels: int) -> int:
 def default_block(height: int, width: int, channels: int) -> int:
   """The largest divisor of the scan size that is at most 256."""
   total = scan_size(height, width, channels)
-  return max(b for b in range(1, min(total, _DEFAULT_BLOCK) + 1)
-             if total % b == 0)
+  return max(
+    b for b in range(1, min(total, _DEFAULT_BLOCK) + 1) if total % b == 0
+  )
 
 
 def corner_colours(corner, channels: int):
@@ -78,6 +79,7 @@ class ScanConfig(NamedTuple):
   ``keep_table`` keeps every scored candidate's fitness (N x H x W x 2**C
   floats), for searches that rank pixels by it.
   """
+
   predict: object
   block: int
   early_stop: bool
@@ -98,6 +100,7 @@ class ScanState(NamedTuple):
     table: float32 [N, T] fitness of every scan index (+inf where not
       scored), or None when the config does not keep it.
   """
+
   rounds: jax.Array
   done: jax.Array
   queries: jax.Array
@@ -107,39 +110,56 @@ class ScanState(NamedTuple):
   table: jax.Array | None
 
 
-def initial_scan_state(config: ScanConfig, image_shape,
-                       num_images: int) -> ScanState:
+def initial_scan_state(
+  config: ScanConfig, image_shape, num_images: int
+) -> ScanState:
   """A state about to score each image's first block."""
   height, width, channels = image_shape
   total = scan_size(height, width, channels)
   return ScanState(
-      rounds=jnp.zeros((num_images,), jnp.int32),
-      done=jnp.zeros((num_images,), bool),
-      queries=jnp.zeros((num_images,), jnp.int32),
-      best=jnp.zeros((num_images, 2 + channels), jnp.float32),
-      best_fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
-      best_success=jnp.zeros((num_images,), bool),
-      table=(jnp.full((num_images, total), jnp.inf, jnp.float32)
-             if config.keep_table else None))
+    rounds=jnp.zeros((num_images,), jnp.int32),
+    done=jnp.zeros((num_images,), bool),
+    queries=jnp.zeros((num_images,), jnp.int32),
+    best=jnp.zeros((num_images, 2 + channels), jnp.float32),
+    best_fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
+    best_success=jnp.zeros((num_images,), bool),
+    table=(
+      jnp.full((num_images, total), jnp.inf, jnp.float32)
+      if config.keep_table
+      else None
+    ),
+  )
 
 
-def scan_round(config: ScanConfig, state: ScanState, images, labels,
-               targets) -> ScanState:
+def scan_round(
+  config: ScanConfig, state: ScanState, images, labels, targets
+) -> ScanState:
   """Scores the next block of every unfinished image."""
   num_images, height, width, channels = images.shape
   total = scan_size(height, width, channels)
   active = ~state.done
   index = state.rounds[:, None] * config.block + jnp.arange(config.block)
   # A block that does not divide the scan repeats the last candidate.
-  candidates = candidates_at(jnp.minimum(index, total - 1), height, width,
-                             channels)
+  candidates = candidates_at(
+    jnp.minimum(index, total - 1), height, width, channels
+  )
   fitness, success = evaluate.score_candidates(
-      config.predict, images, labels, targets, candidates, active,
-      config.batch_size)
+    config.predict,
+    images,
+    labels,
+    targets,
+    candidates,
+    active,
+    config.batch_size,
+  )
   top = top_candidate(fitness, success)
   rows = jnp.arange(num_images)
-  improve = active & criteria.prefer(success[rows, top], fitness[rows, top],
-                            state.best_success, state.best_fitness)
+  improve = active & criteria.prefer(
+    success[rows, top],
+    fitness[rows, top],
+    state.best_success,
+    state.best_fitness,
+  )
   best_success = jnp.where(improve, success[rows, top], state.best_success)
   rounds = state.rounds + active
   finished = rounds * config.block >= total
@@ -151,13 +171,14 @@ def scan_round(config: ScanConfig, state: ScanState, images, labels,
     index = jnp.where(active[:, None] & (index < total), index, total)
     table = table.at[rows[:, None], index].set(fitness, mode="drop")
   return ScanState(
-      rounds=rounds,
-      done=state.done | (active & finished),
-      queries=state.queries + active * config.block,
-      best=jnp.where(improve[:, None], candidates[rows, top], state.best),
-      best_fitness=jnp.where(improve, fitness[rows, top], state.best_fitness),
-      best_success=best_success,
-      table=table)
+    rounds=rounds,
+    done=state.done | (active & finished),
+    queries=state.queries + active * config.block,
+    best=jnp.where(improve[:, None], candidates[rows, top], state.best),
+    best_fitness=jnp.where(improve, fitness[rows, top], state.best_fitness),
+    best_success=best_success,
+    table=table,
+  )
 
 
 def scan(config: ScanConfig, images, labels, targets) -> ScanState:
@@ -167,15 +188,13 @@ def scan(config: ScanConfig, images, labels, targets) -> ScanState:
   def advance(state):
     return scan_round(config, state, images, labels, targets)
 
-  return jax.lax.while_loop(lambda state: jnp.any(~state.done), advance,
-                            state)
+  return jax.lax.while_loop(lambda state: jnp.any(~state.done), advance, state)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _corner_attack(config: ScanConfig, images, labels, targets):
   state = scan(config, images, labels, targets)
-  fields = verify.finalize(config.predict, state.best, images, labels,
-                           targets)
+  fields = verify.finalize(config.predict, state.best, images, labels, targets)
   return fields, state.queries, state.rounds
 
 
@@ -185,16 +204,27 @@ def check_block(block, image_shape) -> int:
   Also checks that the scan's ``H * W * 2**C`` candidates can be indexed.
   """
   checks.check_int32_count(
-      f"H * W * 2**C for images of shape {tuple(image_shape)}, the corner "
-      "scan's candidates,", scan_size(*image_shape))
+    f"H * W * 2**C for images of shape {tuple(image_shape)}, the corner "
+    "scan's candidates,",
+    scan_size(*image_shape),
+  )
   if block is None:
     return default_block(*image_shape)
-  return checks.check_int("block", block, minimum=1,
-                          maximum=scan_size(*image_shape))
+  return checks.check_int(
+    "block", block, minimum=1, maximum=scan_size(*image_shape)
+  )
 
 
-def corner_attack(predict, images, labels, *, targets=None, early_stop=True,
-                  block=None, batch_size=None) -> AttackResult:
+def corner_attack(
+  predict,
+  images,
+  labels,
+  *,
+  targets=None,
+  early_stop=True,
+  block=None,
+  batch_size=None,
+) -> AttackResult:
   """Tries every pixel with every corner colour of the RGB (or 2**C) cube.
 
   Deterministic: no key. Finds a one-pixel attack whenever one with an
@@ -226,13 +256,19 @@ def corner_attack(predict, images, labels, *, targets=None, early_stop=True,
   block = check_block(block, images.shape[1:])
   early_stop = checks.check_bool("early_stop", early_stop)
   if batch_size is None:
-    batch_size = engine.default_batch_size(images.shape[1:], block,
-                                           num_images)
+    batch_size = engine.default_batch_size(images.shape[1:], block, num_images)
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
-  checked = inputs_lib.check_inputs(predict, images, labels, targets, None,
-                                    batch_size, (block,))
-  config = ScanConfig(predict=predict, block=block, early_stop=early_stop,
-                      batch_size=batch_size, keep_table=False)
-  fields, queries, rounds = _corner_attack(config, checked.images,
-                                           checked.labels, checked.targets)
+  checked = inputs_lib.check_inputs(
+    predict, images, labels, targets, None, batch_size, (block,)
+  )
+  config = ScanConfig(
+    predict=predict,
+    block=block,
+    early_stop=early_stop,
+    batch_size=batch_size,
+    keep_table=False,
+  )
+  fields, queries, rounds = _corner_attack(
+    config, checked.images, checked.labels, checked.targets
+  )
   return verify.to_result(fields, queries, rounds)

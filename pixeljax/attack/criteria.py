@@ -30,4 +30,5 @@ def is_success(predicted, labels, targets=None):
 def prefer(candidate_success, candidate_fitness, success, fitness):
   """bool: a candidate beats the incumbent (a success first, then lower fitness)."""
   return (candidate_success & ~success) | (
-      (candidate_success == success) & (candidate_fitness < fitness))
+    (candidate_success == success) & (candidate_fitness < fitness)
+  )

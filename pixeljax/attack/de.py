@@ -24,8 +24,10 @@ def sample_donors(key, popsize: int):
     uniform over what remains.
   """
   own = jnp.arange(popsize)
-  draws = [jax.random.randint(k, (popsize,), 0, popsize - 1 - n)
-           for n, k in enumerate(jax.random.split(key, 3))]
+  draws = [
+    jax.random.randint(k, (popsize,), 0, popsize - 1 - n)
+    for n, k in enumerate(jax.random.split(key, 3))
+  ]
   excluded = own[:, None]
   donors = []
   for draw in draws:
@@ -63,5 +65,7 @@ def select(population, fitness, children, child_fitness):
     (population float32 [P, L], fitness float32 [P]).
   """
   better = child_fitness < fitness
-  return (jnp.where(better[:, None], children, population),
-          jnp.where(better, child_fitness, fitness))
+  return (
+    jnp.where(better[:, None], children, population),
+    jnp.where(better, child_fitness, fitness),
+  )

@@ -15,7 +15,6 @@ from pixeljax.attack import canonical
 from pixeljax.attack import criteria
 from pixeljax.attack import pixels as pixels_lib
 
-
 # Clean images and final re-checks go through the model in chunks of this
 # fixed size, whatever the batch, chunk or device count: an image's reported
 # probabilities then come from the same computation in every run.
@@ -35,8 +34,9 @@ def probabilities(logits):
   return jnp.where(finite, probs, jnp.nan)
 
 
-def score_candidates(predict, images, labels, targets, candidates, active,
-                     batch_size: int):
+def score_candidates(
+  predict, images, labels, targets, candidates, active, batch_size: int
+):
   """Fitness and success of every candidate of every active image.
 
   Args:
@@ -70,26 +70,35 @@ def score_candidates(predict, images, labels, targets, candidates, active,
     position = jnp.minimum(position, total - 1)
     image = order[position // popsize]
     flat = image * popsize + position % popsize
-    perturbation = pixels_lib.decode(flat_candidates[flat], height, width,
-                                     channels)
+    perturbation = pixels_lib.decode(
+      flat_candidates[flat], height, width, channels
+    )
     perturbed = pixels_lib.inject(images[image], perturbation)
     probs = probabilities(predict(perturbed.astype(jnp.float32)))
     chunk_targets = None if targets is None else targets[image]
     fitness = criteria.fitness(probs, labels[image], chunk_targets)
-    success = criteria.is_success(jnp.argmax(probs, axis=-1), labels[image],
-                                  chunk_targets) & jnp.isfinite(fitness)
+    success = criteria.is_success(
+      jnp.argmax(probs, axis=-1), labels[image], chunk_targets
+    ) & jnp.isfinite(fitness)
     # Padding at the end of the last chunk writes out of range: dropped.
     flat = jnp.where(valid, flat, num_images * popsize)
-    return (fitness_out.at[flat].set(fitness, mode="drop"),
-            success_out.at[flat].set(success, mode="drop"))
+    return (
+      fitness_out.at[flat].set(fitness, mode="drop"),
+      success_out.at[flat].set(success, mode="drop"),
+    )
 
   def score_chunks(start, size, count, carry):
     return jax.lax.fori_loop(
-        0, count, lambda c, carry: score_span(start + c * size, size, carry),
-        carry)
+      0,
+      count,
+      lambda c, carry: score_span(start + c * size, size, carry),
+      carry,
+    )
 
-  carry = (jnp.full((num_images * popsize,), jnp.inf, jnp.float32),
-           jnp.zeros((num_images * popsize,), bool))
+  carry = (
+    jnp.full((num_images * popsize,), jnp.inf, jnp.float32),
+    jnp.zeros((num_images * popsize,), bool),
+  )
   # Full chunks, then what is left in chunks of one population: when
   # batch_size is a multiple of popsize no model call holds padding, however
   # few images are still active.
@@ -102,8 +111,10 @@ def score_candidates(predict, images, labels, targets, candidates, active,
     start = full * batch_size
     carry = score_chunks(start, tail, -(-(total - start) // tail), carry)
   fitness, success = carry
-  return (fitness.reshape(num_images, popsize),
-          success.reshape(num_images, popsize))
+  return (
+    fitness.reshape(num_images, popsize),
+    success.reshape(num_images, popsize),
+  )
 
 
 def logits_in_chunks(predict, images, batch_size: int):
@@ -114,8 +125,8 @@ def logits_in_chunks(predict, images, batch_size: int):
   images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
   chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
   logits = jax.lax.map(
-      lambda chunk: predict(chunk.astype(jnp.float32)).astype(jnp.float32),
-      chunks)
+    lambda chunk: predict(chunk.astype(jnp.float32)).astype(jnp.float32), chunks
+  )
   return logits.reshape(padded, -1)[:num_images]
 
 

@@ -23,6 +23,7 @@ class Inputs(NamedTuple):
     targets: int32 [N], or None for a non-targeted attack.
     image_ids: int32 [N].
   """
+
   images: np.ndarray
   labels: np.ndarray
   targets: np.ndarray | None
@@ -34,8 +35,15 @@ def _clean_logits(predict, images):
   return evaluate.recheck_logits(predict, images)
 
 
-def check_inputs(predict, images, labels, targets, image_ids,
-                 batch_size: int, round_sizes: tuple) -> Inputs:
+def check_inputs(
+  predict,
+  images,
+  labels,
+  targets,
+  image_ids,
+  batch_size: int,
+  round_sizes: tuple,
+) -> Inputs:
   """Checks the shared arguments and the model on the clean images.
 
   Args:
@@ -54,12 +62,13 @@ def check_inputs(predict, images, labels, targets, image_ids,
   """
   num_images = images.shape[0]
   num_classes = checks.check_predict(
-      predict, images.shape[1:],
-      checks.model_batch_sizes(batch_size, round_sizes))
+    predict, images.shape[1:], checks.model_batch_sizes(batch_size, round_sizes)
+  )
   labels = checks.check_classes("labels", labels, num_images, num_classes)
   if targets is not None:
     targets = checks.check_targets(targets, labels, num_classes)
   image_ids = checks.check_image_ids(image_ids, num_images)
   checks.check_finite_logits(np.asarray(_clean_logits(predict, images)))
-  return Inputs(images=images, labels=labels, targets=targets,
-                image_ids=image_ids)
+  return Inputs(
+    images=images, labels=labels, targets=targets, image_ids=image_ids
+  )

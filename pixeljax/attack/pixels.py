@@ -36,17 +36,20 @@ def clip_to_bounds(candidates, height: int, width: int, channels: int):
   return jnp.clip(candidates, lower, upper)
 
 
-def sample_initial(key, popsize: int, pixels: int, height: int, width: int,
-                   channels: int):
+def sample_initial(
+  key, popsize: int, pixels: int, height: int, width: int, channels: int
+):
   """The paper's initial population: float32 [popsize, L].
 
   Coordinates are uniform over the image; colours are N(128, 127), clipped.
   """
   key_xy, key_colour = jax.random.split(key)
   xy = jax.random.uniform(key_xy, (popsize, pixels, 2)) * jnp.array(
-      [width, height], jnp.float32)
+    [width, height], jnp.float32
+  )
   colour = COLOUR_INIT_MEAN + COLOUR_INIT_STD * jax.random.normal(
-      key_colour, (popsize, pixels, channels))
+    key_colour, (popsize, pixels, channels)
+  )
   colour = jnp.clip(colour, 0.0, COLOUR_MAX)
   return jnp.concatenate([xy, colour], axis=-1).reshape(popsize, -1)
 
@@ -70,8 +73,9 @@ def decode(candidates, height: int, width: int, channels: int):
   later = jnp.arange(pixels)[None, :] >= jnp.arange(pixels)[:, None]
   winner = jnp.max(jnp.where(same & later, jnp.arange(pixels), -1), axis=-1)
   colour = jnp.take_along_axis(colour, winner[..., None], axis=-2)
-  return jnp.concatenate(
-      [x[..., None], y[..., None], colour], axis=-1).astype(jnp.int32)
+  return jnp.concatenate([x[..., None], y[..., None], colour], axis=-1).astype(
+    jnp.int32
+  )
 
 
 def inject(images, perturbation):

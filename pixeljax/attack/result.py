@@ -36,6 +36,7 @@ class AttackResult(NamedTuple):
 
   Every probability lies in [0, 1].
   """
+
   success: np.ndarray
   adv_images: np.ndarray
   perturbation: np.ndarray

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 
 from pixeljax.attack import checks
 from pixeljax.attack import corner
-from pixeljax.attack import criteria
 from pixeljax.attack import corner_search
+from pixeljax.attack import criteria
 from pixeljax.attack import engine
 from pixeljax.attack import evaluate
 from pixeljax.attack import inputs as inputs_lib
@@ -29,6 +29,7 @@ from pixeljax.attack.result import AttackResult
 
 class SeededConfig(NamedTuple):
   """Static settings of a seeded DE run (hashable)."""
+
   scan: corner.ScanConfig
   de: engine.DEConfig
   top_pixels: int
@@ -50,52 +51,103 @@ def _seeds(config: SeededConfig, image_shape, key, table):
   _, slots = jax.lax.top_k(logits + jax.random.gumbel(key, (popsize, k)), d)
   slots = slots.at[0].set(jnp.arange(d))
   position = ranked[0, slots]
-  one = corner.candidates_at(position * 2**channels + best_corner[0, slots],
-                             *image_shape)
+  one = corner.candidates_at(
+    position * 2**channels + best_corner[0, slots], *image_shape
+  )
   return one.reshape(popsize, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _seeded_attack(config: SeededConfig, images, labels, targets, image_ids,
-                   key, maxiter, mutation, crossover):
+def _seeded_attack(
+  config: SeededConfig,
+  images,
+  labels,
+  targets,
+  image_ids,
+  key,
+  maxiter,
+  mutation,
+  crossover,
+):
   num_images = images.shape[0]
   found = corner.scan(config.scan, images, labels, targets)
   image_keys = engine.image_keys_for(key, image_ids)
   # Seeds take round 0's stream, which the paper's random start would use.
   seed_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(image_keys, 0)
   seeds = jax.vmap(functools.partial(_seeds, config, images.shape[1:]))(
-      seed_keys, found.table)
+    seed_keys, found.table
+  )
   active = ~(found.best_success & config.scan.early_stop)
   fitness, success = evaluate.score_candidates(
-      config.de.predict, images, labels, targets, seeds, active,
-      config.de.batch_size)
+    config.de.predict,
+    images,
+    labels,
+    targets,
+    seeds,
+    active,
+    config.de.batch_size,
+  )
   top = corner.top_candidate(fitness, success)
   rows = jnp.arange(num_images)
   done = ~active | (maxiter == 0)
   if config.scan.early_stop:
     done = done | success[rows, top]
   state = engine.DEState(
-      population=seeds, fitness=fitness,
-      rounds=jnp.where(active, 1, 0).astype(jnp.int32), done=done,
-      queries=active * config.de.popsize,
-      best=seeds[rows, top], best_fitness=fitness[rows, top],
-      best_success=success[rows, top])
-  state = engine.run_rounds(config.de, state, images, labels, targets,
-                            image_keys, maxiter, mutation, crossover)
+    population=seeds,
+    fitness=fitness,
+    rounds=jnp.where(active, 1, 0).astype(jnp.int32),
+    done=done,
+    queries=active * config.de.popsize,
+    best=seeds[rows, top],
+    best_fitness=fitness[rows, top],
+    best_success=success[rows, top],
+  )
+  state = engine.run_rounds(
+    config.de,
+    state,
+    images,
+    labels,
+    targets,
+    image_keys,
+    maxiter,
+    mutation,
+    crossover,
+  )
   # The scan's single pixel, written d times, is a d-pixel candidate.
   scan_best = jnp.tile(found.best, (1, config.de.pixels))
-  use_de = active & criteria.prefer(state.best_success, state.best_fitness,
-                                  found.best_success, found.best_fitness)
+  use_de = active & criteria.prefer(
+    state.best_success,
+    state.best_fitness,
+    found.best_success,
+    found.best_fitness,
+  )
   best = jnp.where(use_de[:, None], state.best, scan_best)
   fields = verify.finalize(config.de.predict, best, images, labels, targets)
-  return (fields, found.queries + state.queries,
-          jnp.maximum(state.rounds - 1, 0))
+  return (
+    fields,
+    found.queries + state.queries,
+    jnp.maximum(state.rounds - 1, 0),
+  )
 
 
-def seeded_attack(predict, images, labels, *, key, pixels=1, targets=None,
-                  popsize=400, maxiter=100, mutation=0.5, crossover=None,
-                  top_pixels=None, early_stop=True, block=None,
-                  batch_size=None, image_ids=None) -> AttackResult:
+def seeded_attack(
+  predict,
+  images,
+  labels,
+  *,
+  key,
+  pixels=1,
+  targets=None,
+  popsize=400,
+  maxiter=100,
+  mutation=0.5,
+  crossover=None,
+  top_pixels=None,
+  early_stop=True,
+  block=None,
+  batch_size=None,
+  image_ids=None,
+) -> AttackResult:
   """The paper's DE, its population seeded by the one-pixel corner scan.
 
   Args:
@@ -123,33 +175,64 @@ def seeded_attack(predict, images, labels, *, key, pixels=1, targets=None,
     generations; ``generations`` those run after the seeds.
   """
   prepared = engine.prepare(
-      predict, images, labels, key=key, targets=targets, pixels=pixels,
-      popsize=popsize, maxiter=maxiter, mutation=mutation,
-      crossover=crossover, early_stop=early_stop, batch_size=batch_size,
-      image_ids=image_ids)
+    predict,
+    images,
+    labels,
+    key=key,
+    targets=targets,
+    pixels=pixels,
+    popsize=popsize,
+    maxiter=maxiter,
+    mutation=mutation,
+    crossover=crossover,
+    early_stop=early_stop,
+    batch_size=batch_size,
+    image_ids=image_ids,
+  )
   de_config = prepared.config
   height, width, channels = prepared.images.shape[1:]
   if de_config.pixels == 1:  # one-pixel seeds are distinct scan candidates
-    checks.check_int("popsize", de_config.popsize, minimum=4,
-                     maximum=corner.scan_size(height, width, channels))
+    checks.check_int(
+      "popsize",
+      de_config.popsize,
+      minimum=4,
+      maximum=corner.scan_size(height, width, channels),
+    )
   if top_pixels is None:
     top_pixels = max(de_config.pixels, min(height * width, 128))
-  top_pixels = checks.check_int("top_pixels", top_pixels,
-                                minimum=de_config.pixels,
-                                maximum=height * width)
+  top_pixels = checks.check_int(
+    "top_pixels", top_pixels, minimum=de_config.pixels, maximum=height * width
+  )
   block = corner.check_block(block, prepared.images.shape[1:])
   checked = inputs_lib.check_inputs(
-      predict, prepared.images, prepared.labels,
-      de_config.goal(prepared.targets), prepared.image_ids,
-      de_config.batch_size, (block, de_config.popsize))
+    predict,
+    prepared.images,
+    prepared.labels,
+    de_config.goal(prepared.targets),
+    prepared.image_ids,
+    de_config.batch_size,
+    (block, de_config.popsize),
+  )
   config = SeededConfig(
-      scan=corner.ScanConfig(predict=predict, block=block,
-                             early_stop=de_config.early_stop,
-                             batch_size=de_config.batch_size,
-                             keep_table=True),
-      de=de_config, top_pixels=top_pixels)
+    scan=corner.ScanConfig(
+      predict=predict,
+      block=block,
+      early_stop=de_config.early_stop,
+      batch_size=de_config.batch_size,
+      keep_table=True,
+    ),
+    de=de_config,
+    top_pixels=top_pixels,
+  )
   fields, queries, generations = _seeded_attack(
-      config, checked.images, checked.labels, checked.targets,
-      checked.image_ids, prepared.key, prepared.maxiter, prepared.mutation,
-      prepared.crossover)
+    config,
+    checked.images,
+    checked.labels,
+    checked.targets,
+    checked.image_ids,
+    prepared.key,
+    prepared.maxiter,
+    prepared.mutation,
+    prepared.crossover,
+  )
   return verify.to_result(fields, queries, generations)

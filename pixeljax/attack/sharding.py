@@ -10,11 +10,11 @@ full arrays; each device takes its rows).
 import functools
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
+import numpy as np
 
 AXIS = "images"
 
@@ -27,11 +27,14 @@ def default_mesh() -> Mesh:
 def check_mesh(mesh) -> Mesh:
   """Returns ``mesh`` if it is a ``Mesh`` with at least one device."""
   if not isinstance(mesh, Mesh):
-    raise TypeError(f"mesh must be a jax.sharding.Mesh, got "
-                    f"{type(mesh).__name__}")
+    raise TypeError(
+      f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}"
+    )
   if mesh.size == 0:
-    raise ValueError(f"mesh must hold at least one device, got a mesh of "
-                     f"shape {dict(mesh.shape)}")
+    raise ValueError(
+      f"mesh must hold at least one device, got a mesh of "
+      f"shape {dict(mesh.shape)}"
+    )
   return mesh
 
 
@@ -58,26 +61,31 @@ def place(mesh: Mesh, *arrays):
   def to_global(array):
     array = np.asarray(array)
     array = np.pad(array, [(0, padded - count)] + [(0, 0)] * (array.ndim - 1))
-    return jax.make_array_from_callback(array.shape, sharding,
-                                        lambda index: array[index])
+    return jax.make_array_from_callback(
+      array.shape, sharding, lambda index: array[index]
+    )
 
-  return (tuple(to_global(a) for a in arrays),
-          to_global(np.ones(count, bool)))
+  return (tuple(to_global(a) for a in arrays), to_global(np.ones(count, bool)))
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(mesh: Mesh, function, static: tuple, sharded: int,
-              replicated: int):
+def _compiled(
+  mesh: Mesh, function, static: tuple, sharded: int, replicated: int
+):
   rows, everything = _rows(mesh), PartitionSpec()
   mapped = jax.shard_map(
-      functools.partial(function, *static), mesh=mesh,
-      in_specs=(rows,) * sharded + (everything,) * replicated,
-      out_specs=rows, check_vma=False)
+    functools.partial(function, *static),
+    mesh=mesh,
+    in_specs=(rows,) * sharded + (everything,) * replicated,
+    out_specs=rows,
+    check_vma=False,
+  )
   return jax.jit(mapped)
 
 
-def run_sharded(mesh: Mesh, function, static: tuple, sharded: tuple,
-                replicated: tuple):
+def run_sharded(
+  mesh: Mesh, function, static: tuple, sharded: tuple, replicated: tuple
+):
   """Runs ``function(*static, *sharded, *replicated)`` on every device.
 
   ``function`` is a module-level function and ``static`` hashable, so the

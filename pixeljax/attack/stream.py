@@ -8,7 +8,7 @@ image keeps its own random stream (``fold_in(key, image_id)``) and its own
 round count, so its result is exactly what ``batched_attack`` gives it.
 """
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +21,31 @@ from pixeljax.attack import sharding
 from pixeljax.attack.result import AttackResult
 
 
-def _advance_shard(config, state, images, labels, targets, image_ids, key,
-                   maxiter, mutation, crossover, rounds):
-  return engine.run_rounds(config, state, images, labels, targets,
-                           engine.image_keys_for(key, image_ids), maxiter,
-                           mutation, crossover, max_rounds=rounds)
+def _advance_shard(
+  config,
+  state,
+  images,
+  labels,
+  targets,
+  image_ids,
+  key,
+  maxiter,
+  mutation,
+  crossover,
+  rounds,
+):
+  return engine.run_rounds(
+    config,
+    state,
+    images,
+    labels,
+    targets,
+    engine.image_keys_for(key, image_ids),
+    maxiter,
+    mutation,
+    crossover,
+    max_rounds=rounds,
+  )
 
 
 def _reset_shard(popsize, length, state, refill):
@@ -38,11 +58,26 @@ def _reset_shard(popsize, length, state, refill):
   return jax.tree.map(pick, fresh, state)
 
 
-def stream_attack(predict, images, labels, *, key, targets=None, slots=64,
-                  refill_every=5, pixels=1, popsize=400, maxiter=100,
-                  mutation=0.5, crossover=None, early_stop=True,
-                  batch_size=None, image_ids=None, mesh=None,
-                  progress=None) -> Iterator[tuple[np.ndarray, AttackResult]]:
+def stream_attack(
+  predict,
+  images,
+  labels,
+  *,
+  key,
+  targets=None,
+  slots=64,
+  refill_every=5,
+  pixels=1,
+  popsize=400,
+  maxiter=100,
+  mutation=0.5,
+  crossover=None,
+  early_stop=True,
+  batch_size=None,
+  image_ids=None,
+  mesh=None,
+  progress=None,
+) -> Iterator[tuple[np.ndarray, AttackResult]]:
   """Attacks images through ``slots`` slots, yielding results as they finish.
 
   Arguments are those of ``batched_attack``, plus:
@@ -66,33 +101,53 @@ def stream_attack(predict, images, labels, *, key, targets=None, slots=64,
   if progress is not None and not callable(progress):
     raise TypeError(f"progress must be callable or None, got {progress!r}")
   prepared = engine.prepare(
-      predict, images, labels, key=key, targets=targets, pixels=pixels,
-      popsize=popsize, maxiter=maxiter, mutation=mutation,
-      crossover=crossover, early_stop=early_stop, batch_size=batch_size,
-      image_ids=image_ids, images_per_device=slots // mesh.size)
+    predict,
+    images,
+    labels,
+    key=key,
+    targets=targets,
+    pixels=pixels,
+    popsize=popsize,
+    maxiter=maxiter,
+    mutation=mutation,
+    crossover=crossover,
+    early_stop=early_stop,
+    batch_size=batch_size,
+    image_ids=image_ids,
+    images_per_device=slots // mesh.size,
+  )
   return _run(mesh, slots, refill_every, prepared, progress)
 
 
 def _run(mesh, slots, refill_every, prepared, progress):
   config = prepared.config
   count = len(prepared.images)
-  length = pixels_lib.candidate_length(config.pixels,
-                                       prepared.images.shape[-1])
-  sources = (prepared.images, prepared.labels, prepared.targets,
-             prepared.image_ids)
+  length = pixels_lib.candidate_length(config.pixels, prepared.images.shape[-1])
+  sources = (
+    prepared.images,
+    prepared.labels,
+    prepared.targets,
+    prepared.image_ids,
+  )
   # Host copy of what each slot holds; -1 marks an empty slot.
   held = np.full(slots, -1)
   slot_data = [np.zeros((slots, *a.shape[1:]), a.dtype) for a in sources]
-  state = engine.initial_state(slots, config.popsize, length,
-                               done=jnp.ones(slots, bool))
-  state = jax.tree.map(lambda a: sharding.place(mesh, np.asarray(a))[0][0],
-                       state)
-  replicated = (prepared.key, prepared.maxiter, prepared.mutation,
-                prepared.crossover)
+  state = engine.initial_state(
+    slots, config.popsize, length, done=jnp.ones(slots, bool)
+  )
+  state = jax.tree.map(
+    lambda a: sharding.place(mesh, np.asarray(a))[0][0], state
+  )
+  replicated = (
+    prepared.key,
+    prepared.maxiter,
+    prepared.mutation,
+    prepared.crossover,
+  )
   next_image = 0
   spent = 0  # evaluations of the images already handed out
   while True:
-    refill = np.flatnonzero(held < 0)[:count - next_image]
+    refill = np.flatnonzero(held < 0)[: count - next_image]
     if refill.size:
       new = np.arange(next_image, next_image + refill.size)
       next_image += refill.size
@@ -106,15 +161,25 @@ def _run(mesh, slots, refill_every, prepared, progress):
       mask = np.zeros(slots, bool)
       mask[refill] = True
       state = sharding.run_sharded(
-          mesh, _reset_shard, (config.popsize, length),
-          (state, sharding.place(mesh, mask)[0][0]), ())
-      logits = sharding.gather(sharding.run_sharded(
-          mesh, engine.clean_logits_shard, (config.predict,), placed[:1],
-          ()))[refill]
+        mesh,
+        _reset_shard,
+        (config.popsize, length),
+        (state, sharding.place(mesh, mask)[0][0]),
+        (),
+      )
+      logits = sharding.gather(
+        sharding.run_sharded(
+          mesh, engine.clean_logits_shard, (config.predict,), placed[:1], ()
+        )
+      )[refill]
       checks.check_finite_logits(logits, first_index=int(new[0]))
     state = sharding.run_sharded(
-        mesh, _advance_shard, (config,), (state, *placed),
-        replicated + (refill_every,))
+      mesh,
+      _advance_shard,
+      (config,),
+      (state, *placed),
+      replicated + (refill_every,),
+    )
     done = np.asarray(sharding.gather(state.done))
     finished = np.flatnonzero(done & (held >= 0))
     if progress is not None:
@@ -122,8 +187,15 @@ def _run(mesh, slots, refill_every, prepared, progress):
       progress(spent + int(queries[held >= 0].sum()))
       spent += int(queries[finished].sum())
     if finished.size:
-      fields = sharding.gather(sharding.run_sharded(
-          mesh, engine.finalize, (config,), (state, *placed[:3]), ()))
-      yield held[finished].copy(), AttackResult(
-          **{name: value[finished] for name, value in fields.items()})
+      fields = sharding.gather(
+        sharding.run_sharded(
+          mesh, engine.finalize, (config,), (state, *placed[:3]), ()
+        )
+      )
+      yield (
+        held[finished].copy(),
+        AttackResult(
+          **{name: value[finished] for name, value in fields.items()}
+        ),
+      )
       held[finished] = -1

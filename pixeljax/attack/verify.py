@@ -53,8 +53,11 @@ def finalize(predict, best, images, labels, targets):
   probs = evaluate.probabilities(evaluate.recheck_logits(predict, adv_images))
   finite = jnp.all(jnp.isfinite(probs), axis=-1)
   unchanged = pixels_lib.decode(
-      unchanged_candidates(images, best.shape[-1] // (2 + channels)), height,
-      width, channels)
+    unchanged_candidates(images, best.shape[-1] // (2 + channels)),
+    height,
+    width,
+    channels,
+  )
   perturbation = jnp.where(finite[:, None, None], perturbation, unchanged)
   adv_images = jnp.where(finite[:, None, None, None], adv_images, images)
   probs = jnp.where(finite[:, None], probs, clean)
@@ -69,17 +72,23 @@ def finalize(predict, best, images, labels, targets):
   else:
     target_prob = take(probs, targets)
   return dict(
-      success=finite & criteria.is_success(adv_label, labels, targets),
-      adv_images=adv_images, perturbation=perturbation, adv_label=adv_label,
-      adv_prob=take(probs, adv_label), true_prob=take(probs, labels),
-      target_prob=target_prob, clean_label=clean_label,
-      clean_success=criteria.is_success(clean_label, labels, targets))
+    success=finite & criteria.is_success(adv_label, labels, targets),
+    adv_images=adv_images,
+    perturbation=perturbation,
+    adv_label=adv_label,
+    adv_prob=take(probs, adv_label),
+    true_prob=take(probs, labels),
+    target_prob=target_prob,
+    clean_label=clean_label,
+    clean_success=criteria.is_success(clean_label, labels, targets),
+  )
 
 
 def to_result(fields: dict, queries, generations) -> AttackResult:
   """An ``AttackResult`` of NumPy arrays from ``finalize``'s device fields."""
   fields = jax.device_get(fields)
   return AttackResult(
-      queries=np.asarray(queries, np.int32),
-      generations=np.asarray(generations, np.int32),
-      **{name: np.asarray(value) for name, value in fields.items()})
+    queries=np.asarray(queries, np.int32),
+    generations=np.asarray(generations, np.int32),
+    **{name: np.asarray(value) for name, value in fields.items()},
+  )

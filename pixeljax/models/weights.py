@@ -18,263 +18,370 @@ type-checked, and it may name only files in its own folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import datetime
 import hashlib
+from importlib import resources
 import json
 import pathlib
 import re
 import reprlib
-from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
-from flax import nnx
 
 from pixeljax.files import write_atomic
-from pixeljax.models.registry import MODELS, create_model, make_predict, param_count
+from pixeljax.models.registry import MODELS
+from pixeljax.models.registry import create_model
+from pixeljax.models.registry import make_predict
+from pixeljax.models.registry import param_count
 
 CARD_FORMAT = "pixeljax.weights/1"
 MAX_SHARD_BYTES = 16 * 2**20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_MAX_NAME = 200  # leaves room for the longest suffix within a 255-byte file name
+_MAX_NAME = (
+  200  # leaves room for the longest suffix within a 255-byte file name
+)
 
 
 def _flat(model: nnx.Module) -> dict[str, nnx.Variable]:
-    """Tensor name ("convs.0.bn.mean") -> Variable, for every array in the model."""
-    return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(nnx.state(model))}
+  """Tensor name ("convs.0.bn.mean") -> Variable, for every array in the model."""
+  return {
+    ".".join(map(str, path)): var
+    for path, var in nnx.to_flat_state(nnx.state(model))
+  }
 
 
 def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
 def check_name(name: Any, what: str = "name") -> str:
-    """Returns `name` if it is a plain file name (or stem) in one folder, else
-    raises a ValueError saying why, naming it `what`.
+  """Returns `name` if it is a plain file name (or stem) in one folder, else
+  raises a ValueError saying why, naming it `what`.
 
-    Plain: a non-empty str of at most 200 characters, with no path separator
-    (/ or \\), no ':', no control character and no leading '.' (so neither '.'
-    nor '..', nor hidden); it can never reach outside the folder it is joined to.
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"{what}: expected a plain file name (str), got {type(name).__name__} "
-                         f"{reprlib.repr(name)}")
-    why = ("is empty" if not name
-           else f"is longer than {_MAX_NAME} characters" if len(name) > _MAX_NAME
-           else "holds a path separator or ':'" if any(c in name for c in "/\\:")
-           else "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name)
-           else "starts with '.'" if name.startswith(".")
-           else None)
-    if why:
-        raise ValueError(f"{what}: expected a plain file name in one folder, got "
-                         f"{reprlib.repr(name)}, which {why}")
-    return name
-
-
-def _shards(tensors: dict[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
-    """Packs tensors, in order, into groups of at most `max_bytes` (a larger
-    tensor gets a group of its own)."""
-    groups, size = [{}], 0
-    for name, arr in tensors.items():
-        if groups[-1] and size + arr.nbytes > max_bytes:
-            groups.append({})
-            size = 0
-        groups[-1][name] = arr
-        size += arr.nbytes
-    return groups
+  Plain: a non-empty str of at most 200 characters, with no path separator
+  (/ or \\), no ':', no control character and no leading '.' (so neither '.'
+  nor '..', nor hidden); it can never reach outside the folder it is joined to.
+  """
+  if not isinstance(name, str):
+    raise ValueError(
+      f"{what}: expected a plain file name (str), got {type(name).__name__} "
+      f"{reprlib.repr(name)}"
+    )
+  why = (
+    "is empty"
+    if not name
+    else f"is longer than {_MAX_NAME} characters"
+    if len(name) > _MAX_NAME
+    else "holds a path separator or ':'"
+    if any(c in name for c in "/\\:")
+    else "holds a control character"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name)
+    else "starts with '.'"
+    if name.startswith(".")
+    else None
+  )
+  if why:
+    raise ValueError(
+      f"{what}: expected a plain file name in one folder, got "
+      f"{reprlib.repr(name)}, which {why}"
+    )
+  return name
 
 
-def save_weights(model: nnx.Module, directory: str | pathlib.Path, name: str, *,
-                 architecture: str, card: dict[str, Any] | None = None,
-                 max_shard_bytes: int = MAX_SHARD_BYTES) -> pathlib.Path:
-    """Writes the model's arrays (params and batch statistics) and its card.
+def _shards(
+  tensors: dict[str, np.ndarray], max_bytes: int
+) -> list[dict[str, np.ndarray]]:
+  """Packs tensors, in order, into groups of at most `max_bytes` (a larger
+  tensor gets a group of its own)."""
+  groups, size = [{}], 0
+  for name, arr in tensors.items():
+    if groups[-1] and size + arr.nbytes > max_bytes:
+      groups.append({})
+      size = 0
+    groups[-1][name] = arr
+    size += arr.nbytes
+  return groups
 
-    Args:
-      model: the NNX model.
-      directory: output folder (created if missing).
-      name: file stem, e.g. "smallcnn".
-      architecture: the model's registry name (a key of `MODELS`).
-      card: extra card fields (test accuracy, eval data, training command...).
-      max_shard_bytes: files larger than this are split into shards.
 
-    Returns:
-      The card's path, `directory/name.json`.
-    """
-    check_name(name)
-    if architecture not in MODELS:
-        raise ValueError(f"architecture: expected one of {sorted(MODELS)}, got {architecture!r}")
-    if max_shard_bytes < 1:
-        raise ValueError(f"max_shard_bytes: expected a positive int, got {max_shard_bytes}")
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: np.asarray(jax.device_get(v.get_value()), np.float32)
-               for k, v in _flat(model).items()}
-    groups = _shards(tensors, max_shard_bytes)
-    files = {}
-    for i, group in enumerate(groups, 1):
-        fname = (f"{name}.safetensors" if len(groups) == 1
-                 else f"{name}-{i:05d}-of-{len(groups):05d}.safetensors")
-        # Not safetensors.numpy.save_file: it makes files readable by their owner only.
-        write_atomic(directory / fname, safetensors.numpy.save(group))
-        files[fname] = _sha256(directory / fname)
-    index = None
-    if len(groups) > 1:
-        index = f"{name}.safetensors.index.json"
-        weight_map = {t: f for f, g in zip(files, groups) for t in g}
-        total = sum(a.nbytes for a in tensors.values())
-        write_atomic(directory / index, json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1).encode())
-    out = {
-        "format": CARD_FORMAT,
-        "name": name,
-        "architecture": architecture,
-        "num_classes": int(tensors[_logits_bias(tensors)].shape[0]),
-        "param_count": param_count(model),
-        "dtype": "float32",
-        "tensors": {k: list(a.shape) for k, a in tensors.items()},
-        "files": files,
-        "index": index,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **(card or {}),
-    }
-    path = directory / f"{name}.json"
-    write_atomic(path, json.dumps(out, indent=1).encode())  # last: it names the files above
-    return path
+def save_weights(
+  model: nnx.Module,
+  directory: str | pathlib.Path,
+  name: str,
+  *,
+  architecture: str,
+  card: dict[str, Any] | None = None,
+  max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> pathlib.Path:
+  """Writes the model's arrays (params and batch statistics) and its card.
+
+  Args:
+    model: the NNX model.
+    directory: output folder (created if missing).
+    name: file stem, e.g. "smallcnn".
+    architecture: the model's registry name (a key of `MODELS`).
+    card: extra card fields (test accuracy, eval data, training command...).
+    max_shard_bytes: files larger than this are split into shards.
+
+  Returns:
+    The card's path, `directory/name.json`.
+  """
+  check_name(name)
+  if architecture not in MODELS:
+    raise ValueError(
+      f"architecture: expected one of {sorted(MODELS)}, got {architecture!r}"
+    )
+  if max_shard_bytes < 1:
+    raise ValueError(
+      f"max_shard_bytes: expected a positive int, got {max_shard_bytes}"
+    )
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tensors = {
+    k: np.asarray(jax.device_get(v.get_value()), np.float32)
+    for k, v in _flat(model).items()
+  }
+  groups = _shards(tensors, max_shard_bytes)
+  files = {}
+  for i, group in enumerate(groups, 1):
+    fname = (
+      f"{name}.safetensors"
+      if len(groups) == 1
+      else f"{name}-{i:05d}-of-{len(groups):05d}.safetensors"
+    )
+    # Not safetensors.numpy.save_file: it makes files readable by their owner only.
+    write_atomic(directory / fname, safetensors.numpy.save(group))
+    files[fname] = _sha256(directory / fname)
+  index = None
+  if len(groups) > 1:
+    index = f"{name}.safetensors.index.json"
+    weight_map = {t: f for f, g in zip(files, groups) for t in g}
+    total = sum(a.nbytes for a in tensors.values())
+    write_atomic(
+      directory / index,
+      json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1
+      ).encode(),
+    )
+  out = {
+    "format": CARD_FORMAT,
+    "name": name,
+    "architecture": architecture,
+    "num_classes": int(tensors[_logits_bias(tensors)].shape[0]),
+    "param_count": param_count(model),
+    "dtype": "float32",
+    "tensors": {k: list(a.shape) for k, a in tensors.items()},
+    "files": files,
+    "index": index,
+    "date": datetime.datetime.now(datetime.UTC).isoformat(
+      timespec="seconds"
+    ),
+    **(card or {}),
+  }
+  path = directory / f"{name}.json"
+  write_atomic(
+    path, json.dumps(out, indent=1).encode()
+  )  # last: it names the files above
+  return path
 
 
 def _logits_bias(tensors: dict[str, np.ndarray]) -> str:
-    # The last bias in insertion order is the classifier's in every registry model.
-    return [k for k in tensors if k.endswith("classifier.bias") or k.endswith("fc3.bias")][-1]
+  # The last bias in insertion order is the classifier's in every registry model.
+  return [
+    k
+    for k in tensors
+    if k.endswith("classifier.bias") or k.endswith("fc3.bias")
+  ][-1]
 
 
 def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+  return isinstance(x, int) and not isinstance(x, bool)
 
 
 def read_card(card_path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads a weights card (JSON) and checks the type of every field it uses.
+  """Reads a weights card (JSON) and checks the type of every field it uses.
 
-    Raises:
-      ValueError: naming the card file and the field, when the card cannot be
-        read, is not a JSON object of format `CARD_FORMAT`, lacks a field, or
-        holds a field of the wrong type; or when `name`, `files` or `index`
-        is not a plain file name (see `check_name`).
-    """
-    path = pathlib.Path(card_path)
+  Raises:
+    ValueError: naming the card file and the field, when the card cannot be
+      read, is not a JSON object of format `CARD_FORMAT`, lacks a field, or
+      holds a field of the wrong type; or when `name`, `files` or `index`
+      is not a plain file name (see `check_name`).
+  """
+  path = pathlib.Path(card_path)
+  try:
+    card = json.loads(path.read_bytes())
+  except (
+    OSError,
+    ValueError,
+    RecursionError,
+  ) as e:  # ValueError: bad JSON or encoding
+    raise ValueError(f"card_path: cannot read weights card {path}: {e}") from e
+  if not isinstance(card, dict):
+    raise ValueError(
+      f"card_path: {path} is not a {CARD_FORMAT} card: expected a JSON "
+      f"object, got a JSON {type(card).__name__}"
+    )
+  missing = {"format", "architecture", "param_count", "tensors", "files"} - set(
+    card
+  )
+  if card.get("format") != CARD_FORMAT or missing:
+    raise ValueError(
+      f"card_path: {path} is not a {CARD_FORMAT} card "
+      f"(format {reprlib.repr(card.get('format'))}, missing {sorted(missing)})"
+    )
+
+  def bad(field, expected):
+    return ValueError(
+      f"{path}: field {field!r}: expected {expected}, got "
+      f"{reprlib.repr(card[field])}"
+    )
+
+  def plain(field, name):
     try:
-        card = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or encoding
-        raise ValueError(f"card_path: cannot read weights card {path}: {e}") from e
-    if not isinstance(card, dict):
-        raise ValueError(f"card_path: {path} is not a {CARD_FORMAT} card: expected a JSON "
-                         f"object, got a JSON {type(card).__name__}")
-    missing = {"format", "architecture", "param_count", "tensors", "files"} - set(card)
-    if card.get("format") != CARD_FORMAT or missing:
-        raise ValueError(f"card_path: {path} is not a {CARD_FORMAT} card "
-                         f"(format {reprlib.repr(card.get('format'))}, missing {sorted(missing)})")
+      check_name(name, f"{path}: field {field!r}")
+    except ValueError as e:
+      raise ValueError(
+        f"{e}; a card may name only files in its own folder"
+      ) from None
 
-    def bad(field, expected):
-        return ValueError(f"{path}: field {field!r}: expected {expected}, got "
-                          f"{reprlib.repr(card[field])}")
-
-    def plain(field, name):
-        try:
-            check_name(name, f"{path}: field {field!r}")
-        except ValueError as e:
-            raise ValueError(f"{e}; a card may name only files in its own folder") from None
-
-    if "name" in card:
-        plain("name", card["name"])
-    if not isinstance(card["architecture"], str):
-        raise bad("architecture", "a registry name (str)")
-    if "num_classes" in card and not (_is_int(card["num_classes"])
-                                      and 2 <= card["num_classes"] < 2**31):
-        raise bad("num_classes", "an int from 2 to 2**31 - 1")
-    if not _is_int(card["param_count"]) or card["param_count"] < 0:
-        raise bad("param_count", "an int >= 0")
-    tensors = card["tensors"]
-    if not (isinstance(tensors, dict) and all(
-            isinstance(v, list) and all(_is_int(d) and d >= 0 for d in v)
-            for v in tensors.values())):
-        raise bad("tensors", "an object {tensor name: shape as a list of ints >= 0}")
-    files = card["files"]
-    if not (isinstance(files, dict) and files and all(
-            isinstance(v, str) and _SHA256.fullmatch(v) for v in files.values())):
-        raise bad("files", "a non-empty object {file name: sha256 as 64 lowercase hex digits}")
-    for fname in files:
-        plain("files", fname)
-    if card.get("index") is not None:
-        plain("index", card["index"])
-    return card
+  if "name" in card:
+    plain("name", card["name"])
+  if not isinstance(card["architecture"], str):
+    raise bad("architecture", "a registry name (str)")
+  if "num_classes" in card and not (
+    _is_int(card["num_classes"]) and 2 <= card["num_classes"] < 2**31
+  ):
+    raise bad("num_classes", "an int from 2 to 2**31 - 1")
+  if not _is_int(card["param_count"]) or card["param_count"] < 0:
+    raise bad("param_count", "an int >= 0")
+  tensors = card["tensors"]
+  if not (
+    isinstance(tensors, dict)
+    and all(
+      isinstance(v, list) and all(_is_int(d) and d >= 0 for d in v)
+      for v in tensors.values()
+    )
+  ):
+    raise bad(
+      "tensors", "an object {tensor name: shape as a list of ints >= 0}"
+    )
+  files = card["files"]
+  if not (
+    isinstance(files, dict)
+    and files
+    and all(isinstance(v, str) and _SHA256.fullmatch(v) for v in files.values())
+  ):
+    raise bad(
+      "files",
+      "a non-empty object {file name: sha256 as 64 lowercase hex digits}",
+    )
+  for fname in files:
+    plain("files", fname)
+  if card.get("index") is not None:
+    plain("index", card["index"])
+  return card
 
 
-def load_weights(card_path: str | pathlib.Path, *, dtype=jnp.float32
-                 ) -> tuple[nnx.Module, dict[str, Any]]:
-    """Rebuilds a model from its card and safetensors files, checking both.
+def load_weights(
+  card_path: str | pathlib.Path, *, dtype=jnp.float32
+) -> tuple[nnx.Module, dict[str, Any]]:
+  """Rebuilds a model from its card and safetensors files, checking both.
 
-    Args:
-      card_path: the `NAME.json` card written by `save_weights`.
-      dtype: compute dtype of the rebuilt model.
+  Args:
+    card_path: the `NAME.json` card written by `save_weights`.
+    dtype: compute dtype of the rebuilt model.
 
-    Returns:
-      (model, card): the model in train mode, as built (call `.eval()` or use
-      `make_predict` for inference), and the card as a dict.
+  Returns:
+    (model, card): the model in train mode, as built (call `.eval()` or use
+    `make_predict` for inference), and the card as a dict.
 
-    Raises:
-      ValueError: the card is malformed (see `read_card`) or names a file that
-        resolves outside its folder; the card does not match the architecture
-        (tensor names, shapes, parameter count); a file's sha256 differs from
-        the card; or a file's tensors differ from the card.
-    """
-    card_path = pathlib.Path(card_path)
-    card = read_card(card_path)
-    arch = card["architecture"]
-    if arch not in MODELS:
-        raise ValueError(f"{card_path}: unknown architecture {arch!r}; known: {sorted(MODELS)}")
-    num_classes = card.get("num_classes", 10)
-    folder = card_path.parent.resolve()
-    for fname in card["files"]:
-        if (card_path.parent / fname).resolve().parent != folder:
-            raise ValueError(f"{card_path}: field 'files': {fname!r} resolves outside the "
-                             f"card's folder {folder} (a link?); refusing to read it")
-    model = nnx.eval_shape(lambda: create_model(arch, rngs=nnx.Rngs(0),
-                                                num_classes=num_classes, dtype=dtype))
-    expected = {k: list(v.get_value().shape) for k, v in _flat(model).items()}
-    if card["tensors"] != expected:
-        diff = sorted(set(card["tensors"]) ^ set(expected))
-        shapes = [k for k in expected if k in card["tensors"] and card["tensors"][k] != expected[k]]
-        raise ValueError(f"{card_path}: tensors do not match architecture {arch!r}: "
-                         f"names only on one side {diff[:5]}, shapes differ for {shapes[:5]}")
-    if card["param_count"] != param_count(model):
-        raise ValueError(f"{card_path}: card says {card['param_count']} parameters, "
-                         f"architecture {arch!r} has {param_count(model)}")
-    arrays = {}
-    for fname, digest in card["files"].items():
-        fpath = card_path.parent / fname
-        if not fpath.is_file():
-            raise ValueError(f"{card_path}: weights file {fpath} is missing")
-        if (actual := _sha256(fpath)) != digest:
-            raise ValueError(f"{fpath}: sha256 {actual} differs from the card's {digest}: "
-                             "the file is corrupt or does not belong to this card")
-        try:
-            arrays.update(safetensors.numpy.load_file(fpath))
-        except (safetensors.SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{fpath}: not a readable safetensors file: {e}") from e
-    for k, shape in expected.items():
-        if k not in arrays or list(arrays[k].shape) != shape or arrays[k].dtype != np.float32:
-            got = None if k not in arrays else (arrays[k].shape, arrays[k].dtype)
-            raise ValueError(f"{card_path}: tensor {k} expected float32 {shape}, files hold {got}")
-    flat = nnx.to_flat_state(nnx.state(model))
-    nnx.update(model, nnx.from_flat_state(
-        [(p, v.replace(jnp.asarray(arrays[".".join(map(str, p))]))) for p, v in flat]))
-    return model, card
+  Raises:
+    ValueError: the card is malformed (see `read_card`) or names a file that
+      resolves outside its folder; the card does not match the architecture
+      (tensor names, shapes, parameter count); a file's sha256 differs from
+      the card; or a file's tensors differ from the card.
+  """
+  card_path = pathlib.Path(card_path)
+  card = read_card(card_path)
+  arch = card["architecture"]
+  if arch not in MODELS:
+    raise ValueError(
+      f"{card_path}: unknown architecture {arch!r}; known: {sorted(MODELS)}"
+    )
+  num_classes = card.get("num_classes", 10)
+  folder = card_path.parent.resolve()
+  for fname in card["files"]:
+    if (card_path.parent / fname).resolve().parent != folder:
+      raise ValueError(
+        f"{card_path}: field 'files': {fname!r} resolves outside the "
+        f"card's folder {folder} (a link?); refusing to read it"
+      )
+  model = nnx.eval_shape(
+    lambda: create_model(
+      arch, rngs=nnx.Rngs(0), num_classes=num_classes, dtype=dtype
+    )
+  )
+  expected = {k: list(v.get_value().shape) for k, v in _flat(model).items()}
+  if card["tensors"] != expected:
+    diff = sorted(set(card["tensors"]) ^ set(expected))
+    shapes = [
+      k
+      for k in expected
+      if k in card["tensors"] and card["tensors"][k] != expected[k]
+    ]
+    raise ValueError(
+      f"{card_path}: tensors do not match architecture {arch!r}: "
+      f"names only on one side {diff[:5]}, shapes differ for {shapes[:5]}"
+    )
+  if card["param_count"] != param_count(model):
+    raise ValueError(
+      f"{card_path}: card says {card['param_count']} parameters, "
+      f"architecture {arch!r} has {param_count(model)}"
+    )
+  arrays = {}
+  for fname, digest in card["files"].items():
+    fpath = card_path.parent / fname
+    if not fpath.is_file():
+      raise ValueError(f"{card_path}: weights file {fpath} is missing")
+    if (actual := _sha256(fpath)) != digest:
+      raise ValueError(
+        f"{fpath}: sha256 {actual} differs from the card's {digest}: "
+        "the file is corrupt or does not belong to this card"
+      )
+    try:
+      arrays.update(safetensors.numpy.load_file(fpath))
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+      raise ValueError(f"{fpath}: not a readable safetensors file: {e}") from e
+  for k, shape in expected.items():
+    if (
+      k not in arrays
+      or list(arrays[k].shape) != shape
+      or arrays[k].dtype != np.float32
+    ):
+      got = None if k not in arrays else (arrays[k].shape, arrays[k].dtype)
+      raise ValueError(
+        f"{card_path}: tensor {k} expected float32 {shape}, files hold {got}"
+      )
+  flat = nnx.to_flat_state(nnx.state(model))
+  nnx.update(
+    model,
+    nnx.from_flat_state(
+      [
+        (p, v.replace(jnp.asarray(arrays[".".join(map(str, p))])))
+        for p, v in flat
+      ]
+    ),
+  )
+  return model, card
 
 
 # ----------------------------------------------------------------------------
@@ -282,42 +389,52 @@ def load_weights(card_path: str | pathlib.Path, *, dtype=jnp.float32
 
 
 def _shipped_dir():
-    return resources.files("pixeljax") / "weights"
+  return resources.files("pixeljax") / "weights"
 
 
 def shipped_models() -> tuple[str, ...]:
-    """Names of the models whose trained weights ship with the package."""
-    d = _shipped_dir()
-    if not d.is_dir():
-        return ()
-    return tuple(sorted(f.name[:-5] for f in d.iterdir() if f.name.endswith(".json")
-                        and not f.name.endswith(".index.json")))
+  """Names of the models whose trained weights ship with the package."""
+  d = _shipped_dir()
+  if not d.is_dir():
+    return ()
+  return tuple(
+    sorted(
+      f.name[:-5]
+      for f in d.iterdir()
+      if f.name.endswith(".json") and not f.name.endswith(".index.json")
+    )
+  )
 
 
 def load_victim(name: str, *, dtype=jnp.float32) -> nnx.Module:
-    """The shipped trained model `name` (see `shipped_models()`), in eval mode."""
-    shipped = shipped_models()
-    if name not in shipped:
-        hint = ""
-        if name in MODELS:
-            hint = (f" Train it with `python -m pixeljax.train --model {name} --out DIR`, "
-                    f"then load it with pixeljax.models.weights.load_weights('DIR/{name}.json').")
-        raise FileNotFoundError(
-            f"name: no shipped weights for {name!r}; shipped: {list(shipped)}.{hint}")
-    with resources.as_file(_shipped_dir()) as d:
-        model, _ = load_weights(pathlib.Path(d) / f"{name}.json", dtype=dtype)
-    model.eval()
-    return model
+  """The shipped trained model `name` (see `shipped_models()`), in eval mode."""
+  shipped = shipped_models()
+  if name not in shipped:
+    hint = ""
+    if name in MODELS:
+      hint = (
+        f" Train it with `python -m pixeljax.train --model {name} --out DIR`, "
+        f"then load it with pixeljax.models.weights.load_weights('DIR/{name}.json')."
+      )
+    raise FileNotFoundError(
+      f"name: no shipped weights for {name!r}; shipped: {list(shipped)}.{hint}"
+    )
+  with resources.as_file(_shipped_dir()) as d:
+    model, _ = load_weights(pathlib.Path(d) / f"{name}.json", dtype=dtype)
+  model.eval()
+  return model
 
 
 def shipped_card(name: str) -> dict[str, Any]:
-    """The card of shipped model `name`."""
-    if name not in (shipped := shipped_models()):
-        raise FileNotFoundError(f"name: no shipped weights for {name!r}; shipped: {list(shipped)}")
-    with resources.as_file(_shipped_dir()) as d:
-        return read_card(pathlib.Path(d) / f"{name}.json")
+  """The card of shipped model `name`."""
+  if name not in (shipped := shipped_models()):
+    raise FileNotFoundError(
+      f"name: no shipped weights for {name!r}; shipped: {list(shipped)}"
+    )
+  with resources.as_file(_shipped_dir()) as d:
+    return read_card(pathlib.Path(d) / f"{name}.json")
 
 
 def load_predict(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The shipped model `name` as a pure `predict(f32 [B,H,W,3] 0..255) -> f32 [B,K]`."""
-    return make_predict(load_victim(name))
+  """The shipped model `name` as a pure `predict(f32 [B,H,W,3] 0..255) -> f32 [B,K]`."""
+  return make_predict(load_victim(name))
