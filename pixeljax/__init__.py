@@ -2,7 +2,7 @@
 
 from pixeljax.attack.corner import corner_attack as corner_attack
 from pixeljax.attack.corner_search import corner_search as corner_search
-from pixeljax.attack.engine import batched_attack as batched_attack
+from pixeljax.attack.evolution import batched_attack as batched_attack
 from pixeljax.attack.result import AttackResult as AttackResult
 from pixeljax.attack.seeded_de import seeded_attack as seeded_attack
 from pixeljax.attack.stream import stream_attack as stream_attack

@@ -37,11 +37,10 @@ def test_known_answer_after_the_predicted_evaluations_and_early_stop():
   np.testing.assert_array_equal(
     result.clean_success, [False, False, True, True]
   )
-  # One call per block of active candidates, plus the clean images (checked
-  # before the scan, and scored again beside the final re-check) and the
-  # final re-check, each in chunks of RECHECK_BATCH: nothing for finished
-  # images.
-  assert sum(seen) == result.queries.sum() + 3 * RECHECK_BATCH
+  # One call per block of active candidates, plus the clean images (scored
+  # once, before the scan) and the final re-check, each in chunks of
+  # RECHECK_BATCH: nothing for finished images.
+  assert sum(seen) == result.queries.sum() + 2 * RECHECK_BATCH
   corner_models.assert_honest(switch, images, labels, result, pixels=1)
 
 

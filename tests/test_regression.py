@@ -6,6 +6,7 @@ case below as computed at that commit; ``python -m tests.test_regression``
 rewrites it, which only a deliberate change of results may do.
 """
 
+import functools
 import pathlib
 
 import jax
@@ -20,7 +21,8 @@ from tests import toy_models
 STORED = pathlib.Path(__file__).parent / "data" / "search_results.npz"
 
 
-def _toy_problem(count: int = 6, size: int = 12):
+@functools.cache
+def toy_problem(count: int = 6, size: int = 12):
   images = np.random.default_rng(3).integers(
     0, 256, (count, size, size, 3), dtype=np.uint8
   )
@@ -41,9 +43,10 @@ def _smallcnn_problem(count: int = 4):
   )
 
 
-def _stream(predict, images, labels, **options):
-  """Results of ``stream_attack`` put back in the images' order."""
-  parts = list(pixeljax.stream_attack(predict, images, labels, **options))
+def in_order(parts):
+  """One ``AttackResult`` in the images' order from ``stream_attack``'s
+  (indices, result) parts."""
+  parts = list(parts)
   order = np.argsort(np.concatenate([indices for indices, _ in parts]))
   return pixeljax.AttackResult(
     *(
@@ -53,79 +56,106 @@ def _stream(predict, images, labels, **options):
   )
 
 
+# Each search by its ``stream_attack`` method name, as a direct call.
+FUNCTIONS = {
+  "de": pixeljax.batched_attack,
+  "seeded-de": pixeljax.seeded_attack,
+  "corner": lambda *args, key, **options: pixeljax.corner_attack(
+    *args, **options
+  ),
+  "corner-search": pixeljax.corner_search,
+  "sparse-rs": functools.partial(pixeljax.corner_search, scan=False),
+}
+
+# name -> (method, targeted, options) on the toy problem.
+TOY_CASES = {
+  "de_1px": ("de", False, dict(popsize=16, maxiter=5)),
+  "de_3px_targeted_crossover_no_early_stop": (
+    "de",
+    True,
+    dict(pixels=3, popsize=12, maxiter=4, crossover=0.7, early_stop=False),
+  ),
+  "corner": ("corner", False, dict(block=64)),
+  "corner_targeted_no_early_stop": ("corner", True, dict(early_stop=False)),
+  "corner_search_2px": (
+    "corner-search",
+    False,
+    dict(pixels=2, max_queries=1152 + 160, proposals=16),
+  ),
+  "sparse_rs_3px_targeted": (
+    "sparse-rs",
+    True,
+    dict(pixels=3, max_queries=200, proposals=16),
+  ),
+  "seeded_1px": ("seeded-de", False, dict(popsize=8, maxiter=4)),
+  "seeded_3px_targeted": (
+    "seeded-de",
+    True,
+    dict(pixels=3, popsize=8, maxiter=3, crossover=0.5),
+  ),
+}
+KEY_SEED = 7
+
+
+def run_case(name, **shared):
+  """The ``AttackResult`` of a toy case, through its search's own function."""
+  predict, images, labels, targets = toy_problem()
+  method, targeted, options = TOY_CASES[name]
+  return FUNCTIONS[method](
+    predict,
+    images,
+    labels,
+    key=jax.random.key(KEY_SEED),
+    targets=targets if targeted else None,
+    **options,
+    **shared,
+  )
+
+
+def stream_case(name, **shared):
+  """The ``AttackResult`` of a toy case through ``stream_attack``, in the
+  images' order."""
+  predict, images, labels, targets = toy_problem()
+  method, targeted, options = TOY_CASES[name]
+  return in_order(
+    pixeljax.stream_attack(
+      predict,
+      images,
+      labels,
+      key=jax.random.key(KEY_SEED),
+      method=method,
+      targets=targets if targeted else None,
+      **options,
+      **shared,
+    )
+  )
+
+
 def _cases():
   """name -> a function computing that case's ``AttackResult``."""
-  toy, images, labels, targets = _toy_problem()
-  key = jax.random.key(7)
-  return {
-    "de_1px": lambda: pixeljax.batched_attack(
-      toy, images, labels, key=key, popsize=16, maxiter=5
-    ),
-    "de_3px_targeted_crossover_no_early_stop": lambda: pixeljax.batched_attack(
-      toy,
+  cases = {name: functools.partial(run_case, name) for name in TOY_CASES}
+  cases["de_stream_2px"] = _stream_de
+  cases["smallcnn_de_1px"] = lambda: pixeljax.batched_attack(
+    *_smallcnn_problem(), key=jax.random.key(KEY_SEED), popsize=20, maxiter=3
+  )
+  return cases
+
+
+def _stream_de():
+  predict, images, labels, _ = toy_problem()
+  return in_order(
+    pixeljax.stream_attack(
+      predict,
       images,
       labels,
-      key=key,
-      targets=targets,
-      pixels=3,
-      popsize=12,
-      maxiter=4,
-      crossover=0.7,
-      early_stop=False,
-    ),
-    "de_stream_2px": lambda: _stream(
-      toy,
-      images,
-      labels,
-      key=key,
+      key=jax.random.key(KEY_SEED),
       pixels=2,
       popsize=8,
       maxiter=6,
       slots=2,
       refill_every=2,
-    ),
-    "corner": lambda: pixeljax.corner_attack(toy, images, labels, block=64),
-    "corner_targeted_no_early_stop": lambda: pixeljax.corner_attack(
-      toy, images, labels, targets=targets, early_stop=False
-    ),
-    "corner_search_2px": lambda: pixeljax.corner_search(
-      toy,
-      images,
-      labels,
-      key=key,
-      pixels=2,
-      max_queries=1152 + 160,
-      proposals=16,
-    ),
-    "sparse_rs_3px_targeted": lambda: pixeljax.corner_search(
-      toy,
-      images,
-      labels,
-      key=key,
-      pixels=3,
-      targets=targets,
-      max_queries=200,
-      proposals=16,
-      scan=False,
-    ),
-    "seeded_1px": lambda: pixeljax.seeded_attack(
-      toy, images, labels, key=key, popsize=8, maxiter=4
-    ),
-    "seeded_3px_targeted": lambda: pixeljax.seeded_attack(
-      toy,
-      images,
-      labels,
-      key=key,
-      pixels=3,
-      targets=targets,
-      popsize=8,
-      maxiter=3,
-      crossover=0.5,
-    ),
-    "smallcnn_de_1px": lambda: pixeljax.batched_attack(
-      *_smallcnn_problem(), key=key, popsize=20, maxiter=3
-    ),
-  }
+    )
+  )
 
 
 CASES = _cases()

@@ -1,4 +1,5 @@
-"""Sharded over 4 (forced host) devices equals the single-device run.
+"""Every search sharded over 4 (forced host) devices, directly and streamed,
+gives the single-device results.
 
 The device count of a JAX process is fixed at start-up, so the check runs in
 a subprocess with XLA_FLAGS set.
@@ -12,29 +13,32 @@ import textwrap
 
 _SCRIPT = textwrap.dedent("""
     import json
-    import jax, jax.numpy as jnp, numpy as np
+    import jax, numpy as np
     import pixeljax
-    from tests import toy_models
+    from tests import test_regression as regression
     assert jax.device_count() == 4, jax.devices()
-    predict = toy_models.small_cnn(channels=3, seed=4)
-    images = np.random.default_rng(4).integers(0, 256, (10, 16, 16, 3))
-    labels = np.asarray(predict(jnp.asarray(images, jnp.float32))).argmax(-1)
-    settings = dict(key=jax.random.key(7), popsize=24, maxiter=8, pixels=2)
-    one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("images",))
-    single = pixeljax.batched_attack(predict, images, labels, mesh=one,
-                                     **settings)
-    sharded = pixeljax.batched_attack(predict, images, labels, **settings)
-    parts = list(pixeljax.stream_attack(predict, images, labels, slots=6,
-                                        refill_every=2, **settings))
-    order = np.argsort(np.concatenate([p[0] for p in parts]))
-    report = {"mixed": bool(0 < single.success.sum() < len(images))}
-    for field in pixeljax.AttackResult._fields:
-      streamed = np.concatenate([getattr(p[1], field) for p in parts])[order]
-      report[field] = [
-          bool(np.array_equal(getattr(sharded, field), getattr(single, field))),
-          bool(np.array_equal(streamed, getattr(single, field)))]
+    stored = np.load(regression.STORED)
+    runs = {name: regression.run_case(name) for name in DIRECT}
+    runs.update({name + " streamed": regression.stream_case(
+        name, slots=5, refill_every=2) for name in STREAMED})
+    report = {}
+    for run, result in runs.items():
+      name = run.split()[0]
+      for field in pixeljax.AttackResult._fields:
+        report[f"{run} {field}"] = bool(np.array_equal(
+            getattr(result, field), stored[f"{name}/{field}"]))
     print(json.dumps(report))
 """)
+# Every search, run directly or streamed, over 4 devices against the stored
+# single-device results of tests/test_regression.py.
+DIRECT = ("de_1px", "corner_search_2px", "seeded_3px_targeted")
+STREAMED = (
+  "de_3px_targeted_crossover_no_early_stop",
+  "corner",
+  "corner_targeted_no_early_stop",
+  "sparse_rs_3px_targeted",
+  "seeded_1px",
+)
 
 
 def test_four_devices_give_the_single_device_results():
@@ -45,7 +49,11 @@ def test_four_devices_give_the_single_device_results():
     JAX_PLATFORMS="cpu",
   )
   done = subprocess.run(
-    [sys.executable, "-c", _SCRIPT],
+    [
+      sys.executable,
+      "-c",
+      f"DIRECT = {DIRECT!r}\nSTREAMED = {STREAMED!r}\n{_SCRIPT}",
+    ],
     cwd=root,
     env=env,
     capture_output=True,
@@ -54,7 +62,5 @@ def test_four_devices_give_the_single_device_results():
   )
   assert done.returncode == 0, done.stderr[-3000:]
   report = json.loads(done.stdout.strip().splitlines()[-1])
-  assert report.pop("mixed")
-  for field, (sharded_same, streamed_same) in report.items():
-    assert sharded_same, f"sharded {field} differs"
-    assert streamed_same, f"streamed (4 devices) {field} differs"
+  assert len(report) == (len(DIRECT) + len(STREAMED)) * 11
+  assert all(report.values()), [run for run, same in report.items() if not same]

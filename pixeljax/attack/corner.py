@@ -12,22 +12,21 @@ stops at the end of the block holding its first success. An answer at index k
 is therefore found after exactly ``ceil((k + 1) / block) * block``
 evaluations.
 
-``scan`` is the search itself, traceable under jit; ``corner_search`` and
-``seeded_de`` build on it and read its table of every candidate's fitness.
+``Scan`` is the search (see ``search`` for the protocol); ``AfterScan`` runs
+it first and hands each image over to a second search as soon as its scan
+ends: ``corner_search`` and ``seeded_de`` start from the scan's table of
+every candidate's fitness.
 """
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from pixeljax.attack import checks
-from pixeljax.attack import criteria
-from pixeljax.attack import engine
-from pixeljax.attack import evaluate
-from pixeljax.attack import inputs as inputs_lib
-from pixeljax.attack import verify
+from pixeljax.attack import defaults
+from pixeljax.attack import driver
+from pixeljax.attack import incumbent as incumbent_lib
 from pixeljax.attack.result import AttackResult
 
 # Default candidates per image and round: small enough that early stop wastes
@@ -64,138 +63,174 @@ def candidates_at(index, height: int, width: int, channels: int):
   return jnp.concatenate([x[..., None], y[..., None], colour], axis=-1)
 
 
-def top_candidate(fitness, success):
-  """Index int32 [N] of each row's preferred candidate; the first on ties.
+class ScanState(NamedTuple):
+  """Scan state, one row per image (N images, T candidates).
 
-  Fitness lies in [0, 1] or is +inf, so ``fitness - 2 * success`` ranks
-  successes first.
+  Attributes:
+    incumbent: the shared ``Incumbent`` (candidates of length 2 + C).
+    rounds: int32 [N]; blocks scored.
+    table: float32 [N, T] fitness of every scan index (+inf where not
+      scored), or None when the scan does not keep it.
   """
-  return jnp.argmin(fitness - 2.0 * success, axis=-1)
+
+  incumbent: incumbent_lib.Incumbent
+  rounds: jax.Array
+  table: jax.Array | None
 
 
-class ScanConfig(NamedTuple):
-  """Static settings of a scan (hashable: part of the compiled function).
+class Scan(NamedTuple):
+  """The corner scan (static settings; see ``search`` for the protocol).
 
   ``keep_table`` keeps every scored candidate's fitness (N x H x W x 2**C
   floats), for searches that rank pixels by it.
   """
 
-  predict: object
   block: int
-  early_stop: bool
-  batch_size: int
-  keep_table: bool
+  keep_table: bool = False
+
+  @property
+  def round_sizes(self) -> tuple:
+    return (self.block,)
+
+  @property
+  def default_round(self) -> int:
+    return self.block
+
+  def init(self, problem, batch, params) -> ScanState:
+    del problem, params
+    num_images, height, width, channels = batch.images.shape
+    total = scan_size(height, width, channels)
+    return ScanState(
+      incumbent=incumbent_lib.start(num_images, 2 + channels, ~batch.valid),
+      rounds=jnp.zeros((num_images,), jnp.int32),
+      table=(
+        jnp.full((num_images, total), jnp.inf, jnp.float32)
+        if self.keep_table
+        else None
+      ),
+    )
+
+  def step(self, problem, batch, params, state: ScanState) -> ScanState:
+    """Scores the next block of every unfinished image."""
+    del params
+    num_images, height, width, channels = batch.images.shape
+    total = scan_size(height, width, channels)
+    active = ~state.incumbent.done
+    index = state.rounds[:, None] * self.block + jnp.arange(self.block)
+    # A block that does not divide the scan repeats the last candidate.
+    candidates = candidates_at(
+      jnp.minimum(index, total - 1), height, width, channels
+    )
+    fitness, success = problem.score(batch, candidates, active)
+    incumbent, _ = incumbent_lib.update(
+      state.incumbent, candidates, fitness, success, active
+    )
+    rounds = state.rounds + active
+    incumbent = incumbent_lib.finish(
+      incumbent, active, rounds * self.block >= total, problem.early_stop
+    )
+    table = state.table
+    if self.keep_table:
+      # Inactive rows and past-the-end indices write out of range: dropped.
+      rows = jnp.arange(num_images)
+      index = jnp.where(active[:, None] & (index < total), index, total)
+      table = table.at[rows[:, None], index].set(fitness, mode="drop")
+    return ScanState(incumbent=incumbent, rounds=rounds, table=table)
+
+  def generations(self, state: ScanState):
+    """Blocks scored: int32 [N]."""
+    return state.rounds
 
 
-class ScanState(NamedTuple):
-  """Scan state, one row per image (N images, L = 2 + C, T candidates).
+def tiled(incumbent: incumbent_lib.Incumbent, pixels: int):
+  """The scan's one-pixel incumbent as a ``pixels``-pixel one (the pixel
+  written ``pixels`` times)."""
+  return incumbent._replace(
+    candidate=jnp.tile(incumbent.candidate, (1, pixels))
+  )
 
-  Attributes:
-    rounds: int32 [N]; blocks scored.
-    done: bool [N].
-    queries: int32 [N]; candidates evaluated.
-    best: float32 [N, L]; the preferred candidate so far.
-    best_fitness: float32 [N].
-    best_success: bool [N].
-    table: float32 [N, T] fitness of every scan index (+inf where not
-      scored), or None when the config does not keep it.
+
+class ChainState(NamedTuple):
+  """The state of an ``AfterScan``: the scan's and the second search's."""
+
+  scan: ScanState
+  then: object
+
+  @property
+  def incumbent(self) -> incumbent_lib.Incumbent:
+    """The second search's incumbent where the scan is over, else the
+    scan's."""
+    handed_over = self.scan.incumbent.done
+    then = self.then.incumbent
+    pixels = then.candidate.shape[-1] // self.scan.incumbent.candidate.shape[-1]
+
+    def pick(second, first):
+      shape = (-1,) + (1,) * (second.ndim - 1)
+      return jnp.where(handed_over.reshape(shape), second, first)
+
+    return jax.tree.map(pick, then, tiled(self.scan.incumbent, pixels))
+
+
+class AfterScan(NamedTuple):
+  """The corner scan, then a second search from where each image's scan ends.
+
+  ``then`` is a search with a ``from_scan(problem, batch, params,
+  scan_state)`` method giving its state for every row from the scan's (the
+  driver uses only the rows whose scan just ended); it starts from the
+  scan's incumbent, so queries add up and the scan's best candidate stays
+  the answer unless the second search finds a preferred one. ``params`` are
+  the second search's.
   """
 
-  rounds: jax.Array
-  done: jax.Array
-  queries: jax.Array
-  best: jax.Array
-  best_fitness: jax.Array
-  best_success: jax.Array
-  table: jax.Array | None
+  scan: Scan
+  then: object
+
+  @property
+  def round_sizes(self) -> tuple:
+    return self.scan.round_sizes + self.then.round_sizes
+
+  @property
+  def default_round(self) -> int:
+    return self.then.default_round
+
+  def init(self, problem, batch, params) -> ChainState:
+    nobody = batch._replace(valid=jnp.zeros_like(batch.valid))
+    return ChainState(
+      scan=self.scan.init(problem, batch, None),
+      then=self.then.init(problem, nobody, params),
+    )
+
+  def step(self, problem, batch, params, state: ChainState) -> ChainState:
+    """A scan round, a hand-over where a scan just ended, a second round."""
+    scan_state = self.scan.step(problem, batch, None, state.scan)
+    ended = scan_state.incumbent.done & ~state.scan.incumbent.done
+
+    def hand_over():
+      fresh = self.then.from_scan(problem, batch, params, scan_state)
+
+      def pick(new, old):
+        return jnp.where(ended.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+      return jax.tree.map(pick, fresh, state.then)
+
+    then_state = jax.lax.cond(jnp.any(ended), hand_over, lambda: state.then)
+    then_state = self.then.step(problem, batch, params, then_state)
+    return ChainState(scan=scan_state, then=then_state)
+
+  def generations(self, state: ChainState):
+    """The second search's rounds: int32 [N]."""
+    return self.then.generations(state.then)
 
 
-def initial_scan_state(
-  config: ScanConfig, image_shape, num_images: int
-) -> ScanState:
-  """A state about to score each image's first block."""
-  height, width, channels = image_shape
-  total = scan_size(height, width, channels)
-  return ScanState(
-    rounds=jnp.zeros((num_images,), jnp.int32),
-    done=jnp.zeros((num_images,), bool),
-    queries=jnp.zeros((num_images,), jnp.int32),
-    best=jnp.zeros((num_images, 2 + channels), jnp.float32),
-    best_fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
-    best_success=jnp.zeros((num_images,), bool),
-    table=(
-      jnp.full((num_images, total), jnp.inf, jnp.float32)
-      if config.keep_table
-      else None
-    ),
-  )
-
-
-def scan_round(
-  config: ScanConfig, state: ScanState, images, labels, targets
-) -> ScanState:
-  """Scores the next block of every unfinished image."""
-  num_images, height, width, channels = images.shape
-  total = scan_size(height, width, channels)
-  active = ~state.done
-  index = state.rounds[:, None] * config.block + jnp.arange(config.block)
-  # A block that does not divide the scan repeats the last candidate.
-  candidates = candidates_at(
-    jnp.minimum(index, total - 1), height, width, channels
-  )
-  fitness, success = evaluate.score_candidates(
-    config.predict,
-    images,
-    labels,
-    targets,
-    candidates,
-    active,
-    config.batch_size,
-  )
-  top = top_candidate(fitness, success)
-  rows = jnp.arange(num_images)
-  improve = active & criteria.prefer(
-    success[rows, top],
-    fitness[rows, top],
-    state.best_success,
-    state.best_fitness,
-  )
-  best_success = jnp.where(improve, success[rows, top], state.best_success)
-  rounds = state.rounds + active
-  finished = rounds * config.block >= total
-  if config.early_stop:
-    finished = finished | best_success
-  table = state.table
-  if config.keep_table:
-    # Inactive rows and past-the-end indices write out of range: dropped.
-    index = jnp.where(active[:, None] & (index < total), index, total)
-    table = table.at[rows[:, None], index].set(fitness, mode="drop")
-  return ScanState(
-    rounds=rounds,
-    done=state.done | (active & finished),
-    queries=state.queries + active * config.block,
-    best=jnp.where(improve[:, None], candidates[rows, top], state.best),
-    best_fitness=jnp.where(improve, fitness[rows, top], state.best_fitness),
-    best_success=best_success,
-    table=table,
-  )
-
-
-def scan(config: ScanConfig, images, labels, targets) -> ScanState:
-  """Runs the corner scan on every image until each is done."""
-  state = initial_scan_state(config, images.shape[1:], images.shape[0])
-
-  def advance(state):
-    return scan_round(config, state, images, labels, targets)
-
-  return jax.lax.while_loop(lambda state: jnp.any(~state.done), advance, state)
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _corner_attack(config: ScanConfig, images, labels, targets):
-  state = scan(config, images, labels, targets)
-  fields = verify.finalize(config.predict, state.best, images, labels, targets)
-  return fields, state.queries, state.rounds
+def scan_start(scan_state: ScanState, batch, pixels: int, early_stop: bool):
+  """A second search's incumbent from the scan's: the scan's best pixel
+  (tiled to ``pixels``) and queries; done where the scan succeeded (with
+  early stop) or the row holds no image."""
+  incumbent = tiled(scan_state.incumbent, pixels)
+  done = ~batch.valid
+  if early_stop:
+    done = done | incumbent.success
+  return incumbent._replace(done=done)
 
 
 def check_block(block, image_shape) -> int:
@@ -215,15 +250,39 @@ def check_block(block, image_shape) -> int:
   )
 
 
+def scan_queries(image_shape, block: int) -> int:
+  """Evaluations of a whole scan in blocks of ``block``."""
+  return -(-scan_size(*image_shape) // block) * block
+
+
+def plan(
+  image_shape,
+  *,
+  early_stop=defaults.EARLY_STOP,
+  block=None,
+  batch_size=None,
+) -> driver.Plan:
+  """The corner scan on images of ``image_shape`` (H, W, C), checked."""
+  block = check_block(block, image_shape)
+  return driver.Plan(
+    search=Scan(block=block),
+    params=None,
+    early_stop=checks.check_bool("early_stop", early_stop),
+    batch_size=driver.check_batch_size(batch_size),
+    budget=scan_queries(image_shape, block),
+  )
+
+
 def corner_attack(
   predict,
   images,
   labels,
   *,
   targets=None,
-  early_stop=True,
+  early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
+  mesh=None,
 ) -> AttackResult:
   """Tries every pixel with every corner colour of the RGB (or 2**C) cube.
 
@@ -243,8 +302,11 @@ def corner_attack(
     block: candidates scored per image and round; by default the largest
       divisor of ``H * W * 2**C`` up to 256. An image's first success at
       scan index k costs ``ceil((k + 1) / block) * block`` evaluations.
-    batch_size: candidate images per model call; chosen from the image size
-      when None. Peak memory grows with it, results do not change with it.
+    batch_size: candidate images per model call on each device; chosen from
+      the image size when None. Peak memory grows with it, results do not
+      change with it.
+    mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
+      device (see ``batched_attack``).
 
   Returns:
     An ``AttackResult`` of NumPy arrays; ``perturbation`` is int32
@@ -252,23 +314,18 @@ def corner_attack(
     blocks scored per image.
   """
   images = checks.check_images(images)
-  num_images = images.shape[0]
-  block = check_block(block, images.shape[1:])
-  early_stop = checks.check_bool("early_stop", early_stop)
-  if batch_size is None:
-    batch_size = engine.default_batch_size(images.shape[1:], block, num_images)
-  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
-  checked = inputs_lib.check_inputs(
-    predict, images, labels, targets, None, batch_size, (block,)
+  return driver.attack(
+    plan(
+      images.shape[1:],
+      early_stop=early_stop,
+      block=block,
+      batch_size=batch_size,
+    ),
+    predict,
+    images,
+    labels,
+    key=None,
+    targets=targets,
+    image_ids=None,
+    mesh=mesh,
   )
-  config = ScanConfig(
-    predict=predict,
-    block=block,
-    early_stop=early_stop,
-    batch_size=batch_size,
-    keep_table=False,
-  )
-  fields, queries, rounds = _corner_attack(
-    config, checked.images, checked.labels, checked.targets
-  )
-  return verify.to_result(fields, queries, rounds)

@@ -18,8 +18,8 @@ al. 2022): the pixels are all H x W in a random order, drawn with equal
 weight, and every corner is drawn at random; the search spends nothing up
 front.
 
-Queries count both phases. The whole search is one jit with top-level while
-loops over rounds, scoring only unfinished images' candidates.
+Queries count both phases. ``LocalSearch`` is step 3 as a search of the
+driver (see ``search``); with a scan it runs after ``corner.AfterScan``.
 """
 
 import functools
@@ -31,10 +31,9 @@ import jax.numpy as jnp
 from pixeljax.attack import checks
 from pixeljax.attack import corner
 from pixeljax.attack import criteria
-from pixeljax.attack import engine
-from pixeljax.attack import evaluate
-from pixeljax.attack import inputs as inputs_lib
-from pixeljax.attack import verify
+from pixeljax.attack import defaults
+from pixeljax.attack import driver
+from pixeljax.attack import incumbent as incumbent_lib
 from pixeljax.attack.result import AttackResult
 
 # Chance that a swapped-in pixel takes a random corner rather than its best:
@@ -42,36 +41,31 @@ from pixeljax.attack.result import AttackResult
 _RANDOM_CORNER = 0.2
 
 
-class SearchConfig(NamedTuple):
-  """Static settings of a corner search (hashable)."""
+class LocalParams(NamedTuple):
+  """The local search's rounds per image (traced)."""
 
-  scan: corner.ScanConfig
-  use_scan: bool
-  pixels: int
-  top_pixels: int
-  proposals: int
   rounds: int
 
 
-class SearchState(NamedTuple):
+class LocalState(NamedTuple):
   """Local-search state, one row per image (d pixels, K ranked pixels).
 
   Attributes:
-    step: int32 scalar; rounds run.
-    done: bool [N].
-    queries: int32 [N]; evaluations of this phase.
+    incumbent: the shared ``Incumbent``: the best candidate of the scan and
+      of this search.
+    steps: int32 [N]; rounds run.
     ranked: int32 [N, K] pixel positions ``y * W + x``, best first (in a
       random order without a scan).
     best_corner: int32 [N, K] each ranked pixel's best corner.
-    slots: int32 [N, d] the incumbent's pixels, as ranks into ``ranked``.
-    corners: int32 [N, d] the incumbent's corners.
-    fitness: float32 [N]; the incumbent's (+inf before it is scored).
+    slots: int32 [N, d] this search's own incumbent's pixels, as ranks into
+      ``ranked``; proposals change it.
+    corners: int32 [N, d] its corners.
+    fitness: float32 [N]; its fitness (+inf before it is scored).
     success: bool [N].
   """
 
-  step: jax.Array
-  done: jax.Array
-  queries: jax.Array
+  incumbent: incumbent_lib.Incumbent
+  steps: jax.Array
   ranked: jax.Array
   best_corner: jax.Array
   slots: jax.Array
@@ -99,7 +93,7 @@ def rank_pixels(table, channels: int, top_pixels: int):
 
 
 def _propose(
-  config: SearchConfig, channels: int, key, slots, corners, best_corner
+  config: "LocalSearch", channels: int, key, slots, corners, best_corner
 ):
   """One image's proposals: (slots, corners), each int32 [P, d].
 
@@ -159,101 +153,173 @@ def _candidates(ranked, slots, corners, image_shape):
   return one.reshape(*slots.shape[:-1], -1)
 
 
-def search_round(
-  config: SearchConfig, state: SearchState, images, labels, targets, image_keys
-) -> SearchState:
-  """Scores every unfinished image's proposals and keeps improvements."""
-  channels = images.shape[-1]
-  active = ~state.done
-  keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(image_keys, state.step)
-  slots, corners = jax.vmap(functools.partial(_propose, config, channels))(
-    keys, state.slots, state.corners, state.best_corner
-  )
-  # The first round also scores the incumbent itself (the d best pixels).
-  first = state.step == 0
-  slots = slots.at[:, 0].set(jnp.where(first, state.slots, slots[:, 0]))
-  corners = corners.at[:, 0].set(jnp.where(first, state.corners, corners[:, 0]))
-  candidates = jax.vmap(
-    functools.partial(_candidates, image_shape=images.shape[1:])
-  )(state.ranked, slots, corners)
-  fitness, success = evaluate.score_candidates(
-    config.scan.predict,
-    images,
-    labels,
-    targets,
-    candidates,
-    active,
-    config.scan.batch_size,
-  )
-  top = corner.top_candidate(fitness, success)
-  rows = jnp.arange(images.shape[0])
-  improve = active & criteria.prefer(
-    success[rows, top], fitness[rows, top], state.success, state.fitness
-  )
-  new_success = jnp.where(improve, success[rows, top], state.success)
-  finished = state.step + 1 >= config.rounds
-  if config.scan.early_stop:
-    finished = finished | new_success
-  return state._replace(
-    step=state.step + 1,
-    done=state.done | (active & finished),
-    queries=state.queries + active * config.proposals,
-    slots=jnp.where(improve[:, None], slots[rows, top], state.slots),
-    corners=jnp.where(improve[:, None], corners[rows, top], state.corners),
-    fitness=jnp.where(improve, fitness[rows, top], state.fitness),
-    success=new_success,
-  )
+class LocalSearch(NamedTuple):
+  """Step 3: d-pixel combinations of ranked pixels (static settings).
 
+  ``use_scan``: the pixels come ranked by a scan (``from_scan``) and are
+  drawn with weight ``1 / (rank + 1)``; otherwise ``init`` orders them at
+  random and draws them with equal weight.
+  """
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _corner_search(
-  config: SearchConfig, images, labels, targets, image_ids, key
-):
-  num_images, height, width, channels = images.shape
-  image_keys = engine.image_keys_for(key, image_ids)
-  if config.use_scan:
-    found = corner.scan(config.scan, images, labels, targets)
-    ranked, best_corner = rank_pixels(found.table, channels, config.top_pixels)
-  else:
-    found = corner.initial_scan_state(
-      config.scan._replace(keep_table=False), images.shape[1:], num_images
+  pixels: int
+  top_pixels: int
+  proposals: int
+  use_scan: bool
+
+  @property
+  def round_sizes(self) -> tuple:
+    return (self.proposals,)
+
+  @property
+  def default_round(self) -> int:
+    return self.proposals
+
+  def _start(self, incumbent, ranked, best_corner, params):
+    num_images = ranked.shape[0]
+    d = self.pixels
+    return LocalState(
+      incumbent=incumbent._replace(done=incumbent.done | (params.rounds == 0)),
+      steps=jnp.zeros((num_images,), jnp.int32),
+      ranked=ranked,
+      best_corner=best_corner,
+      slots=jnp.broadcast_to(jnp.arange(d), (num_images, d)),
+      corners=best_corner[:, :d],
+      fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
+      success=jnp.zeros((num_images,), bool),
     )
-    ranked, best_corner = jax.vmap(
-      functools.partial(_random_order, height * width, channels)
-    )(image_keys)
-  d = config.pixels
-  state = SearchState(
-    step=jnp.zeros((), jnp.int32),
-    done=(found.best_success & config.scan.early_stop) | (config.rounds == 0),
-    queries=jnp.zeros((num_images,), jnp.int32),
-    ranked=ranked,
-    best_corner=best_corner,
-    slots=jnp.broadcast_to(jnp.arange(d), (num_images, d)),
-    corners=best_corner[:, :d],
-    fitness=jnp.full((num_images,), jnp.inf, jnp.float32),
-    success=jnp.zeros((num_images,), bool),
+
+  def init(self, problem, batch, params) -> LocalState:
+    """Without a scan: pixels in a random order, every corner at random.
+
+    With one, ``from_scan`` gives the ranking: until then, zeros.
+    """
+    del problem
+    num_images, height, width, channels = batch.images.shape
+    if self.use_scan:
+      ranked = best_corner = jnp.zeros((num_images, self.top_pixels), jnp.int32)
+    else:
+      ranked, best_corner = jax.vmap(
+        functools.partial(_random_order, height * width, channels)
+      )(batch.keys)
+    length = self.pixels * (2 + channels)
+    return self._start(
+      incumbent_lib.start(num_images, length, ~batch.valid),
+      ranked,
+      best_corner,
+      params,
+    )
+
+  def from_scan(self, problem, batch, params, scan_state) -> LocalState:
+    """Pixels ranked by the scan's table, starting from its incumbent."""
+    ranked, best_corner = rank_pixels(
+      scan_state.table, batch.images.shape[-1], self.top_pixels
+    )
+    return self._start(
+      corner.scan_start(scan_state, batch, self.pixels, problem.early_stop),
+      ranked,
+      best_corner,
+      params,
+    )
+
+  def step(self, problem, batch, params, state: LocalState) -> LocalState:
+    """Scores every unfinished image's proposals and keeps improvements."""
+    image_shape = batch.images.shape[1:]
+    active = ~state.incumbent.done
+    keys = jax.vmap(jax.random.fold_in)(batch.keys, state.steps)
+    slots, corners = jax.vmap(
+      functools.partial(_propose, self, image_shape[-1])
+    )(keys, state.slots, state.corners, state.best_corner)
+    # The first round also scores the incumbent itself (the d best pixels).
+    first = state.steps == 0
+    slots = slots.at[:, 0].set(
+      jnp.where(first[:, None], state.slots, slots[:, 0])
+    )
+    corners = corners.at[:, 0].set(
+      jnp.where(first[:, None], state.corners, corners[:, 0])
+    )
+    candidates = jax.vmap(
+      functools.partial(_candidates, image_shape=image_shape)
+    )(state.ranked, slots, corners)
+    fitness, success = problem.score(batch, candidates, active)
+    incumbent, top = incumbent_lib.update(
+      state.incumbent, candidates, fitness, success, active
+    )
+    rows = jnp.arange(top.shape[0])
+    improve = active & criteria.prefer(
+      success[rows, top], fitness[rows, top], state.success, state.fitness
+    )
+    steps = state.steps + active
+    incumbent = incumbent_lib.finish(
+      incumbent, active, steps >= params.rounds, problem.early_stop
+    )
+    return state._replace(
+      incumbent=incumbent,
+      steps=steps,
+      slots=jnp.where(improve[:, None], slots[rows, top], state.slots),
+      corners=jnp.where(improve[:, None], corners[rows, top], state.corners),
+      fitness=jnp.where(improve, fitness[rows, top], state.fitness),
+      success=jnp.where(improve, success[rows, top], state.success),
+    )
+
+  def generations(self, state: LocalState):
+    """Combination rounds run: int32 [N]."""
+    return state.steps
+
+
+def plan(
+  image_shape,
+  *,
+  pixels=defaults.SEARCH_PIXELS,
+  max_queries=defaults.MAX_QUERIES,
+  scan=True,
+  top_pixels=None,
+  proposals=defaults.PROPOSALS,
+  early_stop=defaults.EARLY_STOP,
+  block=None,
+  batch_size=None,
+) -> driver.Plan:
+  """The corner search on images of ``image_shape`` (H, W, C), checked."""
+  height, width, _ = image_shape
+  pixels = checks.check_int("pixels", pixels, minimum=1, maximum=height * width)
+  if not isinstance(scan, bool):
+    raise TypeError(f"scan must be a bool, got {scan!r}")
+  proposals = checks.check_int("proposals", proposals, minimum=1)
+  block = corner.check_block(block, image_shape)
+  scan_queries = corner.scan_queries(image_shape, block) if scan else 0
+  max_queries = checks.check_int(
+    "max_queries",
+    max_queries,
+    minimum=scan_queries if scan else proposals,
+    maximum=checks.INT32_MAX,
   )
-  state = jax.lax.while_loop(
-    lambda state: jnp.any(~state.done),
-    lambda state: search_round(
-      config, state, images, labels, targets, image_keys
-    ),
-    state,
+  if not scan and top_pixels is not None:
+    raise ValueError(
+      "top_pixels ranks pixels by the scan: leave it None "
+      f"with scan=False, got {top_pixels!r}"
+    )
+  if top_pixels is None:
+    top_pixels = (
+      max(pixels, min(height * width, defaults.TOP_PIXELS_CAP))
+      if scan
+      else height * width
+    )
+  top_pixels = checks.check_int(
+    "top_pixels", top_pixels, minimum=pixels, maximum=height * width
   )
-  # The scan's single pixel, written d times, is a d-pixel candidate.
-  scan_best = jnp.tile(found.best, (1, d))
-  search_best = jax.vmap(
-    functools.partial(_candidates, image_shape=images.shape[1:])
-  )(state.ranked, state.slots, state.corners)
-  use_search = criteria.prefer(
-    state.success, state.fitness, found.best_success, found.best_fitness
+  rounds = (max_queries - scan_queries) // proposals
+  search = LocalSearch(
+    pixels=pixels, top_pixels=top_pixels, proposals=proposals, use_scan=scan
   )
-  best = jnp.where(use_search[:, None], search_best, scan_best)
-  fields = verify.finalize(config.scan.predict, best, images, labels, targets)
-  return (
-    fields,
-    found.queries + state.queries,
-    state.queries // config.proposals,
+  if scan:
+    search = corner.AfterScan(
+      scan=corner.Scan(block=block, keep_table=True), then=search
+    )
+  return driver.Plan(
+    search=search,
+    params=LocalParams(rounds=rounds),
+    early_stop=checks.check_bool("early_stop", early_stop),
+    batch_size=driver.check_batch_size(batch_size),
+    budget=scan_queries + rounds * proposals,
   )
 
 
@@ -263,16 +329,17 @@ def corner_search(
   labels,
   *,
   key,
-  pixels=3,
+  pixels=defaults.SEARCH_PIXELS,
   targets=None,
-  max_queries=10_000,
+  max_queries=defaults.MAX_QUERIES,
   scan=True,
   top_pixels=None,
-  proposals=64,
-  early_stop=True,
+  proposals=defaults.PROPOSALS,
+  early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
   image_ids=None,
+  mesh=None,
 ) -> AttackResult:
   """Few-pixel attack: a one-pixel corner scan, then combinations of its best.
 
@@ -294,8 +361,11 @@ def corner_search(
     proposals: candidates per image and round of the combination search.
     early_stop: stop each image once it succeeds.
     block: scan candidates per image and round (see ``corner_attack``).
-    batch_size: candidate images per model call; chosen when None.
+    batch_size: candidate images per model call on each device; chosen when
+      None.
     image_ids: int [N] ids seeding each image's stream; default 0..N-1.
+    mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
+      device (see ``batched_attack``).
 
   Returns:
     An ``AttackResult``; ``perturbation`` is int32 [N, d, 2 + C] (a pixel may
@@ -303,65 +373,23 @@ def corner_search(
     the combination search, ``generations`` the combination rounds run.
   """
   images = checks.check_images(images)
-  num_images, height, width, channels = images.shape
-  pixels = checks.check_int("pixels", pixels, minimum=1, maximum=height * width)
-  if not isinstance(scan, bool):
-    raise TypeError(f"scan must be a bool, got {scan!r}")
-  proposals = checks.check_int("proposals", proposals, minimum=1)
-  block = corner.check_block(block, images.shape[1:])
-  total = corner.scan_size(height, width, channels)
-  scan_queries = -(-total // block) * block if scan else 0
-  max_queries = checks.check_int(
-    "max_queries", max_queries, minimum=scan_queries if scan else proposals
-  )
-  if not scan and top_pixels is not None:
-    raise ValueError(
-      "top_pixels ranks pixels by the scan: leave it None "
-      f"with scan=False, got {top_pixels!r}"
-    )
-  if top_pixels is None:
-    top_pixels = (
-      max(pixels, min(height * width, 128)) if scan else height * width
-    )
-  top_pixels = checks.check_int(
-    "top_pixels", top_pixels, minimum=pixels, maximum=height * width
-  )
-  early_stop = checks.check_bool("early_stop", early_stop)
-  if batch_size is None:
-    batch_size = engine.default_batch_size(
-      images.shape[1:], block if scan else proposals, num_images
-    )
-  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
-  key = checks.check_key(key)
-  checked = inputs_lib.check_inputs(
+  return driver.attack(
+    plan(
+      images.shape[1:],
+      pixels=pixels,
+      max_queries=max_queries,
+      scan=scan,
+      top_pixels=top_pixels,
+      proposals=proposals,
+      early_stop=early_stop,
+      block=block,
+      batch_size=batch_size,
+    ),
     predict,
     images,
     labels,
-    targets,
-    image_ids,
-    batch_size,
-    (block, proposals) if scan else (proposals,),
+    key=key,
+    targets=targets,
+    image_ids=image_ids,
+    mesh=mesh,
   )
-  config = SearchConfig(
-    scan=corner.ScanConfig(
-      predict=predict,
-      block=block,
-      early_stop=early_stop,
-      batch_size=batch_size,
-      keep_table=scan,
-    ),
-    use_scan=scan,
-    pixels=pixels,
-    top_pixels=top_pixels,
-    proposals=proposals,
-    rounds=max(0, (max_queries - scan_queries) // proposals),
-  )
-  fields, queries, rounds = _corner_search(
-    config,
-    checked.images,
-    checked.labels,
-    checked.targets,
-    checked.image_ids,
-    key,
-  )
-  return verify.to_result(fields, queries, rounds)

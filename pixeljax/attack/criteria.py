@@ -21,14 +21,16 @@ def fitness(probs, labels, targets=None):
 
 
 def is_success(predicted, labels, targets=None):
-  """bool [B]: the predicted class differs from the label, or equals the target."""
+  """bool [B]: the predicted class differs from the label (or equals the
+  target)."""
   if targets is None:
     return predicted != labels
   return predicted == targets
 
 
 def prefer(candidate_success, candidate_fitness, success, fitness):
-  """bool: a candidate beats the incumbent (a success first, then lower fitness)."""
+  """bool: a candidate beats the incumbent (a success first, then a lower
+  fitness)."""
   return (candidate_success & ~success) | (
     (candidate_success == success) & (candidate_fitness < fitness)
   )

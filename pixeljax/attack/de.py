@@ -1,4 +1,5 @@
-"""Differential-evolution population operators, one image's population at a time.
+"""Differential-evolution population operators, one image's population at a
+time.
 
 Pure functions without Python branches on traced values, meant to be
 ``vmap``-ed over images. A population is float32 [P, L]; fitness is float32
@@ -10,7 +11,8 @@ import jax.numpy as jnp
 
 
 def _skip_excluded(value, excluded):
-  """Maps ``value`` in [0, P - k) onto [0, P) minus the k sorted ``excluded``."""
+  """Maps ``value`` in [0, P - k) onto [0, P) minus the k sorted
+  ``excluded``."""
   for index in range(excluded.shape[-1]):
     value = value + (value >= excluded[..., index])
   return value
@@ -59,7 +61,8 @@ def binomial_crossover(key, parent, mutant, crossover):
 
 
 def select(population, fitness, children, child_fitness):
-  """Greedy one-to-one selection: a child replaces its parent if strictly better.
+  """Greedy one-to-one selection: a child replaces its parent if strictly
+  better.
 
   Returns:
     (population float32 [P, L], fitness float32 [P]).

@@ -3,7 +3,8 @@
 The candidates of all images are laid out as one flat list with the images
 that still need work gathered to the front; a loop over chunks of
 ``batch_size`` candidates (then of one population, for the rest) builds each
-chunk's perturbed images on the fly and runs the model on them. Peak memory follows the chunk, not N x P x H x W x C,
+chunk's perturbed images on the fly and runs the model on them. Peak memory
+follows the chunk, not N x P x H x W x C,
 and images that are done cost nothing: the loop stops after the last chunk
 that holds an active image's candidate.
 """

@@ -5,8 +5,8 @@ done. Otherwise DE starts from a population seeded by the scan instead of the
 paper's random one: for d = 1 the ``popsize`` best corner candidates; for
 d > 1, member 0 is the d best pixels at their best corners and every other
 member d distinct pixels drawn from the ``top_pixels`` best with weight
-``1 / (rank + 1)``, at their best corners. The generations are the engine's
-own (``engine.run_rounds``): DE/rand/1, optional crossover, greedy selection.
+``1 / (rank + 1)``, at their best corners. The generations are the paper's DE's
+own (``evolution.DE``): DE/rand/1, optional crossover, greedy selection.
 Queries count the scan, the seeds and the generations.
 """
 
@@ -19,23 +19,56 @@ import jax.numpy as jnp
 from pixeljax.attack import checks
 from pixeljax.attack import corner
 from pixeljax.attack import corner_search
-from pixeljax.attack import criteria
-from pixeljax.attack import engine
-from pixeljax.attack import evaluate
-from pixeljax.attack import inputs as inputs_lib
-from pixeljax.attack import verify
+from pixeljax.attack import defaults
+from pixeljax.attack import driver
+from pixeljax.attack import evolution
 from pixeljax.attack.result import AttackResult
 
 
-class SeededConfig(NamedTuple):
-  """Static settings of a seeded DE run (hashable)."""
+class SeededDE(NamedTuple):
+  """DE whose round 0 scores seeds from the scan (static settings).
 
-  scan: corner.ScanConfig
-  de: engine.DEConfig
+  Used as the second search of ``corner.AfterScan``; ``de`` is the paper's
+  DE with ``seeded=True``.
+  """
+
+  de: evolution.DE
   top_pixels: int
 
+  @property
+  def round_sizes(self) -> tuple:
+    return self.de.round_sizes
 
-def _seeds(config: SeededConfig, image_shape, key, table):
+  @property
+  def default_round(self) -> int:
+    return self.de.default_round
+
+  def init(self, problem, batch, params):
+    return self.de.init(problem, batch, params)
+
+  def from_scan(self, problem, batch, params, scan_state):
+    """The seed population, starting from the scan's incumbent."""
+    # Seeds take round 0's stream, which the paper's random start would use.
+    seed_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(batch.keys, 0)
+    seeds = jax.vmap(functools.partial(_seeds, self, batch.images.shape[1:]))(
+      seed_keys, scan_state.table
+    )
+    state = self.de.init(problem, batch, params)
+    return state._replace(
+      incumbent=corner.scan_start(
+        scan_state, batch, self.de.pixels, problem.early_stop
+      ),
+      population=seeds,
+    )
+
+  def step(self, problem, batch, params, state):
+    return self.de.step(problem, batch, params, state)
+
+  def generations(self, state):
+    return self.de.generations(state)
+
+
+def _seeds(config: "SeededDE", image_shape, key, table):
   """One image's seed population, float32 [P, d * (2 + C)].
 
   Args:
@@ -57,76 +90,55 @@ def _seeds(config: SeededConfig, image_shape, key, table):
   return one.reshape(popsize, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _seeded_attack(
-  config: SeededConfig,
-  images,
-  labels,
-  targets,
-  image_ids,
-  key,
-  maxiter,
-  mutation,
-  crossover,
-):
-  num_images = images.shape[0]
-  found = corner.scan(config.scan, images, labels, targets)
-  image_keys = engine.image_keys_for(key, image_ids)
-  # Seeds take round 0's stream, which the paper's random start would use.
-  seed_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(image_keys, 0)
-  seeds = jax.vmap(functools.partial(_seeds, config, images.shape[1:]))(
-    seed_keys, found.table
+def plan(
+  image_shape,
+  *,
+  pixels=defaults.PIXELS,
+  popsize=defaults.POPSIZE,
+  maxiter=defaults.MAXITER,
+  mutation=defaults.MUTATION,
+  crossover=defaults.CROSSOVER,
+  top_pixels=None,
+  early_stop=defaults.EARLY_STOP,
+  block=None,
+  batch_size=None,
+) -> driver.Plan:
+  """The seeded DE on images of ``image_shape`` (H, W, C), checked."""
+  height, width, channels = image_shape
+  pixels, popsize, params, use_crossover = evolution.check_de_options(
+    image_shape,
+    pixels=pixels,
+    popsize=popsize,
+    maxiter=maxiter,
+    mutation=mutation,
+    crossover=crossover,
   )
-  active = ~(found.best_success & config.scan.early_stop)
-  fitness, success = evaluate.score_candidates(
-    config.de.predict,
-    images,
-    labels,
-    targets,
-    seeds,
-    active,
-    config.de.batch_size,
+  if pixels == 1:  # one-pixel seeds are distinct scan candidates
+    checks.check_int(
+      "popsize",
+      popsize,
+      minimum=4,
+      maximum=corner.scan_size(height, width, channels),
+    )
+  if top_pixels is None:
+    top_pixels = max(pixels, min(height * width, defaults.TOP_PIXELS_CAP))
+  top_pixels = checks.check_int(
+    "top_pixels", top_pixels, minimum=pixels, maximum=height * width
   )
-  top = corner.top_candidate(fitness, success)
-  rows = jnp.arange(num_images)
-  done = ~active | (maxiter == 0)
-  if config.scan.early_stop:
-    done = done | success[rows, top]
-  state = engine.DEState(
-    population=seeds,
-    fitness=fitness,
-    rounds=jnp.where(active, 1, 0).astype(jnp.int32),
-    done=done,
-    queries=active * config.de.popsize,
-    best=seeds[rows, top],
-    best_fitness=fitness[rows, top],
-    best_success=success[rows, top],
+  block = corner.check_block(block, image_shape)
+  de = evolution.DE(
+    pixels=pixels, popsize=popsize, use_crossover=use_crossover, seeded=True
   )
-  state = engine.run_rounds(
-    config.de,
-    state,
-    images,
-    labels,
-    targets,
-    image_keys,
-    maxiter,
-    mutation,
-    crossover,
-  )
-  # The scan's single pixel, written d times, is a d-pixel candidate.
-  scan_best = jnp.tile(found.best, (1, config.de.pixels))
-  use_de = active & criteria.prefer(
-    state.best_success,
-    state.best_fitness,
-    found.best_success,
-    found.best_fitness,
-  )
-  best = jnp.where(use_de[:, None], state.best, scan_best)
-  fields = verify.finalize(config.de.predict, best, images, labels, targets)
-  return (
-    fields,
-    found.queries + state.queries,
-    jnp.maximum(state.rounds - 1, 0),
+  return driver.Plan(
+    search=corner.AfterScan(
+      scan=corner.Scan(block=block, keep_table=True),
+      then=SeededDE(de=de, top_pixels=top_pixels),
+    ),
+    params=params,
+    early_stop=checks.check_bool("early_stop", early_stop),
+    batch_size=driver.check_batch_size(batch_size),
+    budget=corner.scan_queries(image_shape, block)
+    + popsize * (params.maxiter + 1),
   )
 
 
@@ -136,17 +148,18 @@ def seeded_attack(
   labels,
   *,
   key,
-  pixels=1,
+  pixels=defaults.PIXELS,
   targets=None,
-  popsize=400,
-  maxiter=100,
-  mutation=0.5,
-  crossover=None,
+  popsize=defaults.POPSIZE,
+  maxiter=defaults.MAXITER,
+  mutation=defaults.MUTATION,
+  crossover=defaults.CROSSOVER,
   top_pixels=None,
-  early_stop=True,
+  early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
   image_ids=None,
+  mesh=None,
 ) -> AttackResult:
   """The paper's DE, its population seeded by the one-pixel corner scan.
 
@@ -167,72 +180,35 @@ def seeded_attack(
       default ``min(H * W, 128)``, at least ``pixels``.
     early_stop: stop each image as soon as it succeeds.
     block: scan candidates per image and round (see ``corner_attack``).
-    batch_size: candidate images per model call; chosen when None.
+    batch_size: candidate images per model call on each device; chosen when
+      None.
     image_ids: int [N] ids seeding each image's stream; default 0..N-1.
+    mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
+      device (see ``batched_attack``).
 
   Returns:
     An ``AttackResult``; ``queries`` counts the scan, the seeds and the
     generations; ``generations`` those run after the seeds.
   """
-  prepared = engine.prepare(
+  images = checks.check_images(images)
+  return driver.attack(
+    plan(
+      images.shape[1:],
+      pixels=pixels,
+      popsize=popsize,
+      maxiter=maxiter,
+      mutation=mutation,
+      crossover=crossover,
+      top_pixels=top_pixels,
+      early_stop=early_stop,
+      block=block,
+      batch_size=batch_size,
+    ),
     predict,
     images,
     labels,
     key=key,
     targets=targets,
-    pixels=pixels,
-    popsize=popsize,
-    maxiter=maxiter,
-    mutation=mutation,
-    crossover=crossover,
-    early_stop=early_stop,
-    batch_size=batch_size,
     image_ids=image_ids,
+    mesh=mesh,
   )
-  de_config = prepared.config
-  height, width, channels = prepared.images.shape[1:]
-  if de_config.pixels == 1:  # one-pixel seeds are distinct scan candidates
-    checks.check_int(
-      "popsize",
-      de_config.popsize,
-      minimum=4,
-      maximum=corner.scan_size(height, width, channels),
-    )
-  if top_pixels is None:
-    top_pixels = max(de_config.pixels, min(height * width, 128))
-  top_pixels = checks.check_int(
-    "top_pixels", top_pixels, minimum=de_config.pixels, maximum=height * width
-  )
-  block = corner.check_block(block, prepared.images.shape[1:])
-  checked = inputs_lib.check_inputs(
-    predict,
-    prepared.images,
-    prepared.labels,
-    de_config.goal(prepared.targets),
-    prepared.image_ids,
-    de_config.batch_size,
-    (block, de_config.popsize),
-  )
-  config = SeededConfig(
-    scan=corner.ScanConfig(
-      predict=predict,
-      block=block,
-      early_stop=de_config.early_stop,
-      batch_size=de_config.batch_size,
-      keep_table=True,
-    ),
-    de=de_config,
-    top_pixels=top_pixels,
-  )
-  fields, queries, generations = _seeded_attack(
-    config,
-    checked.images,
-    checked.labels,
-    checked.targets,
-    checked.image_ids,
-    prepared.key,
-    prepared.maxiter,
-    prepared.mutation,
-    prepared.crossover,
-  )
-  return verify.to_result(fields, queries, generations)

@@ -6,14 +6,11 @@ exactly the uint8 image that is returned. The clean images are scored in the
 same pass, so every search reports which images the model already got wrong.
 """
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pixeljax.attack import criteria
 from pixeljax.attack import evaluate
 from pixeljax.attack import pixels as pixels_lib
-from pixeljax.attack.result import AttackResult
 
 
 def unchanged_candidates(images, pixels: int):
@@ -26,7 +23,7 @@ def unchanged_candidates(images, pixels: int):
   return jnp.tile(one, (1, pixels))
 
 
-def finalize(predict, best, images, labels, targets):
+def finalize(predict, best, images, labels, targets, clean_logits=None):
   """Builds the adversarial images and their verdicts (traceable under jit).
 
   Where the model's output on the chosen candidate is not finite (NaN or
@@ -39,6 +36,8 @@ def finalize(predict, best, images, labels, targets):
     images: uint8 [N, H, W, C].
     labels: int32 [N].
     targets: int32 [N] or None.
+    clean_logits: float32 [N, K] the clean images' logits from
+      ``evaluate.recheck_logits``, when already computed; None to compute.
 
   Returns:
     A dict with success bool [N], adv_images uint8 [N, H, W, C],
@@ -47,7 +46,9 @@ def finalize(predict, best, images, labels, targets):
     clean_success bool [N] (see ``AttackResult``).
   """
   height, width, channels = images.shape[1:]
-  clean = evaluate.probabilities(evaluate.recheck_logits(predict, images))
+  if clean_logits is None:
+    clean_logits = evaluate.recheck_logits(predict, images)
+  clean = evaluate.probabilities(clean_logits)
   perturbation = pixels_lib.decode(best, height, width, channels)
   adv_images = pixels_lib.inject(images, perturbation)
   probs = evaluate.probabilities(evaluate.recheck_logits(predict, adv_images))
@@ -64,7 +65,10 @@ def finalize(predict, best, images, labels, targets):
 
   adv_label = jnp.argmax(probs, axis=-1).astype(jnp.int32)
   clean_label = jnp.argmax(clean, axis=-1).astype(jnp.int32)
-  take = lambda p, cls: jnp.take_along_axis(p, cls[:, None], 1)[:, 0]
+
+  def take(p, cls):
+    return jnp.take_along_axis(p, cls[:, None], 1)[:, 0]
+
   if targets is None:
     # The "target" of a non-targeted attack: the likeliest wrong class.
     wrong = probs.at[jnp.arange(len(labels)), labels].set(-1.0)
@@ -81,14 +85,4 @@ def finalize(predict, best, images, labels, targets):
     target_prob=target_prob,
     clean_label=clean_label,
     clean_success=criteria.is_success(clean_label, labels, targets),
-  )
-
-
-def to_result(fields: dict, queries, generations) -> AttackResult:
-  """An ``AttackResult`` of NumPy arrays from ``finalize``'s device fields."""
-  fields = jax.device_get(fields)
-  return AttackResult(
-    queries=np.asarray(queries, np.int32),
-    generations=np.asarray(generations, np.int32),
-    **{name: np.asarray(value) for name, value in fields.items()},
   )
