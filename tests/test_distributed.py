@@ -1,0 +1,76 @@
+"""Two processes x 2 CPU devices on localhost, joined by jax.distributed
+(gloo collectives), give every search's single-process results."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from pixeljax import distributed
+from tests import distributed_worker
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_give_the_single_process_results(tmp_path):
+  port, report = _free_port(), tmp_path / "report.json"
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    JAX_PLATFORMS="cpu",
+  )
+  workers = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "tests.distributed_worker",
+        str(i),
+        "2",
+        str(port),
+        str(report),
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    outputs = [w.communicate(timeout=400)[0] for w in workers]
+  finally:
+    for w in workers:
+      w.kill()
+  for w, output in zip(workers, outputs):
+    assert w.returncode == 0, output[-3000:]
+  found = json.loads(report.read_text())
+  assert (found["processes"], found["devices"]) == (2, 4)
+  runs = distributed_worker.DIRECT + distributed_worker.STREAMED
+  assert len(found["same"]) == len(runs) * 11
+  differ = [run for run, same in found["same"].items() if not same]
+  assert not differ, differ
+
+
+def test_initialize_wants_all_three_settings_or_none():
+  with pytest.raises(ValueError, match="give all three or none"):
+    distributed.initialize("localhost:1234")
+
+
+def test_single_process_is_main_and_broadcast_returns_its_value():
+  assert jax.process_count() == 1
+  assert distributed.is_main_process()
+  value = {"done": [1, 2]}
+  assert distributed.broadcast(value) is value
