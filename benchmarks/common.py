@@ -19,9 +19,7 @@ def stamp() -> dict:
 
   device = jax.devices()[0]
   return {
-    "date": datetime.datetime.now(datetime.UTC).isoformat(
-      timespec="seconds"
-    ),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "platform": device.platform,
     "device": device.device_kind,
     "device_count": jax.device_count(),

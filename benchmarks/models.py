@@ -17,7 +17,7 @@ efficiency, 1.0 when the attack costs exactly its forward passes. Entries:
 Random weights throughout: efficiency does not depend on them.
 
 Run from the repository root:
-  python -m benchmarks.models                 # about 4 minutes on 2 idle CPU cores
+  python -m benchmarks.models          # about 4 minutes on 2 idle CPU cores
   python -m benchmarks.models --only lax-oihw,torch --repeats 5
 Writes benchmarks/results/models_<platform>.{json,md}.
 """

@@ -42,7 +42,7 @@ Run from the repository root:
       --slots 256 --batch-size 4000 --quiet   # a slice of it; rerun to go on
   python -m benchmarks.paper_table --models smallcnn --images 20 \\
       --popsize 100 --maxiter 20 --out-dir /tmp/paper_cpu_smoke \\
-      --name paper_table_cpu_smoke            # a CPU smoke run, not the protocol
+      --name paper_table_cpu_smoke     # a CPU smoke run, not the protocol
 Writes benchmarks/results/NAME.{json,md} and NAME_*.png (NAME: --name).
 """
 

@@ -45,7 +45,8 @@ LOGIT_TOLERANCE = 1e-4
 SETTINGS_NOTES = {
   "pixeljax": (
     "batched_attack(pixels, popsize={popsize}, maxiter={maxiter}, "
-    "batch_size={popsize}): the paper's DE: DE/rand/1, F = 0.5, no crossover; coordinates uniform, "
+    "batch_size={popsize}): the paper's DE: DE/rand/1, F = 0.5, no crossover; "
+    "coordinates uniform, "
     "colours N(128, 127); population {popsize} for any number of pixels; "
     "all images at once in one jit; each image stops as soon as one "
     "candidate succeeds; integer pixels. Wall time excludes the first "

@@ -55,7 +55,8 @@ def measure(name: str, batch_size: int, steps: int) -> dict:
     *state, loss, _ = train_step(*state, images, labels, idx[i], i)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - t0)
-  # The median and best step resist other jobs on a shared machine better than a mean.
+  # The median and best step resist other jobs on a shared machine better than a
+  # mean.
   median, best = float(np.median(times)), min(times)
   return dict(
     model=name,
@@ -83,9 +84,7 @@ def main() -> None:
     print(rows[-1], flush=True)
   device = jax.devices()[0]
   stamp = dict(
-    date=datetime.datetime.now(datetime.UTC).isoformat(
-      timespec="seconds"
-    ),
+    date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     device=f"{device.platform}: {device.device_kind}",
     cpu=platform.processor() or platform.machine(),
     host_cores=os.cpu_count(),
@@ -97,13 +96,15 @@ def main() -> None:
     steps=args.steps,
     command="nice python benchmarks/train_throughput.py "
     + " ".join(
-      f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+      f"--{k.replace('_', '-')} "
+      f"{' '.join(map(str, v)) if isinstance(v, list) else v}"
       for k, v in vars(args).items()
     ),
     load_average_1min=round(
       os.getloadavg()[0], 2
     ),  # other jobs on a shared machine
-    note="float32, augmentation on; a warm-up step compiles first and is not timed",
+    note="float32, augmentation on; a warm-up step compiles first and is "
+    "not timed",
   )
   RESULTS.mkdir(exist_ok=True)
   stem = RESULTS / f"train_throughput_{device.platform}"
@@ -117,7 +118,8 @@ def main() -> None:
     f"{stamp['optax']}; batch {args.batch_size}, {args.steps} timed steps; "
     f"`{stamp['command']}`; 1-minute load average {stamp['load_average_1min']}",
     "",
-    "| model | params | images/s (median step) | images/s (best step) | ms/step "
+    "| model | params | images/s (median step) | images/s (best step) | "
+    "ms/step "
     "| first step (compile) s |",
     "|---|---:|---:|---:|---:|---:|",
   ]

@@ -195,9 +195,12 @@ def _onnx_layout(declared, image_shape, nchw):
   """Whether images [H, W, C] go to a model input declared ``declared``
   (ints or names per axis) as NCHW; ``nchw`` None: as the model declares."""
   height, width, channels = image_shape
-  fits = lambda dims: all(
-    not isinstance(d, int) or d == e for d, e in zip(declared[1:], dims)
-  )
+
+  def fits(dims):
+    return all(
+      not isinstance(d, int) or d == e for d, e in zip(declared[1:], dims)
+    )
+
   as_nhwc, as_nchw = (
     fits((height, width, channels)),
     fits((channels, height, width)),

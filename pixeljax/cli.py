@@ -94,7 +94,9 @@ def _int_at_least(minimum):
     try:
       value = int(text)
     except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+      raise argparse.ArgumentTypeError(
+        f"expected an integer, got {text!r}"
+      ) from None
     if value < minimum:
       raise argparse.ArgumentTypeError(
         f"expected at least {minimum}, got {value}"
@@ -109,7 +111,9 @@ def _float_in(low, high, *, open_low=False):
     try:
       value = float(text)
     except ValueError:
-      raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+      raise argparse.ArgumentTypeError(
+        f"expected a number, got {text!r}"
+      ) from None
     if not (low < value if open_low else low <= value) or value > high:
       bracket = "(" if open_low else "["
       raise argparse.ArgumentTypeError(

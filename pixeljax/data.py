@@ -76,7 +76,8 @@ _HOW_TO = (
   "cifar-10-python.tar.gz (or its extracted folder);\n"
   "  - pip install tensorflow-datasets and prepare 'cifar10';\n"
   f"  - allow a download of {CIFAR10_URL}.\n"
-  "For a few hundred packaged test images, use pixeljax.data.load_cifar10_sample()."
+  "For a few hundred packaged test images, use "
+  "pixeljax.data.load_cifar10_sample()."
 )
 
 
@@ -97,8 +98,9 @@ class Dataset(NamedTuple):
 
 
 class ImageFolder(NamedTuple):
-  """`Dataset` plus `paths`: the file each image came from (list of N str), and
-  `skipped`: the (file, reason) pairs of unreadable images left out, if asked."""
+  """`Dataset` plus `paths`: the file each image came from (list of N str),
+  and `skipped`: the (file, reason) pairs of unreadable images left out, if
+  asked."""
 
   images: np.ndarray
   labels: np.ndarray
@@ -157,7 +159,8 @@ def load_cifar10(
     tried.append("download: disabled (download=False)")
   lines = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
   raise DataNotFoundError(
-    f"CIFAR-10 {split!r} split not found. Sources tried, in order:\n{lines}\n{_HOW_TO}"
+    f"CIFAR-10 {split!r} split not found. Sources tried, in "
+    f"order:\n{lines}\n{_HOW_TO}"
   )
 
 
@@ -189,7 +192,8 @@ def load_image_folder(
   class_names: Sequence[str] | None = None,
   skip_bad: bool = False,
 ) -> ImageFolder:
-  """Reads `path/<class>/*.png|jpg|jpeg` into arrays, for attacking your own pictures.
+  """Reads `path/<class>/*.png|jpg|jpeg` into arrays, for attacking your own
+  pictures.
 
   An image is bad when it cannot be read or decoded, or when its header claims
   more than `MAX_IMAGE_PIXELS` (8192 x 8192) pixels, or Pillow's
@@ -273,7 +277,7 @@ def _load_path_cached(path: pathlib.Path, split: str) -> Dataset:
       zipfile.BadZipFile,
       zlib.error,
     ):
-      pass  # truncated, damaged or unreadable: decode again and rewrite it below
+      pass  # truncated, damaged or unreadable: decoded and rewritten below
   data = _load_path(path, split)
   try:
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +320,8 @@ def _read_cache(cache: pathlib.Path) -> Dataset:
 
 
 def cache_dir() -> pathlib.Path:
-  """The folder for decoded arrays and downloads: `PIXELJAX_CACHE` or ~/.cache/pixeljax."""
+  """The folder for decoded arrays and downloads: `PIXELJAX_CACHE` or
+  ~/.cache/pixeljax."""
   return pathlib.Path(
     os.environ.get("PIXELJAX_CACHE") or "~/.cache/pixeljax"
   ).expanduser()
@@ -367,7 +372,8 @@ def _load_dir(path: pathlib.Path, split: str) -> Dataset:
       _check_cifar_shape(data.images, root / split)
       return Dataset(data.images, data.labels, data.class_names)
   raise _Missing(
-    f"{path} has no {split}/<class>/ image folder and no CIFAR-10 python batches"
+    f"{path} has no {split}/<class>/ image folder and no CIFAR-10 python "
+    "batches"
   )
 
 
@@ -501,7 +507,7 @@ def _md5(path: pathlib.Path) -> str:
 
 
 def _download_original() -> pathlib.Path:
-  """Returns the verified original archive in the cache, fetching it if absent."""
+  """The verified original archive in the cache, fetched if absent."""
   target = cache_dir() / "cifar-10-python.tar.gz"
   if target.exists() and _md5(target) == CIFAR10_MD5:
     return target

@@ -121,8 +121,9 @@ def class_pairs(records, num_classes: int):
 def targets_reached(records, num_classes: int):
   """How many of its K - 1 targeted attacks succeeded, per image.
 
-  ``records`` hold one pixel count (one run of targeted attacks). Only images whose every targeted attack is recorded count (a resumed run
-  may hold some images in part); non-targeted records are ignored.
+  ``records`` hold one pixel count (one run of targeted attacks). Only images
+  whose every targeted attack is recorded count (a resumed run may hold some
+  images in part); non-targeted records are ignored.
 
   Returns:
     (histogram int64 [K]: entry c the images that reached exactly c targets,

@@ -75,7 +75,8 @@ CHECKPOINT = "checkpoint"
 
 @dataclasses.dataclass
 class TrainConfig:
-  """Everything a run depends on; None means the model's default (`DEFAULTS`)."""
+  """Everything a run depends on; None means the model's default
+  (`DEFAULTS`)."""
 
   model: str = "smallcnn"
   out: str | None = None  # folder for checkpoints and final weights
@@ -195,20 +196,25 @@ def make_steps(
   do_augment: bool,
   label_smoothing: float = 0.0,
 ):
-  """Pure jitted train and eval steps over (params, rest) = nnx.split(model, nnx.Param, ...).
+  """Pure jitted train and eval steps over (params, rest) =
+  nnx.split(model, nnx.Param, ...).
 
   train_step(params, rest, opt_state, images u8 [N,H,W,C], labels i64 [N],
-             idx i32 [B], step i32) -> (params, rest, opt_state, loss f32, correct i32)
-  eval_step(params, rest, images u8 [B,H,W,C], labels i64 [B], mask bool [B]) -> correct i32
+             idx i32 [B], step i32)
+      -> (params, rest, opt_state, loss f32, correct i32)
+  eval_step(params, rest, images u8 [B,H,W,C], labels i64 [B], mask bool [B])
+      -> correct i32
 
-  train_step donates (params, rest, opt_state): pass it the state it returned last.
+  train_step donates (params, rest, opt_state): pass it the state it returned
+  last.
   The loss is the cross-entropy against targets smoothed by `label_smoothing`
   (0: the one-hot labels).
   """
   base_key = jax.random.key(seed)
 
   def loss_fn(params, rest, x, y, key):
-    # copy=True: fresh Variables at this trace level, so batch norm may update them.
+    # copy=True: fresh Variables at this trace level, so batch norm may update
+    # them.
     model = nnx.merge(graphdef, params, rest, copy=True)
     logits = model(x, rngs=nnx.Rngs(dropout=key))
     if label_smoothing:
@@ -300,7 +306,8 @@ def _unflatten(template, arrays: dict[str, np.ndarray], where: pathlib.Path):
 def save_checkpoint(
   out: pathlib.Path, state: tuple, meta: dict[str, Any]
 ) -> None:
-  """Writes out/checkpoint.safetensors then out/checkpoint.json, each atomically."""
+  """Writes out/checkpoint.safetensors then out/checkpoint.json, each
+  atomically."""
   params, rest, opt_state = state
   arrays = {}
   for prefix, tree in (("params", params), ("rest", rest), ("opt", opt_state)):
@@ -341,7 +348,8 @@ def _limit(data, n: int | None):
   return data.images[idx], data.labels[idx]
 
 
-# What a resumed run must share with its checkpoint (absent in old checkpoints: the default).
+# What a resumed run must share with its checkpoint (absent in old checkpoints:
+# the default).
 _RECIPE = (
   "model",
   "epochs",
@@ -364,7 +372,8 @@ def _check_resume(
 ) -> None:
   defaults = TrainConfig()
   diffs = [
-    f"{k}: checkpoint {saved.get(k, getattr(defaults, k))!r}, now {getattr(cfg, k)!r}"
+    f"{k}: checkpoint {saved.get(k, getattr(defaults, k))!r}, now "
+    f"{getattr(cfg, k)!r}"
     for k in _RECIPE
     if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)
   ]
@@ -439,7 +448,8 @@ def train(config: TrainConfig) -> TrainResult:
       break
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
     t0 = time.perf_counter()
-    # Summed on the device: reading them back every step would stall the GPU's queue.
+    # Summed on the device: reading them back every step would stall the GPU's
+    # queue.
     loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
     show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
     bar = tqdm(
@@ -485,7 +495,8 @@ def train(config: TrainConfig) -> TrainResult:
     )
     if cfg.progress:
       print(
-        f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
+        f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss "
+        f"{loss_sum / seen:.4f} "
         f"train acc {correct / seen:.4f} test acc {test_acc:.4f} "
         f"({seconds:.0f} s, {seen / seconds:.0f} img/s)",
         file=sys.stderr,
@@ -512,7 +523,8 @@ def train(config: TrainConfig) -> TrainResult:
     model.eval()
     return TrainResult(model, test_acc, history, None, complete=False)
   # The victim is the float32 network as stored: evaluate it so, whatever the
-  # training dtype and the device's default matmul precision (TF32 on recent GPUs);
+  # training dtype and the device's default matmul precision (TF32 on recent
+  # GPUs);
   # a float32 run on a CPU was evaluated so already.
   model = nnx.eval_shape(
     lambda: create_model(
@@ -539,7 +551,9 @@ def train(config: TrainConfig) -> TrainResult:
       architecture=cfg.model,
       card=dict(
         test_accuracy=test_acc,
-        test_accuracy_precision="float32 compute, jax default_matmul_precision 'highest'",
+        test_accuracy_precision=(
+          "float32 compute, jax default_matmul_precision 'highest'"
+        ),
         eval_data=dict(
           split="test",
           source=cfg.data
@@ -639,7 +653,8 @@ def _parser() -> argparse.ArgumentParser:
     "--time-limit",
     type=float,
     metavar="SECONDS",
-    help="stop after the last epoch that fits (checkpoint kept; --resume goes on)",
+    help="stop after the last epoch that fits (checkpoint kept; --resume "
+    "goes on)",
   )
   p.add_argument(
     "--limit-train", type=int, help="train on N images (quick runs)"

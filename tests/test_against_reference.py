@@ -1,4 +1,5 @@
-"""The engine's success rate matches an independent NumPy DE at the same budget."""
+"""The engine's success rate matches an independent NumPy DE at the same
+budget."""
 
 import jax
 import numpy as np

@@ -77,7 +77,10 @@ def _score(predict):
 @pytest.mark.parametrize("layout", ["OIHW", "NCHW"])
 def test_engine_loops_hold_only_canonical_convolutions(layout):
   score, images = _score(_cnn(layout))
-  recheck = lambda x: evaluate.recheck_logits(_cnn(layout), x)
+
+  def recheck(x):
+    return evaluate.recheck_logits(_cnn(layout), x)
+
   for function in (score, recheck):
     convs = _convolutions(jax.make_jaxpr(function)(images).jaxpr)
     assert convs
@@ -168,7 +171,8 @@ def test_oihw_model_scores_exactly_as_its_hwio_twin():
     jax.jit(score_oihw)(images), jax.jit(score_hwio)(images)
   ):
     np.testing.assert_array_equal(got, want)
-  recheck = lambda predict: jax.jit(
-    lambda x: evaluate.recheck_logits(predict, x)
-  )(images)
+
+  def recheck(predict):
+    return jax.jit(lambda x: evaluate.recheck_logits(predict, x))(images)
+
   np.testing.assert_array_equal(recheck(_cnn("OIHW")), recheck(_cnn("HWIO")))

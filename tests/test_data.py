@@ -381,7 +381,8 @@ def test_packaged_sample():
 
 @pytest.fixture
 def real_data(monkeypatch):
-  """The shared CIFAR-10 copy named by the caller's PIXELJAX_DATA, with the default cache."""
+  """The shared CIFAR-10 copy named by the caller's PIXELJAX_DATA, with the
+  default cache."""
   path = os.environ.get("PIXELJAX_DATA_REAL")
   if not path:
     pytest.skip("PIXELJAX_DATA is not set: no real CIFAR-10 to test against")

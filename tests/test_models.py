@@ -12,7 +12,8 @@ from pixeljax.models import create_model
 from pixeljax.models import make_predict
 from pixeljax.models import param_count
 
-# Parameter counts of the registry models (batch-norm scales and biases included).
+# Parameter counts of the registry models (batch-norm scales and biases
+# included).
 PARAMS = {
   "allconv": 1_370_986,
   "nin": 968_394,
@@ -83,7 +84,8 @@ def test_bf16_compute_returns_f32_logits():
 
 @pytest.mark.parametrize("hw", [1, 2, 5])
 def test_conv_paths_agree(hw):
-  """Tiny maps take the patches-matmul path; both paths compute the same conv."""
+  """Tiny maps take the patches-matmul path; both paths compute the same
+  conv."""
   from pixeljax.models.layers import ConvBN
   from pixeljax.models.layers import conv_as_matmul
 

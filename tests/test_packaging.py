@@ -31,7 +31,8 @@ def test_a_rerun_finds_its_programs_in_the_compile_cache(tmp_path, env):
       import jax, jax.numpy as jnp
       from pixeljax import campaign
       campaign.enable_compile_cache()
-      jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()
+      x = jnp.ones((64, 64))
+      jax.jit(lambda x: jnp.sin(x) @ x.T)(x).block_until_ready()
       cache = pathlib.Path(jax.config.jax_compilation_cache_dir)
       print(json.dumps(sorted(p.name for p in cache.iterdir())))
   """)

@@ -48,7 +48,8 @@ def test_augment_crops_and_flips_on_device():
   out = T.augment(jax.random.key(1), x)
   assert out.shape == x.shape and out.dtype == x.dtype
   assert not jnp.array_equal(out, x)
-  # Every output row holds a shifted (maybe flipped) window of an input row or zeros.
+  # Every output row holds a shifted (maybe flipped) window of an input row or
+  # zeros.
   assert set(np.unique(out[0]).tolist()) <= set(np.unique(x[0]).tolist()) | {
     0.0
   }
@@ -157,7 +158,8 @@ def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(8, dtype=np.int64) % 10
-  # The step's loss is taken before its update: the logits of the model as it is.
+  # The step's loss is taken before its update: the logits of the model as it
+  # is.
   logits = nnx.merge(graphdef, params, rest, copy=True)(
     jnp.asarray(images, jnp.float32)
   )

@@ -1,4 +1,5 @@
-"""Weights on disk: round trip, sharding, card checks, and the shipped victims."""
+"""Weights on disk: round trip, sharding, card checks, and the shipped
+victims."""
 
 import hashlib
 import json
@@ -21,7 +22,8 @@ from pixeljax.models.weights import shipped_models
 
 
 def _trained_like_model():
-  """A SmallCNN with non-trivial batch statistics, so they must round-trip too."""
+  """A SmallCNN with non-trivial batch statistics, so they must round-trip
+  too."""
   model = SmallCNN(rngs=nnx.Rngs(3))
   bn = model.convs[1].bn
   bn.mean[...] = jnp.linspace(-1, 1, bn.mean[...].size)

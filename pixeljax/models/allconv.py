@@ -1,4 +1,5 @@
-"""All-CNN-C (Springenberg et al., "Striving for Simplicity", ICLR 2015 workshop)."""
+"""All-CNN-C (Springenberg et al., "Striving for Simplicity", ICLR 2015
+workshop)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class AllConv(nnx.Module):
   convolutions, as in the paper; dropout follows each strided stage (0.3,
   lighter than the paper's 0.5 since batch norm also regularises).
 
-  Call: `model(images f32 [B, H, W, 3] in 0..255, rngs=...) -> logits f32 [B, K]`;
+  Call: `model(images f32 [B, H, W, 3] in 0..255, rngs=...)` -> logits f32
+  [B, K];
   `rngs` (for dropout) is needed in train mode only.
   """
 

@@ -13,10 +13,12 @@ CIFAR10_STD = (63.0, 62.1, 66.7)
 
 
 def normalize(images: jax.Array, dtype) -> jax.Array:
-  """Raw pixels float [B, H, W, 3] in 0..255 -> standardised `dtype` [B, H, W, 3]."""
+  """Raw pixels float [B, H, W, 3] in 0..255 -> standardised `dtype` [B, H, W,
+  3]."""
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(
-      f"images: expected [B, H, W, 3] pixels in 0..255, got shape {images.shape}"
+      "images: expected [B, H, W, 3] pixels in 0..255, got shape "
+      f"{images.shape}"
     )
   mean = jnp.asarray(CIFAR10_MEAN, jnp.float32)
   std = jnp.asarray(CIFAR10_STD, jnp.float32)
@@ -79,7 +81,8 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def max_pool(x: jax.Array, window: int = 2, stride: int = 2) -> jax.Array:
-  """Max-pool [B, H, W, C] -> [B, ceil(H/stride), ceil(W/stride), C], SAME padding."""
+  """Max-pool [B, H, W, C] -> [B, ceil(H/stride), ceil(W/stride), C], SAME
+  padding."""
   b, h, w, c = x.shape
   if window == stride and h % stride == 0 and w % stride == 0:
     # Non-overlapping windows as a reshape + max: the same values, and on CPU

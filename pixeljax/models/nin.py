@@ -19,7 +19,8 @@ class NiN(nnx.Module):
   3x3/2 average-pool | 3x3 192, 1x1 192, 1x1 `num_classes`, global average
   pooling. Dropout (0.3) after the two pooling layers, as in the paper.
 
-  Call: `model(images f32 [B, H, W, 3] in 0..255, rngs=...) -> logits f32 [B, K]`;
+  Call: `model(images f32 [B, H, W, 3] in 0..255, rngs=...)` -> logits f32
+  [B, K];
   `rngs` (for dropout) is needed in train mode only.
   """
 

@@ -1,4 +1,5 @@
-"""Model names -> constructors, and the pure `predict` the attack engine takes."""
+"""Model names -> constructors, and the pure `predict` the attack engine
+takes."""
 
 from __future__ import annotations
 

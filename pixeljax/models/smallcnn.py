@@ -17,7 +17,8 @@ class SmallCNN(nnx.Module):
   """Four 3x3 conv-BN-ReLU layers (32, 64, 128, 128), a 2x2 max-pool after the
   first three, global average pooling and a dense layer: about 240k params.
 
-  Call: `model(images f32 [B, H, W, 3] in 0..255, rngs=None) -> logits f32 [B, K]`;
+  Call: `model(images f32 [B, H, W, 3] in 0..255, rngs=None)` -> logits f32
+  [B, K];
   it has no dropout, so `rngs` is accepted for a uniform interface and ignored.
   """
 

@@ -26,7 +26,8 @@ class VGG16(nnx.Module):
   The dense layers fix the input size: images must be 32x32 (five pools
   leave 1x1x512 features).
 
-  Call: `model(images f32 [B, 32, 32, 3] in 0..255, rngs=...) -> logits f32 [B, K]`;
+  Call: `model(images f32 [B, 32, 32, 3] in 0..255, rngs=...)` -> logits f32
+  [B, K];
   `rngs` (for dropout) is needed in train mode only.
   """
 

@@ -5,7 +5,8 @@ On disk, for a model saved under `NAME` in a folder:
     NAME.json                                   the card (below)
     NAME.safetensors                            all tensors, when <= 16 MB
     NAME-00001-of-0000K.safetensors ...         or K shards, with
-    NAME.safetensors.index.json                 {"metadata": ..., "weight_map": {tensor: file}}
+    NAME.safetensors.index.json                 {"metadata": ...,
+                                                 "weight_map": {tensor: file}}
 
 The card records the registry architecture, parameter count, every tensor's
 shape, the sha256 of every file, and whatever the trainer adds (test accuracy
@@ -49,7 +50,8 @@ _MAX_NAME = (
 
 
 def _flat(model: nnx.Module) -> dict[str, nnx.Variable]:
-  """Tensor name ("convs.0.bn.mean") -> Variable, for every array in the model."""
+  """Tensor name ("convs.0.bn.mean") -> Variable, for every array in the
+  model."""
   return {
     ".".join(map(str, path)): var
     for path, var in nnx.to_flat_state(nnx.state(model))
@@ -158,7 +160,8 @@ def save_weights(
       if len(groups) == 1
       else f"{name}-{i:05d}-of-{len(groups):05d}.safetensors"
     )
-    # Not safetensors.numpy.save_file: it makes files readable by their owner only.
+    # Not safetensors.numpy.save_file: it makes files readable by their owner
+    # only.
     write_atomic(directory / fname, safetensors.numpy.save(group))
     files[fname] = _sha256(directory / fname)
   index = None
@@ -182,9 +185,7 @@ def save_weights(
     "tensors": {k: list(a.shape) for k, a in tensors.items()},
     "files": files,
     "index": index,
-    "date": datetime.datetime.now(datetime.UTC).isoformat(
-      timespec="seconds"
-    ),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     **(card or {}),
   }
   path = directory / f"{name}.json"
@@ -195,7 +196,8 @@ def save_weights(
 
 
 def _logits_bias(tensors: dict[str, np.ndarray]) -> str:
-  # The last bias in insertion order is the classifier's in every registry model.
+  # The last bias in insertion order is the classifier's in every registry
+  # model.
   return [
     k
     for k in tensors
@@ -414,7 +416,8 @@ def load_victim(name: str, *, dtype=jnp.float32) -> nnx.Module:
     if name in MODELS:
       hint = (
         f" Train it with `python -m pixeljax.train --model {name} --out DIR`, "
-        f"then load it with pixeljax.models.weights.load_weights('DIR/{name}.json')."
+        "then load it with "
+        f"pixeljax.models.weights.load_weights('DIR/{name}.json')."
       )
     raise FileNotFoundError(
       f"name: no shipped weights for {name!r}; shipped: {list(shipped)}.{hint}"
@@ -436,5 +439,6 @@ def shipped_card(name: str) -> dict[str, Any]:
 
 
 def load_predict(name: str) -> Callable[[jax.Array], jax.Array]:
-  """The shipped model `name` as a pure `predict(f32 [B,H,W,3] 0..255) -> f32 [B,K]`."""
+  """The shipped model `name` as a pure `predict(f32 [B,H,W,3] 0..255) -> f32
+  [B,K]`."""
   return make_predict(load_victim(name))
