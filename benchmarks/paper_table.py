@@ -4,7 +4,8 @@ The protocol of Su, Vargas and Sakurai, "One pixel attack for fooling deep
 neural networks" (IEEE TEVC 2019, arXiv 1710.08864), for each model:
   * --images CIFAR-10 test images the model classifies correctly: the first
     ones of a shuffle of the test set seeded by --seed
-    (``campaign.select_images``); every attack on a model uses the same ones;
+    (``pixeljax.cli.images.select_images``); every attack on a model uses
+    the same ones;
   * non-targeted attacks changing 1, 3 and 5 pixels (--pixels);
   * targeted attacks towards each of the 9 other classes (--targeted-pixels;
     the paper's 1 by default, 3 and 5 as GPU time allows);
@@ -16,10 +17,11 @@ rate per (original, target) class pair (a heatmap); the paper's published
 numbers found in a source, with that source; the wall time.
 
 Each (model, mode, pixels) is one resumable run folder of `pixeljax attack`
-(``campaign.run_attack``) under --out-dir: each attack's record is appended
-to its results.jsonl as it finishes, and rerunning the same command skips
-every finished attack. Runs go in order of pixel count, non-targeted before
-targeted, so a session cut short leaves the 1-pixel results done first. A
+(``pixeljax.cli.run.run_attack``) under --out-dir: each attack's record is
+appended to its results.jsonl as it finishes, and rerunning the same command
+skips every finished attack. Runs go in order of pixel count, non-targeted
+before targeted, so a session cut short leaves the 1-pixel results done
+first. A
 run stopped by SIGTERM or Ctrl-C (exit code 130) still writes the table so
 far, runs cut short marked partial; sessions.jsonl in --out-dir adds up the
 wall time of every session. The tables and figures are rebuilt from all the
@@ -60,11 +62,13 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from pixeljax import campaign
+from pixeljax import cli
 from pixeljax import errors
 from pixeljax import metrics
 from pixeljax import plots
 from pixeljax import runs
+from pixeljax.cli import run as run_lib
+from pixeljax.cli.settings import AttackSettings
 from pixeljax.models import weights as weights_lib
 
 PAPER_MODELS = ("allconv", "nin", "vgg16")
@@ -203,8 +207,9 @@ def count_records(out_dir, plan) -> int:
 
 def run_one(args, model, card, targeted, pixels):
   """Runs (or resumes) one run folder."""
-  campaign.run_attack(
-    campaign.AttackOptions(
+  cli.enable_compile_cache()  # as `pixeljax attack` does
+  run_lib.run_attack(
+    AttackSettings(
       out=str(run_dir(args.out_dir, model, targeted, pixels)),
       model=None if card else model,
       weights=card,

@@ -394,11 +394,55 @@ def test_output_folder_not_writable(main, victim, tmp_path):
       "--torch-weights: only with --torch",
     ),
     (["--nchw"], "--nchw: only with --onnx or --torch"),
+    (["--method", "pgd"], "invalid choice"),
+    (["--method", "corner", "--pixels", "1", "3"], "--pixels 1 only"),
+    (
+      ["--method", "sparse-rs", "--popsize", "10"],
+      "--popsize: not an option of --method sparse-rs",
+    ),
+    (["--max-queries", "99"], "--max-queries: not an option of --method de"),
+    (["--coordinator", "localhost:1"], "only with --distributed"),
   ],
 )
 def test_usage_errors(main, args, phrase):
   code, _, err = main("attack", *args)
   assert code == 2 and phrase in err
+
+
+@pytest.mark.parametrize(
+  "method, options, budget",
+  [
+    ("corner", ["--block", "512"], 32 * 32 * 8),
+    ("corner-search", ["--max-queries", str(8192 + 64)], 8192 + 64),
+    ("sparse-rs", ["--max-queries", "128", "--proposals", "32"], 128),
+    ("seeded-de", ["--popsize", "8", "--maxiter", "1"], 8192 + 16),
+  ],
+)
+def test_every_method_runs_from_the_command_line(
+  main, victim, tmp_path, monkeypatch, method, options, budget
+):
+  pixels = "1" if method in ("corner", "seeded-de") else "2"
+  args = ["attack", *victim, "--method", method, *options, "--images", "2"]
+  args += ["--pixels", pixels, "--no-examples", "--no-figures", "--quiet"]
+  code, out, err = main(*args, "--out", tmp_path / "run")
+  assert code == 0, err
+  records = read_records(tmp_path / "run")
+  assert len(records) == 2
+  assert all(0 < r["queries"] <= budget for r in records)
+  assert all(len(r["perturbation"]) == int(pixels) for r in records)
+  check_probabilities(records)
+  settings = json.loads((tmp_path / "run" / "run.json").read_text())
+  assert settings["method"] == method
+  assert ("popsize" in settings) == (method == "seeded-de")
+  assert f"method {method}" in out
+  # The default folder is named after the method; a rerun resumes it.
+  monkeypatch.chdir(tmp_path)
+  code, _, err = main(*args)
+  assert code == 0, err
+  [folder] = (tmp_path / "pixeljax-runs").iterdir()
+  assert f"_{method}_" in folder.name
+  code, _, err = main(*args)
+  assert code == 0 and "Resuming: 2 of 2 attacks" in err
 
 
 def test_unknown_target_class(main, victim, tmp_path):
@@ -413,7 +457,7 @@ def test_figures_of_a_folder_that_is_no_run(main, tmp_path):
   assert code == 3 and "not a pixeljax run" in err
 
 
-@pytest.mark.parametrize("command", ["attack", "figures", "train", "bench"])
+@pytest.mark.parametrize("command", ["attack", "figures", "train"])
 def test_every_subcommand_has_help(main, command):
   code, out, _ = main(command, "--help")
   assert code == 0 and "usage" in out.lower()
@@ -557,10 +601,8 @@ def test_the_readme_commands_get_a_folder_each(
   assert "_my_pictures-" in names[0] and "_sample-" in names[1]
 
 
-@pytest.mark.parametrize("command", ["train", "bench"])
-def test_train_and_bench_help_name_the_command_and_each_option(
-  main, monkeypatch, command
-):
+def test_train_help_names_the_command_and_each_option(main, monkeypatch):
+  command = "train"
   import argparse
 
   parsers = []
@@ -576,6 +618,23 @@ def test_train_and_bench_help_name_the_command_and_each_option(
   [parser] = parsers
   for action in parser._actions:
     assert action.help, f"{command} {action.option_strings}: no help"
+
+
+def test_the_package_never_imports_the_benchmarks():
+  """benchmarks/ lives in the repository only: an installed pixeljax has
+  none, so nothing in the package may import it."""
+  import ast
+
+  package = pathlib.Path(__file__).resolve().parent.parent / "pixeljax"
+  for path in package.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        names = [node.module or ""]
+      assert not any(n.split(".")[0] == "benchmarks" for n in names), path
+    assert "sys.path" not in path.read_text(), path
 
 
 def test_run_folders_are_not_for_git():

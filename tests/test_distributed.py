@@ -64,6 +64,57 @@ def test_two_processes_give_the_single_process_results(tmp_path):
   assert not differ, differ
 
 
+def test_the_command_line_runs_as_two_processes_and_one_writes(tmp_path, env):
+  """`pixeljax attack --distributed` in 2 processes: process 0 writes the
+  run folder, with the records a single process writes."""
+  from tests.test_cli import comparable
+  from tests.test_cli import read_records
+
+  args = ["attack", "--model", "smallcnn", "--images", "3", "--pixels", "1"]
+  args += ["--popsize", "8", "--maxiter", "2", "--no-examples", "--quiet"]
+  args += ["--no-figures"]
+  single = subprocess.run(
+    [sys.executable, "-m", "pixeljax.cli", *args, "--out", tmp_path / "one"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  workers = [
+    subprocess.Popen(
+      [sys.executable, "-m", "pixeljax.cli", *args]
+      + ["--out", tmp_path / "two", "--distributed"]
+      + ["--coordinator", f"localhost:{port}", "--num-processes", "2"]
+      + ["--process-id", str(i)],
+      cwd=ROOT,
+      env=dict(
+        env,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+      ),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    outputs = [w.communicate(timeout=400) for w in workers]
+  finally:
+    for w in workers:
+      w.kill()
+  for w, (_, err) in zip(workers, outputs):
+    assert w.returncode == 0, err[-3000:]
+  # Only process 0 prints the table (gloo prints its own lines in both).
+  assert "attacks/s" in outputs[0][0] and "attacks/s" not in outputs[1][0]
+  assert comparable(read_records(tmp_path / "two")) == comparable(
+    read_records(tmp_path / "one")
+  )
+
+
 def test_initialize_wants_all_three_settings_or_none():
   with pytest.raises(ValueError, match="give all three or none"):
     distributed.initialize("localhost:1234")

@@ -29,8 +29,8 @@ def test_a_rerun_finds_its_programs_in_the_compile_cache(tmp_path, env):
       import json, pathlib, warnings
       warnings.simplefilter("error")  # a cache that cannot work warns
       import jax, jax.numpy as jnp
-      from pixeljax import campaign
-      campaign.enable_compile_cache()
+      from pixeljax import cli
+      cli.enable_compile_cache()
       x = jnp.ones((64, 64))
       jax.jit(lambda x: jnp.sin(x) @ x.T)(x).block_until_ready()
       cache = pathlib.Path(jax.config.jax_compilation_cache_dir)

@@ -8,9 +8,14 @@ import pathlib
 import numpy as np
 import pytest
 
-from pixeljax import campaign
 from pixeljax import metrics
 from pixeljax import runs
+from pixeljax.cli import images as images_lib
+from pixeljax.cli import naming
+from pixeljax.cli import run as run_lib
+from pixeljax.cli import victims
+from pixeljax.cli.progress import Progress
+from pixeljax.cli.settings import AttackSettings
 from pixeljax.errors import InputError
 from pixeljax.errors import RunConflictError
 
@@ -99,7 +104,7 @@ def test_data_is_compared_by_content_not_by_where_it_came_from(tmp_path):
   runs.RunStore.create_or_resume(tmp_path, SETTINGS).start(SETTINGS, images())
   moved = dict(SETTINGS, data=dict(SETTINGS["data"], source="/elsewhere"))
   store = runs.RunStore.create_or_resume(
-    tmp_path, moved, uncompared=campaign._UNCOMPARED
+    tmp_path, moved, uncompared=run_lib.UNCOMPARED
   )
   assert store.resumed
   store.close()
@@ -107,7 +112,7 @@ def test_data_is_compared_by_content_not_by_where_it_came_from(tmp_path):
   other = dict(moved, data=dict(moved["data"], sha256="cd" * 8))
   with pytest.raises(RunConflictError, match="sha256"):
     runs.RunStore.create_or_resume(
-      tmp_path, other, uncompared=campaign._UNCOMPARED
+      tmp_path, other, uncompared=run_lib.UNCOMPARED
     )
 
 
@@ -152,7 +157,7 @@ def test_a_full_disk_is_an_input_error_and_keeps_what_was_written(
 
 
 def _victim(name="smallcnn", files=None):
-  return campaign.Victim(
+  return victims.Victim(
     None,
     10,
     dict(
@@ -164,7 +169,7 @@ def _victim(name="smallcnn", files=None):
 
 
 def _pool(source="folder /x", sha256="0123456789abcdef"):
-  return campaign.Pool(
+  return images_lib.Pool(
     None, None, ("cat", "dog"), dict(source=source, count=3, sha256=sha256)
   )
 
@@ -183,9 +188,9 @@ def _pool(source="folder /x", sha256="0123456789abcdef"):
   ],
 )
 def test_the_default_folder_is_one_plain_name_under_pixeljax_runs(name):
-  options = campaign.AttackOptions(weights="card.json", folder="../pics/")
+  options = AttackSettings(weights="card.json", folder="../pics/")
   out = pathlib.PurePath(
-    campaign.default_out(options, _victim(name), _pool(), None)
+    naming.default_out(options, _victim(name), _pool(), None)
   )
   assert out.parts[0] == "pixeljax-runs" and len(out.parts) == 2
   assert not out.name.startswith(".") and len(out.name) <= 200
@@ -195,30 +200,28 @@ def test_the_default_folder_is_one_plain_name_under_pixeljax_runs(name):
 
 
 def test_the_default_folder_follows_the_data_and_the_weights():
-  options = campaign.AttackOptions(weights="card.json")
-  out = campaign.default_out(options, _victim(), _pool(), None)
-  assert out == campaign.default_out(options, _victim(), _pool(), None)
+  options = AttackSettings(weights="card.json")
+  out = naming.default_out(options, _victim(), _pool(), None)
+  assert out == naming.default_out(options, _victim(), _pool(), None)
   others = {
-    campaign.default_out(options, _victim(), _pool(sha256="f" * 16), None),
-    campaign.default_out(
-      options, _victim(files={"w": "1" * 64}), _pool(), None
-    ),
-    campaign.default_out(campaign.AttackOptions(), _victim(), _pool(), None),
-    campaign.default_out(options, _victim(), _pool(), 1),
+    naming.default_out(options, _victim(), _pool(sha256="f" * 16), None),
+    naming.default_out(options, _victim(files={"w": "1" * 64}), _pool(), None),
+    naming.default_out(AttackSettings(), _victim(), _pool(), None),
+    naming.default_out(options, _victim(), _pool(), 1),
   }
   assert out not in others and len(others) == 4
-  assert "_to-dog_" in campaign.default_out(options, _victim(), _pool(), 1)
-  sample = _pool(source=campaign._SAMPLE_SOURCE)
-  assert "_sample-01234567_" in campaign.default_out(
-    campaign.AttackOptions(model="smallcnn"), _victim(), sample, None
+  assert "_to-dog_" in naming.default_out(options, _victim(), _pool(), 1)
+  sample = _pool(source=images_lib.SAMPLE_SOURCE)
+  assert "_sample-01234567_" in naming.default_out(
+    AttackSettings(model="smallcnn"), _victim(), sample, None
   )
 
 
 def test_progress_moves_with_evaluations_before_any_attack_finishes(capsys):
-  settings = dict(popsize=10, maxiter=9, pixels=[1, 3])  # budget: 100 each
+  budgets = {1: 100, 3: 100}  # popsize 10, maxiter 9
   tasks = [(d, position, None) for d in (1, 3) for position in range(2)]
   done = dict(pixels=1, success=True, queries=20)
-  progress = campaign._Progress(settings, tasks, [done], enabled=True)
+  progress = Progress(budgets, tasks, [done], enabled=True)
   with progress.bar:
     assert progress.bar.n == 100 and progress.bar.total == 400
     progress.stream(1)

@@ -4,7 +4,9 @@ does the work.
   pixeljax attack [options]   attack CIFAR-10 test images, or your own
   pixeljax figures RUN_DIR    redraw a run folder's figures
   pixeljax train ...          train a victim network (pixeljax.train)
-  pixeljax bench ...          attack throughput (benchmarks/throughput.py)
+
+Benchmarks live in the repository's benchmarks/ folder (python -m
+benchmarks.throughput, ...), not in the installed package.
 
 Run `pixeljax SUBCOMMAND --help` for each one's options.
 """
@@ -14,13 +16,12 @@ import pathlib
 import sys
 
 from pixeljax import errors
-
-# Quick defaults. Measured with the shipped SmallCNN on a 2-core CPU that
-# three other jobs shared (load ~7): 83 s wall from a cold start,
-# compilation included, 41 s of CPU time.
-QUICK = dict(images=20, popsize=200, maxiter=20)
-# The paper's settings (Su et al. 2019), for a GPU: --paper.
-PAPER = dict(images=500, popsize=400, maxiter=100)
+from pixeljax.attack import defaults
+from pixeljax.attack import methods
+from pixeljax.cli.settings import METHOD_OPTIONS
+from pixeljax.cli.settings import PAPER
+from pixeljax.cli.settings import QUICK
+from pixeljax.cli.settings import AttackSettings
 
 _EPILOG = """exit codes:
   0    success
@@ -33,7 +34,8 @@ _EPILOG = """exit codes:
 """
 
 _ATTACK_HELP = f"""Attack images with the few-pixel differential evolution of
-Su et al. (2019) and write per-image results, a summary and figures.
+Su et al. (2019), or another of pixeljax's searches (--method), and write
+per-image results, a summary and figures.
 
 The model is a shipped one (--model), a weights card (--weights), an ONNX
 file (--onnx) or a PyTorch module from a factory (--torch, with
@@ -52,14 +54,16 @@ by --seed.
 
 Defaults: {QUICK["images"]} images, popsize {QUICK["popsize"]}, maxiter \
 {QUICK["maxiter"]}: well under two minutes
-on a 2-core CPU. --paper: the paper's settings (popsize 400, maxiter 100,
-500 images), meant for a GPU.
+on a 2-core CPU. --paper: the paper's settings (popsize {PAPER["popsize"]}, \
+maxiter {PAPER["maxiter"]},
+{PAPER["images"]} images), meant for a GPU.
 
 Each attack's result is written to the output folder as soon as it
 finishes; rerun the same command after an interruption (even a kill) to
 resume where it stopped. The progress bar moves with the model evaluations
-spent against the run's budget (popsize x (maxiter + 1) per attack, an
-attack that succeeds early being counted whole) and shows the attacks done
+spent against the run's budget (the most an attack can cost: popsize x
+(maxiter + 1) for de, --max-queries for corner-search and sparse-rs, ...;
+an attack that succeeds early being counted whole) and shows the attacks done
 and fooled per pixel count.
 
 output folder (default pixeljax-runs/<model>_<data>_<settings>, named after
@@ -75,7 +79,9 @@ and of the images, so that the same command resumes and another starts anew):
                    probability of adv_label), true_prob, target_prob (of
                    the target class; non-targeted: of the likeliest class
                    other than the label), perturbation [[x, y, r, g, b], ...],
-                   queries, generations, seconds_share (this attack's
+                   queries, generations (DE generations; for the other
+                   methods the search's rounds: scan blocks, combination
+                   rounds), seconds_share (this attack's
                    share of the wall time: the time between two hand-backs
                    of the engine, split evenly among the attacks finished
                    in it), and for --folder path (the image's file)
@@ -234,33 +240,69 @@ def _attack_parser(subparsers):
     help="attack every image towards CLASS (name or index)",
   )
   p.add_argument(
+    "--method",
+    choices=methods.METHODS,
+    default="de",
+    help="the search (default de, the paper's differential evolution); "
+    "seeded-de: DE seeded by the one-pixel corner scan; corner: the "
+    "exhaustive one-pixel corner scan (--pixels 1 only; deterministic); "
+    "corner-search: the scan, then combinations of its best pixels; "
+    "sparse-rs: combinations of random pixels and corners, no scan",
+  )
+  p.add_argument(
     "--popsize",
     type=_int_at_least(4),
-    help=f"DE population per image (default {QUICK['popsize']}; "
+    help=f"de, seeded-de: population per image (default {QUICK['popsize']}; "
     f"--paper {PAPER['popsize']})",
   )
   p.add_argument(
     "--maxiter",
     type=_int_at_least(0),
-    help=f"most DE generations (default {QUICK['maxiter']}; "
+    help=f"de, seeded-de: most generations (default {QUICK['maxiter']}; "
     f"--paper {PAPER['maxiter']})",
   )
   p.add_argument(
     "--mutation",
     type=_float_in(0.0, 2.0, open_low=True),
-    default=0.5,
-    help="DE scale factor F (default 0.5)",
+    help=f"de, seeded-de: scale factor F (default {defaults.MUTATION})",
   )
   p.add_argument(
     "--crossover",
     type=_float_in(0.0, 1.0),
-    help="binomial crossover rate (default: none, the paper's)",
+    help="de, seeded-de: binomial crossover rate (default: none, the paper's)",
+  )
+  p.add_argument(
+    "--max-queries",
+    type=_int_at_least(1),
+    metavar="Q",
+    help="corner-search, sparse-rs: model evaluations per attack, the "
+    f"scan's included (default {defaults.MAX_QUERIES})",
+  )
+  p.add_argument(
+    "--proposals",
+    type=_int_at_least(1),
+    help="corner-search, sparse-rs: candidates per attack and round "
+    f"(default {defaults.PROPOSALS})",
+  )
+  p.add_argument(
+    "--top-pixels",
+    type=_int_at_least(1),
+    metavar="K",
+    help="corner-search, seeded-de: combinations draw from the K "
+    f"best-ranked pixels (default min(H x W, {defaults.TOP_PIXELS_CAP}))",
+  )
+  p.add_argument(
+    "--block",
+    type=_int_at_least(1),
+    help="corner, corner-search, seeded-de: scan candidates per attack and "
+    "round (default: the largest divisor of H x W x 8 up to 256)",
   )
   p.add_argument(
     "--paper",
     action="store_true",
-    help="the paper's settings: popsize 400, maxiter 100, 500 "
-    "images (options given explicitly still win)",
+    help=f"the paper's settings: popsize {PAPER['popsize']}, maxiter "
+    f"{PAPER['maxiter']}, {PAPER['images']} images (options given "
+    "explicitly still win)",
   )
   p.add_argument(
     "--seed",
@@ -278,8 +320,35 @@ def _attack_parser(subparsers):
   p.add_argument(
     "--slots",
     type=_int_at_least(1),
-    default=32,
-    help="attacks in flight at once (default 32; results do not depend on it)",
+    default=defaults.SLOTS,
+    help=f"attacks in flight at once (default {defaults.SLOTS}; results do "
+    "not depend on it)",
+  )
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="one of several processes (hosts, or GPUs) that share the work "
+    "through jax.distributed: start the same command in each; SLURM, TPU "
+    "pods and the like are found by JAX itself, elsewhere give "
+    "--coordinator, --num-processes and --process-id. Every process needs "
+    "the same data; only process 0 writes the output folder",
+  )
+  p.add_argument(
+    "--coordinator",
+    metavar="HOST:PORT",
+    help="--distributed: process 0's address for the others to join",
+  )
+  p.add_argument(
+    "--num-processes",
+    type=_int_at_least(1),
+    metavar="N",
+    help="--distributed: how many processes take part",
+  )
+  p.add_argument(
+    "--process-id",
+    type=_int_at_least(0),
+    metavar="I",
+    help="--distributed: this process's index, 0..N-1",
   )
   p.add_argument(
     "--out",
@@ -325,7 +394,7 @@ def _figures_parser(subparsers):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  """The parser of `pixeljax`; train and bench pass their arguments on."""
+  """The parser of `pixeljax`; train passes its arguments on."""
   parser = argparse.ArgumentParser(
     prog="pixeljax",
     description="The one-pixel attack (Su et al. 2019) in JAX, from the shell.",
@@ -342,17 +411,84 @@ def build_parser() -> argparse.ArgumentParser:
     add_help=False,
     help="train a victim network (pixeljax train --help)",
   )
-  subparsers.add_parser(
-    "bench",
-    add_help=False,
-    help="attack throughput benchmark (pixeljax bench --help)",
-  )
   return parser
 
 
-def _run_attack(args) -> int:
-  from pixeljax import campaign  # flax and matplotlib: only when used
+def enable_compile_cache():
+  """Keeps compiled attacks on disk (PIXELJAX_CACHE/jax), so that a rerun
+  or a resumed run with the same shapes skips compilation. A cache folder
+  the user chose (JAX_COMPILATION_CACHE_DIR) is left as it is."""
+  import jax
 
+  from pixeljax import data as data_lib
+
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update(
+      "jax_compilation_cache_dir", str(data_lib.cache_dir() / "jax")
+    )
+    jax.config.update("jax_compilation_cache_max_size", 2**30)
+    # Small programs too: a run compiles a few, each worth a second or so.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _search_fields(args) -> dict:
+  """The search options given on the command line, checked against
+  --method, with the defaults of --paper or the quick preset filled in."""
+  chosen = PAPER if args.paper else QUICK
+  given = {
+    name: getattr(args, name)
+    for name in (
+      "popsize",
+      "maxiter",
+      "mutation",
+      "crossover",
+      "max_queries",
+      "proposals",
+      "top_pixels",
+      "block",
+    )
+    if getattr(args, name) is not None
+  }
+  foreign = [n for n in given if n not in METHOD_OPTIONS[args.method]]
+  if foreign:
+    flags = ", ".join("--" + n.replace("_", "-") for n in foreign)
+    takes = ", ".join(
+      "--" + n.replace("_", "-") for n in METHOD_OPTIONS[args.method]
+    )
+    raise errors.UsageError(
+      f"{flags}: not an option of --method {args.method} (it takes {takes})"
+    )
+  if args.method == "corner" and args.pixels != [1]:
+    raise errors.UsageError(
+      "--method corner changes one pixel: --pixels 1 only, got --pixels "
+      + " ".join(map(str, args.pixels))
+      + " (corner-search and sparse-rs change several)"
+    )
+  fields = dict(given)
+  if args.method in ("de", "seeded-de"):
+    fields.setdefault("popsize", chosen["popsize"])
+    fields.setdefault("maxiter", chosen["maxiter"])
+  return fields
+
+
+def _distributed(args):
+  """Joins the other processes for --distributed, before any device use."""
+  manual = (args.coordinator, args.num_processes, args.process_id)
+  if not args.distributed:
+    if any(v is not None for v in manual):
+      raise errors.UsageError(
+        "--coordinator, --num-processes, --process-id: only with --distributed"
+      )
+    return
+  from pixeljax import distributed
+
+  try:
+    distributed.initialize(*manual)
+  except ValueError as e:
+    raise errors.UsageError(f"--distributed: {e}") from None
+
+
+def _run_attack(args) -> int:
   if args.torch_weights is not None and args.torch is None:
     raise errors.UsageError(
       "--torch-weights: only with --torch (an ONNX file "
@@ -364,8 +500,7 @@ def _run_attack(args) -> int:
       "--nchw: only with --onnx or --torch (the "
       "shipped models and weights cards take NHWC)"
     )
-  chosen = PAPER if args.paper else QUICK
-  options = campaign.AttackOptions(
+  settings = AttackSettings(
     out=args.out,
     model=args.model,
     weights=args.weights,
@@ -378,22 +513,25 @@ def _run_attack(args) -> int:
     size=args.size,
     skip_bad_images=args.skip_bad_images,
     download=args.download,
-    images=args.images or chosen["images"],
+    images=args.images or (PAPER if args.paper else QUICK)["images"],
     pixels=tuple(sorted(set(args.pixels))),
     targeted=args.targeted,
     target=args.target,
-    popsize=args.popsize or chosen["popsize"],
-    maxiter=chosen["maxiter"] if args.maxiter is None else args.maxiter,
-    mutation=args.mutation,
-    crossover=args.crossover,
+    method=args.method,
     seed=args.seed,
     batch_size=args.batch_size,
     slots=args.slots,
     examples=args.examples,
     figures=args.figures,
     progress=args.progress,
+    distributed=args.distributed,
+    **_search_fields(args),
   )
-  campaign.run_attack(options)
+  _distributed(args)
+  enable_compile_cache()
+  from pixeljax.cli import run  # flax and matplotlib: only when used
+
+  run.run_attack(settings)
   return errors.EXIT_OK
 
 
@@ -427,25 +565,8 @@ def _run_train(argv) -> int:
   return errors.EXIT_OK
 
 
-def _run_bench(argv) -> int:
-  # benchmarks/ lives next to the package in a source checkout only.
-  root = pathlib.Path(__file__).resolve().parent.parent
-  if not (root / "benchmarks" / "throughput.py").is_file():
-    raise errors.InputError(
-      "pixeljax bench needs the repository's benchmarks/ folder, which a "
-      "regular install lacks; clone the repository, `pip install -e .` "
-      "there, and run `pixeljax bench` (or `python -m "
-      "benchmarks.throughput`) from it"
-    )
-  sys.path.insert(0, str(root))
-  from benchmarks import throughput
-
-  throughput.main(argv)
-  return errors.EXIT_OK
-
-
 def _dispatch(argv) -> int:
-  passthrough = {"train": _run_train, "bench": _run_bench}
+  passthrough = {"train": _run_train}
   if argv and argv[0] in passthrough:
     return passthrough[argv[0]](argv[1:])
   args = build_parser().parse_args(argv)
