@@ -533,9 +533,9 @@ def _csv(text: str):
 
 
 def main(argv=None):
-  # `pixeljax bench` runs this; `python -m benchmarks.throughput` too.
   parser = argparse.ArgumentParser(
-    prog="pixeljax bench", description=__doc__.split("\n\n")[0]
+    prog="python -m benchmarks.throughput",
+    description=__doc__.split("\n\n")[0],
   )
   parser.add_argument(
     "--model",
