@@ -19,20 +19,23 @@ def test_fitness_targeted_is_one_minus_the_target_probability():
 
 
 def test_nan_fitness_is_infinite():
-  fitness = criteria.fitness(PROBS, jnp.array([0, 0, 0]))
-  assert np.isinf(fitness[2]) and fitness[2] > 0
-  assert np.isfinite(fitness[:2]).all()
+  labels = jnp.array([0, 0, 0])
+  for targets in (None, jnp.array([1, 1, 0])):
+    fitness = criteria.fitness(PROBS, labels, targets)
+    assert np.isinf(fitness[2]) and fitness[2] > 0
+    assert np.isfinite(fitness[:2]).all()
 
 
 def test_success_non_targeted_and_targeted():
-  predicted = jnp.array([0, 2, 1])
-  labels = jnp.array([0, 1, 1])
+  predicted = jnp.array([2, 2, 1, 0])
+  labels = jnp.array([0, 1, 1, 0])
   np.testing.assert_array_equal(
-    criteria.is_success(predicted, labels), [False, True, False]
+    criteria.is_success(predicted, labels), [True, True, False, False]
   )
+  # Targeted: only the target counts; another wrong class (row 0) fails.
   np.testing.assert_array_equal(
-    criteria.is_success(predicted, labels, jnp.array([2, 2, 2])),
-    [False, True, False],
+    criteria.is_success(predicted, labels, jnp.array([1, 2, 2, 1])),
+    [False, True, False, False],
   )
 
 

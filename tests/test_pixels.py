@@ -80,3 +80,9 @@ def test_inject_writes_exactly_the_decoded_pixels():
   expected[0, 0, 0] = (1, 2, 3)
   expected[1, 1, 1] = (9, 9, 9)
   np.testing.assert_array_equal(out, expected)
+  # Float images (raw 0..255 values) stay float.
+  out = np.asarray(
+    pixels.inject(jnp.asarray(images, jnp.float32), perturbation)
+  )
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, expected.astype(np.float32))
