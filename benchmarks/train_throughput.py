@@ -5,6 +5,14 @@
 times whole jitted train steps (forward, backward, optimizer update, on-device
 augmentation) on random images after one warm-up step that compiles, and
 writes benchmarks/results/train_throughput_<platform>.json and .md.
+
+    nice python benchmarks/train_throughput.py --models smallcnn \
+      --adversarial 0.5 --adv-candidates 4 --steps 10
+
+times clean and one-pixel adversarial steps (``pixeljax train
+--adversarial``) in alternation, in one run, and writes the cost of
+adversarial training as their ratio to
+train_throughput_<platform>_adversarial.json and .md.
 """
 
 import argparse
@@ -29,12 +37,25 @@ from pixeljax.models import param_count
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def measure(name: str, batch_size: int, steps: int) -> dict:
+def measure(
+  name: str,
+  batch_size: int,
+  steps: int,
+  adversarial: float = 0.0,
+  adv_candidates: int = 4,
+) -> dict:
   model = create_model(name, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   cfg = T.TrainConfig(model=name).resolved()
   tx = T.make_optimizer(cfg, steps_per_epoch=1000)
-  train_step, _ = T.make_steps(graphdef, tx, seed=0, do_augment=True)
+  train_step, _ = T.make_steps(
+    graphdef,
+    tx,
+    seed=0,
+    do_augment=True,
+    adversarial=adversarial,
+    adv_candidates=adv_candidates,
+  )
   rng = np.random.default_rng(0)
   images = jax.device_put(
     rng.integers(0, 256, (batch_size * 4, 32, 32, 3), dtype=np.uint8)
@@ -60,6 +81,7 @@ def measure(name: str, batch_size: int, steps: int) -> dict:
   median, best = float(np.median(times)), min(times)
   return dict(
     model=name,
+    adversarial=adversarial,
     params=param_count(model),
     batch_size=batch_size,
     steps=steps,
@@ -70,6 +92,26 @@ def measure(name: str, batch_size: int, steps: int) -> dict:
   )
 
 
+def _adversarial_table(rows, args) -> list:
+  """Markdown rows: clean and adversarial steps and their ratio."""
+  lines = [
+    "| model | clean images/s | adversarial images/s | "
+    "adversarial step / clean step |",
+    "|---|---:|---:|---:|",
+  ]
+  for clean, adv in zip(rows[::2], rows[1::2]):
+    lines.append(
+      f"| {clean['model']} | {clean['images_per_s']} | "
+      f"{adv['images_per_s']} | {adv['step_ms'] / clean['step_ms']:.2f} |"
+    )
+  return lines + [
+    "",
+    f"Adversarial: {args.adversarial:g} of each batch replaced by one-pixel "
+    f"examples, {args.adv_candidates} pixels tried each "
+    "(pixeljax.adversarial).",
+  ]
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument(
@@ -77,11 +119,29 @@ def main() -> None:
   )
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument(
+    "--adversarial",
+    type=float,
+    default=0.0,
+    help="also time steps with this share of one-pixel adversarial examples",
+  )
+  p.add_argument("--adv-candidates", type=int, default=4)
   args = p.parse_args()
   rows = []
   for name in args.models:
     rows.append(measure(name, args.batch_size, args.steps))
     print(rows[-1], flush=True)
+    if args.adversarial:
+      rows.append(
+        measure(
+          name,
+          args.batch_size,
+          args.steps,
+          args.adversarial,
+          args.adv_candidates,
+        )
+      )
+      print(rows[-1], flush=True)
   device = jax.devices()[0]
   stamp = dict(
     date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -108,6 +168,8 @@ def main() -> None:
   )
   RESULTS.mkdir(exist_ok=True)
   stem = RESULTS / f"train_throughput_{device.platform}"
+  if args.adversarial:
+    stem = stem.with_name(stem.name + "_adversarial")
   stem.with_suffix(".json").write_text(
     json.dumps(dict(**stamp, results=rows), indent=1)
   )
@@ -118,16 +180,21 @@ def main() -> None:
     f"{stamp['optax']}; batch {args.batch_size}, {args.steps} timed steps; "
     f"`{stamp['command']}`; 1-minute load average {stamp['load_average_1min']}",
     "",
-    "| model | params | images/s (median step) | images/s (best step) | "
-    "ms/step "
-    "| first step (compile) s |",
-    "|---|---:|---:|---:|---:|---:|",
   ]
-  lines += [
-    f"| {r['model']} | {r['params']:,} | {r['images_per_s']} | "
-    f"{r['best_images_per_s']} | {r['step_ms']} | {r['first_step_s']} |"
-    for r in rows
-  ]
+  if args.adversarial:
+    lines += _adversarial_table(rows, args)
+  else:
+    lines += [
+      "| model | params | images/s (median step) | images/s (best step) | "
+      "ms/step "
+      "| first step (compile) s |",
+      "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+      f"| {r['model']} | {r['params']:,} | {r['images_per_s']} | "
+      f"{r['best_images_per_s']} | {r['step_ms']} | {r['first_step_s']} |"
+      for r in rows
+    ]
   stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -12,6 +12,8 @@
 * ``success_vs_pixels``: success rate against the number of pixels changed,
   with k/n and Wilson 95% intervals.
 * ``wilson_interval``: that interval.
+* ``robust_accuracy``: robust accuracy against the pixels changed, one
+  curve per model and defence, with Wilson 95% bands (``pixeljax eval``).
 * ``targets_reached``: how many target classes each image could be turned
   into, per model, like Figure 3 of Su et al. (2019).
 * ``draw_run``: all figures of a run folder, from its saved results.
@@ -428,6 +430,45 @@ def success_vs_pixels(path, rows, title):
     title: the figure's title.
   """
   _pixels_figure(rows, title).savefig(path, dpi=100)
+
+
+def _robust_figure(rows, title) -> Figure:
+  """The figure of ``robust_accuracy``."""
+  fig = _figure(figsize=(6.0, 4.0))
+  ax = fig.subplots()
+  for row in rows:
+    accuracy = np.array(
+      [np.nan if a is None else a for a in row["robust_accuracy"]]
+    )
+    k = np.arange(len(accuracy))
+    label = f"{row['model']}, {row['defence']} (n={row['images']})"
+    (line,) = ax.plot(k, accuracy, marker="o", markersize=4, label=label)
+    if row["images"]:
+      holding = np.round(accuracy * row["images"]).astype(np.int64)
+      low, high = wilson_interval(holding, np.full_like(holding, row["images"]))
+      ax.fill_between(k, low, high, color=line.get_color(), alpha=0.15)
+  longest = max((len(r["robust_accuracy"]) for r in rows), default=1)
+  ax.set_xticks(np.arange(longest))
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel("pixels changed, at most k (0: clean accuracy)")
+  ax.set_ylabel("robust accuracy, 95% Wilson band")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=9, wrap=True)
+  return fig
+
+
+def robust_accuracy(path, rows, title):
+  """Robust accuracy against k, one curve per model and defence.
+
+  Args:
+    path: the PNG to write.
+    rows: dicts with ``model``, ``defence``, ``images`` and
+      ``robust_accuracy`` (a list over k = 0..K, None where no images), as
+      ``pixeljax eval``'s summary gives them.
+    title: the figure's title.
+  """
+  _robust_figure(rows, title).savefig(path, dpi=100)
 
 
 def targets_reached(path, histograms, title):

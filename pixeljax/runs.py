@@ -249,6 +249,10 @@ class RunStore:
   def start(self, settings: dict, images: dict):
     """Saves the images (a dict of arrays) then the settings, atomically."""
     self.save_images(images)
+    self.write_settings(settings)
+
+  def write_settings(self, settings: dict):
+    """Writes run.json atomically: from then on the run has started."""
     write_atomic(
       self.directory / SETTINGS_FILE,
       (json.dumps(settings, indent=1) + "\n").encode(),

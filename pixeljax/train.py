@@ -49,10 +49,12 @@ import optax
 import safetensors.numpy
 from tqdm import tqdm
 
+from pixeljax.adversarial import one_pixel_examples
 from pixeljax.data import load_cifar10
 from pixeljax.files import write_atomic
 from pixeljax.models.registry import MODELS
 from pixeljax.models.registry import create_model
+from pixeljax.models.weights import load_weights
 from pixeljax.models.weights import save_weights
 
 # Per-model recipe; any TrainConfig field left as None takes its value here.
@@ -93,6 +95,11 @@ class TrainConfig:
   label_smoothing: float = (
     0.0  # weight of the uniform target in the cross-entropy
   )
+  # One-pixel adversarial training: the share of each batch replaced by
+  # one-pixel adversarial examples (pixeljax.adversarial); 0 is off.
+  adversarial: float = 0.0
+  adv_candidates: int = 4  # pixels tried per adversarial example
+  init: str | None = None  # a weights card to start from (fine-tuning)
   resume: bool = False
   time_limit: float | None = (
     None  # seconds: stop after the last epoch that fits (resumable)
@@ -124,6 +131,14 @@ class TrainConfig:
         raise ValueError(
           f"{name}: expected a positive int, got {getattr(cfg, name)}"
         )
+    if not 0.0 <= cfg.adversarial <= 1.0:
+      raise ValueError(
+        f"adversarial: expected a share in [0, 1], got {cfg.adversarial}"
+      )
+    if cfg.adv_candidates < 1:
+      raise ValueError(
+        f"adv_candidates: expected a positive int, got {cfg.adv_candidates}"
+      )
     if not 0.0 <= cfg.label_smoothing < 1.0:
       raise ValueError(
         f"label_smoothing: expected a number in [0, 1), got "
@@ -195,6 +210,8 @@ def make_steps(
   seed: int,
   do_augment: bool,
   label_smoothing: float = 0.0,
+  adversarial: float = 0.0,
+  adv_candidates: int = 4,
 ):
   """Pure jitted train and eval steps over (params, rest) =
   nnx.split(model, nnx.Param, ...).
@@ -208,9 +225,23 @@ def make_steps(
   train_step donates (params, rest, opt_state): pass it the state it returned
   last.
   The loss is the cross-entropy against targets smoothed by `label_smoothing`
-  (0: the one-hot labels).
+  (0: the one-hot labels). With `adversarial` > 0, that share of each
+  (augmented) batch is replaced by one-pixel adversarial examples made from
+  the model as it is at the step (`pixeljax.adversarial`, trying
+  `adv_candidates` pixels each), in train mode, its batch statistics left as
+  they are.
   """
   base_key = jax.random.key(seed)
+
+  def adversarial_examples(params, rest, x, y, key):
+    def image_losses(images):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      logits = model(images, rngs=nnx.Rngs(dropout=key))
+      # The tries come image by image, `adv_candidates` for each.
+      labels = jnp.repeat(y, images.shape[0] // y.shape[0])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    return one_pixel_examples(image_losses, x, candidates=adv_candidates)
 
   def loss_fn(params, rest, x, y, key):
     # copy=True: fresh Variables at this trace level, so batch norm may update
@@ -236,6 +267,11 @@ def make_steps(
     y = labels[idx]
     if do_augment:
       x = augment(k_aug, x)
+    made = round(adversarial * x.shape[0])
+    if made:
+      x = x.at[:made].set(
+        adversarial_examples(params, rest, x[:made], y[:made], k_drop)
+      )
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, rest)), grads = grad_fn(params, rest, x, y, k_drop)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -363,6 +399,9 @@ _RECIPE = (
   "bf16",
   "seed",
   "label_smoothing",
+  "adversarial",
+  "adv_candidates",
+  "init",
   "limit_train",
 )
 
@@ -385,6 +424,23 @@ def _check_resume(
     )
 
 
+def _initial_model(cfg: TrainConfig, dtype, num_classes: int) -> nnx.Module:
+  """The model of the weights card ``cfg.init``, in train mode."""
+  try:
+    model, card = load_weights(cfg.init, dtype=dtype)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"init: cannot load {cfg.init}: {e}") from None
+  if card["architecture"] != cfg.model or card.get("num_classes", 10) != (
+    num_classes
+  ):
+    raise ValueError(
+      f"init: {cfg.init} holds a {card['architecture']} with "
+      f"{card.get('num_classes', 10)} classes, not a {cfg.model} with "
+      f"{num_classes}"
+    )
+  return model
+
+
 def train(config: TrainConfig) -> TrainResult:
   """Trains `config.model`; writes checkpoints and the final weights + card to
   `config.out` (when set). Returns the trained model and its test accuracy
@@ -403,12 +459,15 @@ def train(config: TrainConfig) -> TrainResult:
   steps_per_epoch = len(x_train) // batch  # the last partial batch is dropped
 
   dtype = jnp.bfloat16 if cfg.bf16 else jnp.float32
-  model = create_model(
-    cfg.model,
-    rngs=nnx.Rngs(cfg.seed),
-    num_classes=len(train_data.class_names),
-    dtype=dtype,
-  )
+  if cfg.init is None:
+    model = create_model(
+      cfg.model,
+      rngs=nnx.Rngs(cfg.seed),
+      num_classes=len(train_data.class_names),
+      dtype=dtype,
+    )
+  else:
+    model = _initial_model(cfg, dtype, len(train_data.class_names))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(cfg, steps_per_epoch)
   state = (params, rest, tx.init(params))
@@ -418,6 +477,8 @@ def train(config: TrainConfig) -> TrainResult:
     seed=cfg.seed,
     do_augment=cfg.augment,
     label_smoothing=cfg.label_smoothing,
+    adversarial=cfg.adversarial,
+    adv_candidates=cfg.adv_candidates,
   )
 
   out = pathlib.Path(cfg.out) if cfg.out else None
@@ -645,6 +706,28 @@ def _parser() -> argparse.ArgumentParser:
     type=float,
     default=0.0,
     help="weight of the uniform target in the cross-entropy (default 0)",
+  )
+  p.add_argument(
+    "--adversarial",
+    type=float,
+    default=0.0,
+    metavar="SHARE",
+    help="one-pixel adversarial training: replace this share of each batch "
+    "by one-pixel adversarial examples made at each step (default 0: off; "
+    "0.5 is usual)",
+  )
+  p.add_argument(
+    "--adv-candidates",
+    type=int,
+    default=4,
+    help="pixels tried per adversarial example, picked by the gradient "
+    "(default 4)",
+  )
+  p.add_argument(
+    "--init",
+    metavar="CARD",
+    help="start from the weights of this card (NAME.json), e.g. to "
+    "fine-tune a trained model adversarially",
   )
   p.add_argument(
     "--resume", action="store_true", help="continue from --out/checkpoint.json"

@@ -72,9 +72,9 @@ def tiny_cifar(tmp_path, monkeypatch):
   return str(tmp_path / "data")
 
 
-def _config(data, out, **kw):
+def _config(data, out, model_name="smallcnn", **kw):
   return T.TrainConfig(
-    model="smallcnn",
+    model=model_name,
     out=str(out),
     data=data,
     batch_size=16,
@@ -222,3 +222,31 @@ def test_card_accuracy_is_the_float32_network_after_bf16_training(
   assert card["test_accuracy"] == result.test_accuracy == accuracy
   assert "highest" in card["test_accuracy_precision"]
   assert card["training"]["config"]["bf16"] is True
+
+
+def test_adversarial_fine_tuning_starts_from_the_card(tiny_cifar, tmp_path):
+  first = T.train(_config(tiny_cifar, tmp_path / "first", epochs=1))
+  card = str(first.card_path)
+  tuned = T.train(
+    _config(
+      tiny_cifar,
+      tmp_path / "tuned",
+      epochs=1,
+      lr=1e-9,
+      adversarial=0.5,
+      adv_candidates=2,
+      init=card,
+    )
+  )
+  # A learning rate of 1e-9: the weights stay where the card left them.
+  for a, b in zip(
+    jax.tree.leaves(nnx.state(first.model, nnx.Param)),
+    jax.tree.leaves(nnx.state(tuned.model, nnx.Param)),
+  ):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  config = json.loads(tuned.card_path.read_text())["training"]["config"]
+  assert config["adversarial"] == 0.5 and config["init"] == card
+  with pytest.raises(ValueError, match="init: .* holds a smallcnn"):
+    T.train(_config(tiny_cifar, tmp_path / "x", init=card, model_name="nin"))
+  with pytest.raises(ValueError, match="adversarial: expected a share"):
+    T.TrainConfig(adversarial=1.5).resolved()

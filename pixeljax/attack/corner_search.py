@@ -20,6 +20,8 @@ front.
 
 Queries count both phases. ``LocalSearch`` is step 3 as a search of the
 driver (see ``search``); with a scan it runs after ``corner.AfterScan``.
+With ``first_pixels`` below ``pixels`` it grows: an image that its rounds
+at m pixels do not fool starts again at m + 1 (``pixeljax.l0_robustness``).
 """
 
 import functools
@@ -42,7 +44,7 @@ _RANDOM_CORNER = 0.2
 
 
 class LocalParams(NamedTuple):
-  """The local search's rounds per image (traced)."""
+  """The local search's rounds per image and pixel count (traced)."""
 
   rounds: int
 
@@ -54,6 +56,8 @@ class LocalState(NamedTuple):
     incumbent: the shared ``Incumbent``: the best candidate of the scan and
       of this search.
     steps: int32 [N]; rounds run.
+    used: int32 [N]; pixels in use, m <= d: slots from m on repeat slot 0.
+    stage_start: int32 [N]; the round at which m pixels began.
     ranked: int32 [N, K] pixel positions ``y * W + x``, best first (in a
       random order without a scan).
     best_corner: int32 [N, K] each ranked pixel's best corner.
@@ -66,6 +70,8 @@ class LocalState(NamedTuple):
 
   incumbent: incumbent_lib.Incumbent
   steps: jax.Array
+  used: jax.Array
+  stage_start: jax.Array
   ranked: jax.Array
   best_corner: jax.Array
   slots: jax.Array
@@ -93,20 +99,25 @@ def rank_pixels(table, channels: int, top_pixels: int):
 
 
 def _propose(
-  config: "LocalSearch", channels: int, key, slots, corners, best_corner
+  config: "LocalSearch", channels: int, key, used, slots, corners, best_corner
 ):
   """One image's proposals: (slots, corners), each int32 [P, d].
 
-  Each proposal swaps m of the incumbent's d pixels (m uniform in 1..d) for
-  distinct ranked pixels outside the incumbent.
+  Each proposal swaps s of the incumbent's m = ``used`` pixels (s uniform in
+  1..m) for distinct ranked pixels outside the incumbent; slots from m on
+  stay as they are.
   """
   num, d, k = config.proposals, config.pixels, config.top_pixels
   key_m, key_which, key_new, key_flip, key_corner = jax.random.split(key, 5)
-  swaps = jax.random.randint(key_m, (num, 1), 1, d + 1)
-  order = jnp.argsort(jax.random.uniform(key_which, (num, d)), axis=-1)
-  swap = jnp.argsort(order, axis=-1) < swaps  # m random slots per proposal
+  in_use = jnp.arange(d) < used
+  swaps = jax.random.randint(key_m, (num, 1), 1, used + 1)
+  # Unused slots draw 2, above every uniform: they sort last, never swapped.
+  draw = jnp.where(in_use, jax.random.uniform(key_which, (num, d)), 2.0)
+  order = jnp.argsort(draw, axis=-1)
+  swap = jnp.argsort(order, axis=-1) < swaps  # s random slots per proposal
   kept = jnp.any(
-    (jnp.arange(k)[None, None, :] == slots[None, :, None]) & ~swap[:, :, None],
+    (jnp.arange(k)[None, None, :] == slots[None, :, None])
+    & (~swap & in_use)[:, :, None],
     axis=1,
   )  # [P, K]
   weight = -jnp.log1p(jnp.arange(k)) if config.use_scan else jnp.zeros(k)
@@ -143,9 +154,13 @@ def _random_order(num_pixels: int, channels: int, image_key):
   )
 
 
-def _candidates(ranked, slots, corners, image_shape):
-  """float32 [..., d * (2 + C)] candidates of ranks and corners [..., d]."""
+def _candidates(ranked, used, slots, corners, image_shape):
+  """float32 [..., d * (2 + C)] candidates of ranks and corners [..., d];
+  slots from ``used`` on repeat slot 0 (the same pixel written again)."""
   channels = image_shape[-1]
+  in_use = jnp.arange(slots.shape[-1]) < used
+  slots = jnp.where(in_use, slots, slots[..., :1])
+  corners = jnp.where(in_use, corners, corners[..., :1])
   position = jnp.take_along_axis(ranked, slots.reshape(-1), axis=0).reshape(
     slots.shape
   )
@@ -158,13 +173,17 @@ class LocalSearch(NamedTuple):
 
   ``use_scan``: the pixels come ranked by a scan (``from_scan``) and are
   drawn with weight ``1 / (rank + 1)``; otherwise ``init`` orders them at
-  random and draws them with equal weight.
+  random and draws them with equal weight. ``first_pixels`` (None: d): the
+  pixels each image starts with; one that ``params.rounds`` rounds leave
+  unfooled goes on with one pixel more, up to d, starting again from the
+  best-ranked pixels.
   """
 
   pixels: int
   top_pixels: int
   proposals: int
   use_scan: bool
+  first_pixels: int | None = None
 
   @property
   def round_sizes(self) -> tuple:
@@ -177,9 +196,12 @@ class LocalSearch(NamedTuple):
   def _start(self, incumbent, ranked, best_corner, params):
     num_images = ranked.shape[0]
     d = self.pixels
+    first = d if self.first_pixels is None else self.first_pixels
     return LocalState(
       incumbent=incumbent._replace(done=incumbent.done | (params.rounds == 0)),
       steps=jnp.zeros((num_images,), jnp.int32),
+      used=jnp.full((num_images,), first, jnp.int32),
+      stage_start=jnp.zeros((num_images,), jnp.int32),
       ranked=ranked,
       best_corner=best_corner,
       slots=jnp.broadcast_to(jnp.arange(d), (num_images, d)),
@@ -222,15 +244,16 @@ class LocalSearch(NamedTuple):
     )
 
   def step(self, problem, batch, params, state: LocalState) -> LocalState:
-    """Scores every unfinished image's proposals and keeps improvements."""
+    """Scores every unfinished image's proposals and keeps improvements;
+    moves an unfooled image whose rounds at m pixels are over to m + 1."""
     image_shape = batch.images.shape[1:]
     active = ~state.incumbent.done
     keys = jax.vmap(jax.random.fold_in)(batch.keys, state.steps)
     slots, corners = jax.vmap(
       functools.partial(_propose, self, image_shape[-1])
-    )(keys, state.slots, state.corners, state.best_corner)
-    # The first round also scores the incumbent itself (the d best pixels).
-    first = state.steps == 0
+    )(keys, state.used, state.slots, state.corners, state.best_corner)
+    # The first round at m pixels also scores the m best pixels themselves.
+    first = state.steps == state.stage_start
     slots = slots.at[:, 0].set(
       jnp.where(first[:, None], state.slots, slots[:, 0])
     )
@@ -239,7 +262,7 @@ class LocalSearch(NamedTuple):
     )
     candidates = jax.vmap(
       functools.partial(_candidates, image_shape=image_shape)
-    )(state.ranked, slots, corners)
+    )(state.ranked, state.used, slots, corners)
     fitness, success = problem.score(batch, candidates, active)
     incumbent, top = incumbent_lib.update(
       state.incumbent, candidates, fitness, success, active
@@ -249,10 +272,12 @@ class LocalSearch(NamedTuple):
       success[rows, top], fitness[rows, top], state.success, state.fitness
     )
     steps = state.steps + active
+    stage_over = steps - state.stage_start >= params.rounds
+    last_stage = (state.used >= self.pixels) | incumbent.success
     incumbent = incumbent_lib.finish(
-      incumbent, active, steps >= params.rounds, problem.early_stop
+      incumbent, active, stage_over & last_stage, problem.early_stop
     )
-    return state._replace(
+    state = state._replace(
       incumbent=incumbent,
       steps=steps,
       slots=jnp.where(improve[:, None], slots[rows, top], state.slots),
@@ -260,6 +285,24 @@ class LocalSearch(NamedTuple):
       fitness=jnp.where(improve, fitness[rows, top], state.fitness),
       success=jnp.where(improve, success[rows, top], state.success),
     )
+    grow = active & stage_over & ~last_stage
+    return self._grow(state, grow) if self.first_pixels is not None else state
+
+  def _grow(self, state: LocalState, grow) -> LocalState:
+    """One pixel more where ``grow`` (bool [N]), from the best-ranked."""
+    fresh = state._replace(
+      used=state.used + 1,
+      stage_start=state.steps,
+      slots=jnp.broadcast_to(jnp.arange(self.pixels), state.slots.shape),
+      corners=state.best_corner[:, : self.pixels],
+      fitness=jnp.full_like(state.fitness, jnp.inf),
+      success=jnp.zeros_like(state.success),
+    )
+
+    def pick(new, old):
+      return jnp.where(grow.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
+
+    return jax.tree.map(pick, fresh, state)
 
   def generations(self, state: LocalState):
     """Combination rounds run: int32 [N]."""

@@ -20,6 +20,10 @@ PROPOSALS = 64
 # Pixels the combinations draw from: the best-ranked, at most this many.
 TOP_PIXELS_CAP = 128
 
+# L0 robustness: the most pixels, and the evaluations at each k from 2 on.
+L0_MAX_PIXELS = 10
+L0_QUERIES_PER_K = 2048
+
 # Continuous batching: images in flight, and rounds between looks at them.
 SLOTS = 64
 REFILL_EVERY = 5

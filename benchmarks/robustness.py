@@ -1,0 +1,162 @@
+"""L0 robustness of the shipped victims, alone and behind defences.
+
+    PIXELJAX_DATA=../shared/data/cifar10-jpeg.tar.gz nice python -m \\
+      benchmarks.robustness --weights runs/smallcnn-adv/smallcnn.json
+
+runs `pixeljax eval` (resumable, in --out) on the first 100 test images of
+the seed-0 shuffle, k = 1..10, for every shipped model and every --weights
+card, each alone and behind each --defence; then measures each model and
+defence's clean accuracy on the whole test split, to state what a defence
+costs. Writes benchmarks/results/robustness_<platform>.json, .md and .png.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import time
+
+import jax
+import numpy as np
+
+from pixeljax import data as data_lib
+from pixeljax import defences
+from pixeljax.attack import defaults
+from pixeljax.cli import robustness as eval_lib
+from pixeljax.models import weights as weights_lib
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+_ACCURACY_BATCH = 500
+
+
+def test_accuracy(predict, test) -> float:
+  """Share of the test split that ``predict`` gets right."""
+  forward = jax.jit(predict)
+  correct = 0
+  for start in range(0, len(test.images), _ACCURACY_BATCH):
+    batch = np.zeros((_ACCURACY_BATCH,) + test.images.shape[1:], np.float32)
+    part = test.images[start : start + _ACCURACY_BATCH]
+    batch[: len(part)] = part  # one shape: one compilation
+    predicted = np.asarray(forward(batch)).argmax(-1)[: len(part)]
+    correct += int(np.sum(predicted == test.labels[start : start + len(part)]))
+  return correct / len(test.images)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--weights", action="append", default=[], metavar="CARD")
+  p.add_argument("--defence", dest="defences", action="append", metavar="SPEC")
+  p.add_argument("--images", type=int, default=100)
+  p.add_argument("--max-pixels", type=int, default=defaults.L0_MAX_PIXELS)
+  p.add_argument("--queries-per-k", type=int, default=defaults.L0_QUERIES_PER_K)
+  p.add_argument("--data", help="CIFAR-10 source (default: PIXELJAX_DATA)")
+  p.add_argument(
+    "--out",
+    default="pixeljax-runs/benchmark-robustness",
+    help="the eval run folder (resumed when rerun)",
+  )
+  args = p.parse_args()
+  specs = tuple(args.defences or ("none", "median:3"))
+  options = eval_lib.EvalSettings(
+    out=args.out,
+    models=weights_lib.shipped_models(),
+    weights=tuple(args.weights),
+    defences=specs,
+    data=args.data,
+    download=False,
+    images=args.images,
+    max_pixels=args.max_pixels,
+    queries_per_k=args.queries_per_k,
+    progress=False,
+  )
+  started = time.perf_counter()
+  summary = eval_lib.run_eval(options)
+  seconds = time.perf_counter() - started
+
+  test = data_lib.load_cifar10("test", source=args.data, download=False)
+  full = {
+    (name, spec): test_accuracy(defences.from_spec(victim.predict, spec), test)
+    for name, victim in eval_lib.load_victims(options)
+    for spec in map(defences.canonical_spec, specs)
+  }
+  for row in summary:
+    row["test_accuracy"] = full[(row["model"], row["defence"])]
+    alone = full.get((row["model"], "none"))
+    row["accuracy_cost"] = (
+      None if alone is None else round(alone - row["test_accuracy"], 4)
+    )
+
+  device = jax.devices()[0]
+  command = (
+    "python -m benchmarks.robustness "
+    + " ".join(f"--weights {w}" for w in args.weights)
+    + "".join(f" --defence {s}" for s in specs)
+    + f" --images {args.images} --max-pixels {args.max_pixels} "
+    f"--queries-per-k {args.queries_per_k}"
+  )
+  stamp = dict(
+    date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    device=f"{device.platform}: {device.device_kind}",
+    host_cores=os.cpu_count(),
+    python=platform.python_version(),
+    jax=jax.__version__,
+    command=command,
+    seconds=round(seconds, 1),
+    test_images=len(test.images),
+  )
+  RESULTS.mkdir(exist_ok=True)
+  stem = RESULTS / f"robustness_{device.platform}"
+  run_summary = json.loads(
+    (pathlib.Path(args.out) / "summary.json").read_text()
+  )
+  stem.with_suffix(".json").write_text(
+    json.dumps(
+      dict(**stamp, budget=run_summary["budget"], rows=summary), indent=1
+    )
+    + "\n"
+  )
+  shutil.copyfile(
+    pathlib.Path(args.out) / eval_lib.FIGURE, stem.with_suffix(".png")
+  )
+  budget = run_summary["budget"]
+  lines = [
+    f"# L0 robustness ({stamp['device']}, {stamp['host_cores']} cores)",
+    "",
+    f"{stamp['date']}; jax {stamp['jax']}; `{command}`; "
+    f"{seconds / 60:.0f} minutes.",
+    "",
+    f"Robust accuracy: the share of {args.images} CIFAR-10 test images (the "
+    "first of the seed-0 shuffle, misclassified ones included) that no "
+    "search fooled with k pixels or fewer; clean = k = 0. Budget per image: "
+    f"the exhaustive one-pixel corner scan ({budget[0]:,} evaluations) at "
+    f"k = 1, then {budget[1] if len(budget) > 1 else 0:,} evaluations of "
+    "the corner search at each k from 2 on. The searches query the "
+    "defended model (adaptive). They are incomplete: each number is an "
+    "upper bound on the true robust accuracy.",
+    "",
+    eval_lib.format_markdown(summary, args.max_pixels).rstrip(),
+    "",
+    f"Clean accuracy on all {len(test.images):,} test images:",
+    "",
+    "| model | defence | test accuracy | cost of the defence |",
+    "|---|---|---:|---:|",
+  ]
+  lines += [
+    f"| {r['model']} | {r['defence']} | {100 * r['test_accuracy']:.2f}% | "
+    + (
+      "-"
+      if r["accuracy_cost"] is None
+      else f"{100 * r['accuracy_cost']:.2f} points"
+    )
+    + " |"
+    for r in summary
+  ]
+  lines += ["", f"![robust accuracy against k]({stem.name}.png)"]
+  stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  main()

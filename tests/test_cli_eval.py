@@ -1,0 +1,84 @@
+"""`pixeljax eval` end to end on tiny settings, through cli.main here: the
+packaged sample, the shipped SmallCNN, two defences."""
+
+import json
+
+import pytest
+
+from tests.test_cli import main  # noqa: F401  (the fixture)
+
+TINY = [
+  "--model",
+  "smallcnn",
+  "--defence",
+  "none",
+  "--defence",
+  "median",
+  "--images",
+  "3",
+  "--max-pixels",
+  "2",
+  "--queries-per-k",
+  "64",
+  "--proposals",
+  "16",
+  "--no-download",
+  "--quiet",
+]
+
+
+def read_lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_eval_writes_resumes_and_refuses_other_settings(main, tmp_path):  # noqa: F811
+  out = tmp_path / "eval"
+  code, stdout, err = main("eval", *TINY, "--out", out)
+  assert code == 0, err
+  records = read_lines(out / "results.jsonl")
+  assert len(records) == 6  # 3 images x 2 defences
+  assert {r["defence"] for r in records} == {"none", "median:3"}
+  for r in records:
+    assert -1 <= r["min_pixels"] <= 2
+    assert (r["min_pixels"] == 0) == (r["clean_label"] != r["label"])
+    if r["min_pixels"] != 0:  # fooled: a wrong class; else the right one
+      assert (r["adv_label"] != r["label"]) == (r["min_pixels"] > 0)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["budget"] == [8192, 64]
+  for row in summary["rows"]:
+    mine = [r for r in records if r["defence"] == row["defence"]]
+    clean = sum(r["min_pixels"] != 0 for r in mine) / 3
+    assert row["robust_accuracy"][0] == clean
+    assert row["robust_accuracy"] == sorted(
+      row["robust_accuracy"], reverse=True
+    )
+  assert "| smallcnn | median:3 | 3 |" in stdout
+  assert (out / "robust_accuracy.png").stat().st_size > 0
+
+  # Lose the last three records, as a kill would: the rerun redoes exactly
+  # those, with the same results.
+  lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+  (out / "results.jsonl").write_text("".join(lines[:3]))
+  code, _, err = main("eval", *TINY, "--out", out)
+  assert code == 0, err
+  again = read_lines(out / "results.jsonl")
+  key = lambda r: (r["defence"], r["image"])  # noqa: E731
+  assert sorted(again, key=key) == sorted(records, key=key)
+
+  code, _, err = main("eval", *TINY, "--out", out, "--max-pixels", "3")
+  assert code == 4 and "--max-pixels: saved 2, now 3" in err
+
+
+@pytest.mark.parametrize(
+  "args,phrase",
+  [
+    (["--defence", "jpeg"], "--defence: defence 'jpeg'"),
+    (["--defence", "median", "--defence", "median:3"], "the same defence"),
+    (["--max-pixels", "0"], "expected at least 1"),
+    (["--queries-per-k", "8", "--proposals", "16"], "queries_per_k"),
+  ],
+)
+def test_eval_usage_errors(main, tmp_path, args, phrase):  # noqa: F811
+  code, _, err = main("eval", "--out", tmp_path / "x", "--quiet", *args)
+  assert code == 2 and phrase in err, err
+  assert not (tmp_path / "x").exists()
