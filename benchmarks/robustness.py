@@ -4,10 +4,11 @@
       benchmarks.robustness --weights runs/smallcnn-adv/smallcnn.json
 
 runs `pixeljax eval` (resumable, in --out) on the first 100 test images of
-the seed-0 shuffle, k = 1..10, for every shipped model and every --weights
-card, each alone and behind each --defence; then measures each model and
-defence's clean accuracy on the whole test split, to state what a defence
-costs. Writes benchmarks/results/robustness_<platform>.json, .md and .png.
+the seed-0 shuffle, k = 1..10: every shipped model alone and behind each
+--defence (--out/defences), and every --weights card (an adversarially
+trained model, say) alone (--out/trained); then measures each row's clean
+accuracy on the whole test split, to state what a defence costs. Writes
+benchmarks/results/robustness_<platform>.json, .md and .png.
 """
 
 import argparse
@@ -16,7 +17,6 @@ import json
 import os
 import pathlib
 import platform
-import shutil
 import time
 
 import jax
@@ -24,6 +24,7 @@ import numpy as np
 
 from pixeljax import data as data_lib
 from pixeljax import defences
+from pixeljax import plots
 from pixeljax.attack import defaults
 from pixeljax.cli import robustness as eval_lib
 from pixeljax.models import weights as weights_lib
@@ -60,27 +61,42 @@ def main() -> None:
   )
   args = p.parse_args()
   specs = tuple(args.defences or ("none", "median:3"))
-  options = eval_lib.EvalSettings(
-    out=args.out,
-    models=weights_lib.shipped_models(),
-    weights=tuple(args.weights),
-    defences=specs,
+  common = dict(
     data=args.data,
     download=False,
     images=args.images,
     max_pixels=args.max_pixels,
     queries_per_k=args.queries_per_k,
     progress=False,
+    figures=False,
   )
+  evaluations = [
+    eval_lib.EvalSettings(
+      out=f"{args.out}/defences",
+      models=weights_lib.shipped_models(),
+      defences=specs,
+      **common,
+    )
+  ]
+  if args.weights:
+    evaluations.append(
+      eval_lib.EvalSettings(
+        out=f"{args.out}/trained",
+        weights=tuple(args.weights),
+        defences=("none",),
+        **common,
+      )
+    )
   started = time.perf_counter()
-  summary = eval_lib.run_eval(options)
+  summary = [row for e in evaluations for row in eval_lib.run_eval(e)]
   seconds = time.perf_counter() - started
 
   test = data_lib.load_cifar10("test", source=args.data, download=False)
   full = {
     (name, spec): test_accuracy(defences.from_spec(victim.predict, spec), test)
-    for name, victim in eval_lib.load_victims(options)
-    for spec in map(defences.canonical_spec, specs)
+    for e in evaluations
+    for name, victim in eval_lib.load_victims(e)
+    for spec in map(defences.canonical_spec, e.defences)
   }
   for row in summary:
     row["test_accuracy"] = full[(row["model"], row["defence"])]
@@ -110,7 +126,7 @@ def main() -> None:
   RESULTS.mkdir(exist_ok=True)
   stem = RESULTS / f"robustness_{device.platform}"
   run_summary = json.loads(
-    (pathlib.Path(args.out) / "summary.json").read_text()
+    (pathlib.Path(evaluations[0].out) / "summary.json").read_text()
   )
   stem.with_suffix(".json").write_text(
     json.dumps(
@@ -118,8 +134,10 @@ def main() -> None:
     )
     + "\n"
   )
-  shutil.copyfile(
-    pathlib.Path(args.out) / eval_lib.FIGURE, stem.with_suffix(".png")
+  plots.robust_accuracy(
+    stem.with_suffix(".png"),
+    summary,
+    f"L0 robustness, {args.images} CIFAR-10 test images",
   )
   budget = run_summary["budget"]
   lines = [

@@ -462,7 +462,7 @@ def test_figures_of_a_folder_that_is_no_run(main, tmp_path):
   assert code == 3 and "not a pixeljax run" in err
 
 
-@pytest.mark.parametrize("command", ["attack", "figures", "train"])
+@pytest.mark.parametrize("command", ["attack", "eval", "figures", "train"])
 def test_every_subcommand_has_help(main, command):
   code, out, _ = main(command, "--help")
   assert code == 0 and "usage" in out.lower()

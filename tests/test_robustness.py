@@ -105,6 +105,36 @@ def test_two_pixels_are_found_after_one_fails():
   check_fooling(predict, images, result)
 
 
+def grey_near(images):
+  """Two classes; class 1 only when a mid-grey pixel sits near RED_AT.
+
+  Smooth in the position and the colour, so DE can climb to it; every
+  corner colour (0 or 255 per channel) scores almost nothing.
+  """
+  x, y = RED_AT
+  rows, cols = np.mgrid[:8, :8]
+  near = jnp.asarray(np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / 8.0))
+  greyness = jnp.exp(-jnp.sum(((images - 128.0) / 60.0) ** 2, axis=-1))
+  score = jnp.sum(near * greyness, axis=(1, 2))
+  return jnp.stack([jnp.zeros_like(score), 20.0 * (score - 0.5)], axis=-1)
+
+
+def test_de_reaches_colours_the_corner_searches_cannot():
+  rng = np.random.default_rng(3)
+  images = (rng.integers(0, 2, (2, 8, 8, 3)) * 255).astype(np.uint8)
+  labels = np.zeros(2, int)
+  options = dict(key=jax.random.key(0), max_pixels=2, **SETTINGS)
+  corners_only = pixeljax.l0_robustness(grey_near, images, labels, **options)
+  np.testing.assert_array_equal(corners_only.min_pixels, [-1, -1])
+  result = pixeljax.l0_robustness(
+    grey_near, images, labels, de_popsize=40, de_maxiter=30, **options
+  )
+  np.testing.assert_array_equal(result.min_pixels, [1, 1])
+  np.testing.assert_array_equal(result.budget, corners_only.budget + 40 * 31)
+  assert np.all(result.queries > corners_only.queries)
+  check_fooling(grey_near, images, result)
+
+
 def test_streaming_gives_the_same_results():
   images = grey_images(5, seed=1)
   labels = np.array([0, 1, 0, 0, 1])

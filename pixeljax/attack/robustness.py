@@ -12,6 +12,10 @@ cheapest first and stop at the first success:
    combinations of the pixels the scan ranked best, ``queries_per_k``
    evaluations at each k; an image that k pixels do not fool goes on to
    k + 1, starting again from the k + 1 best-ranked pixels.
+4. Where the budget allows (``de_maxiter``, off by default): the paper's DE
+   with k pixels, k = 1..K, on each image that no cheaper search fooled with
+   k pixels. The corner searches try extreme colours only; DE reaches any
+   colour, at popsize x (maxiter + 1) evaluations per image and k.
 
 All of it is one search of the driver (``corner.AfterScan`` of the scan and
 a growing ``corner_search.LocalSearch``), so it compiles once, runs as one
@@ -36,6 +40,7 @@ from pixeljax.attack import corner_search
 from pixeljax.attack import defaults
 from pixeljax.attack import driver
 from pixeljax.attack import evaluate
+from pixeljax.attack import evolution
 from pixeljax.attack.result import AttackResult
 
 NOT_FOOLED = -1
@@ -236,6 +241,8 @@ def l0_robustness(
   proposals=defaults.PROPOSALS,
   top_pixels=None,
   block=None,
+  de_popsize=defaults.POPSIZE,
+  de_maxiter=None,
   batch_size=None,
   image_ids=None,
   mesh=None,
@@ -258,6 +265,12 @@ def l0_robustness(
     top_pixels: how many of the scan's best pixels the k-pixel search draws
       from; default ``min(H * W, 128)``, at least ``max_pixels``.
     block: scan candidates per image and round (see ``corner_attack``).
+    de_popsize: the population of the paper's DE, when it runs.
+    de_maxiter: None: no DE. Otherwise, after the corner searches, the
+      paper's DE with k pixels and this many generations runs for each k =
+      1..K on the images no search fooled with k pixels (its stream for k
+      is ``fold_in(key, k)``); that adds ``de_popsize * (de_maxiter + 1)``
+      to the budget at every k.
     batch_size: candidate images per model call on each device; chosen when
       None.
     image_ids: int [N] ids seeding each image's stream; default 0..N-1.
@@ -277,6 +290,14 @@ def l0_robustness(
     block=block,
     batch_size=batch_size,
   )
+  if de_maxiter is not None:  # checked now, not after the corner searches
+    evolution.plan(
+      images.shape[1:],
+      pixels=l0.budget.size,
+      popsize=de_popsize,
+      maxiter=de_maxiter,
+      batch_size=batch_size,
+    )
   attack = driver.attack(
     l0.plan,
     predict,
@@ -287,7 +308,63 @@ def l0_robustness(
     image_ids=image_ids,
     mesh=mesh,
   )
-  return _l0_result(images, attack, l0.budget)
+  result = _l0_result(images, attack, l0.budget)
+  if de_maxiter is None:
+    return result
+  ids = np.arange(len(images)) if image_ids is None else np.asarray(image_ids)
+  return _with_de(
+    predict,
+    images,
+    labels,
+    result,
+    key=key,
+    image_ids=ids,
+    popsize=de_popsize,
+    maxiter=de_maxiter,
+    batch_size=batch_size,
+    mesh=mesh,
+  )
+
+
+def _with_de(
+  predict, images, labels, l0, *, key, image_ids, popsize, maxiter, **common
+) -> L0Result:
+  """``l0`` after the paper's DE at each k on the images not yet fooled with
+  k pixels (see ``l0_robustness``)."""
+  max_pixels = l0.budget.size
+  fields = {name: np.array(value) for name, value in l0._asdict().items()}
+  for k in range(1, max_pixels + 1):
+    reached = fields["min_pixels"]
+    todo = np.flatnonzero((reached == NOT_FOOLED) | (reached > k))
+    if not todo.size:
+      break
+    attack = evolution.batched_attack(
+      predict,
+      images[todo],
+      labels[todo],
+      key=jax.random.fold_in(key, k),
+      pixels=k,
+      popsize=popsize,
+      maxiter=maxiter,
+      image_ids=image_ids[todo],
+      **common,
+    )
+    fields["queries"][todo] += attack.queries
+    won = attack.success
+    fooled = todo[won]
+    changed = np.any(attack.adv_images != images[todo], axis=-1)
+    fields["min_pixels"][fooled] = changed.sum(axis=(1, 2))[won]
+    fields["adv_images"][fooled] = attack.adv_images[won]
+    fields["adv_label"][fooled] = attack.adv_label[won]
+    # K pixels as the corner searches give them: the first one repeated.
+    perturbation = attack.perturbation[won]
+    fields["perturbation"][fooled] = np.concatenate(
+      [perturbation] + [perturbation[:, :1]] * (max_pixels - k),
+      axis=1,
+    )
+  fields["budget"] = l0.budget + popsize * (maxiter + 1)
+  fields["robust_accuracy"] = robust_accuracy(fields["min_pixels"], max_pixels)
+  return L0Result(**fields)
 
 
 def stream_l0_robustness(
