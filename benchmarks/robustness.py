@@ -87,11 +87,18 @@ def main() -> None:
         **common,
       )
     )
+  resumed = sum(
+    len((pathlib.Path(e.out) / "results.jsonl").read_text().splitlines())
+    for e in evaluations
+    if (pathlib.Path(e.out) / "results.jsonl").exists()
+  )
   started = time.perf_counter()
   summary = [row for e in evaluations for row in eval_lib.run_eval(e)]
   seconds = time.perf_counter() - started
 
   test = data_lib.load_cifar10("test", source=args.data, download=False)
+  victims = [v for e in evaluations for v in eval_lib.load_victims(e)]
+  architecture = {name: v.identity["architecture"] for name, v in victims}
   full = {
     (name, spec): test_accuracy(defences.from_spec(victim.predict, spec), test)
     for e in evaluations
@@ -100,7 +107,14 @@ def main() -> None:
   }
   for row in summary:
     row["test_accuracy"] = full[(row["model"], row["defence"])]
-    alone = full.get((row["model"], "none"))
+    # A defence against the model alone; a trained card against the shipped
+    # model of its architecture.
+    baseline = (
+      (architecture[row["model"]], "none")
+      if row["defence"] == "none"
+      else (row["model"], "none")
+    )
+    alone = full.get(baseline)
     row["accuracy_cost"] = (
       None if alone is None else round(alone - row["test_accuracy"], 4)
     )
@@ -121,6 +135,7 @@ def main() -> None:
     jax=jax.__version__,
     command=command,
     seconds=round(seconds, 1),
+    resumed_evaluations=resumed,
     test_images=len(test.images),
   )
   RESULTS.mkdir(exist_ok=True)
@@ -144,7 +159,13 @@ def main() -> None:
     f"# L0 robustness ({stamp['device']}, {stamp['host_cores']} cores)",
     "",
     f"{stamp['date']}; jax {stamp['jax']}; `{command}`; "
-    f"{seconds / 60:.0f} minutes.",
+    f"{seconds / 60:.0f} minutes"
+    + (
+      f" ({resumed} of the {sum(r['images'] for r in summary)} image "
+      "evaluations were already in --out from an earlier invocation)."
+      if resumed
+      else "."
+    ),
     "",
     f"Robust accuracy: the share of {args.images} CIFAR-10 test images (the "
     "first of the seed-0 shuffle, misclassified ones included) that no "
@@ -159,7 +180,7 @@ def main() -> None:
     "",
     f"Clean accuracy on all {len(test.images):,} test images:",
     "",
-    "| model | defence | test accuracy | cost of the defence |",
+    "| model | defence | test accuracy | clean accuracy lost |",
     "|---|---|---:|---:|",
   ]
   lines += [
@@ -172,7 +193,14 @@ def main() -> None:
     + " |"
     for r in summary
   ]
-  lines += ["", f"![robust accuracy against k]({stem.name}.png)"]
+  lines += [
+    "",
+    "Clean accuracy lost: against the model alone for a defence, against the "
+    "shipped model of the same architecture for a trained card (negative: "
+    "gained).",
+    "",
+    f"![robust accuracy against k]({stem.name}.png)",
+  ]
   stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -406,7 +406,8 @@ k<max pixels>_s<seed>):
 
 Defaults: {defaults.L0_MAX_PIXELS} pixels, {defaults.L0_QUERIES_PER_K} \
 evaluations per k; 100 images of the
-shipped SmallCNN take about 10 minutes on a 2-core CPU.
+shipped SmallCNN with no defence took about 12 minutes on a shared 2-core
+CPU.
 """
 
 
