@@ -312,6 +312,16 @@ def _finish_shard(
   return _result_fields(search, problem, batch, state, clean_logits)
 
 
+def check_stream_options(slots, refill_every, progress) -> tuple:
+  """``slots`` and ``refill_every`` as ints of at least 1, and ``progress``
+  a callable or None; raises naming the argument."""
+  slots = checks.check_int("slots", slots, minimum=1)
+  refill_every = checks.check_int("refill_every", refill_every, minimum=1)
+  if progress is not None and not callable(progress):
+    raise TypeError(f"progress must be callable or None, got {progress!r}")
+  return slots, refill_every, progress
+
+
 def stream(
   plan: Plan,
   predict,

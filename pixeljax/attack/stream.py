@@ -61,10 +61,9 @@ def stream_attack(
   """
   images = checks.check_images(images)
   plan = methods.plan(method, images.shape[1:], **options)
-  slots = checks.check_int("slots", slots, minimum=1)
-  refill_every = checks.check_int("refill_every", refill_every, minimum=1)
-  if progress is not None and not callable(progress):
-    raise TypeError(f"progress must be callable or None, got {progress!r}")
+  slots, refill_every, progress = driver.check_stream_options(
+    slots, refill_every, progress
+  )
   return driver.stream(
     plan,
     predict,
