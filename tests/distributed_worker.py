@@ -20,7 +20,6 @@ def main(process_id, num_processes, port, report):
   import jax
   import numpy as np
 
-  import pixeljax
   from tests import test_regression as regression
 
   stored = np.load(regression.STORED)
@@ -34,9 +33,9 @@ def main(process_id, num_processes, port, report):
   same = {}
   for run, result in runs.items():
     name = run.split()[0]
-    for field in pixeljax.AttackResult._fields:
-      same[f"{run} {field}"] = bool(
-        np.array_equal(getattr(result, field), stored[f"{name}/{field}"])
+    for field in regression.STORED_FIELDS:
+      same[f"{run} {field}"] = regression.same_field(
+        field, getattr(result, field), stored[f"{name}/{field}"]
       )
   if distributed.is_main_process():
     pathlib.Path(report).write_text(

@@ -25,9 +25,9 @@ _SCRIPT = textwrap.dedent("""
     report = {}
     for run, result in runs.items():
       name = run.split()[0]
-      for field in pixeljax.AttackResult._fields:
-        report[f"{run} {field}"] = bool(np.array_equal(
-            getattr(result, field), stored[f"{name}/{field}"]))
+      for field in regression.STORED_FIELDS:
+        report[f"{run} {field}"] = regression.same_field(
+            field, getattr(result, field), stored[f"{name}/{field}"])
     print(json.dumps(report))
 """)
 # Cases of tests/test_regression.py, run directly or streamed over 4 devices

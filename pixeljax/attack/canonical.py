@@ -23,6 +23,7 @@ import functools
 import jax
 from jax import lax
 from jax.extend import core
+import jax.numpy as jnp
 
 # Call-like primitives whose body is replayed inline: for a forward pass this
 # is what they compute (a jit boundary, a custom derivative or a
@@ -163,9 +164,10 @@ def _inline_body(eqn):
   return None
 
 
-def _replay(jaxpr, consts, args):
+def _replay(jaxpr, consts, args, inline=False):
   """Evaluates ``jaxpr`` on ``args`` (in the current trace) with every
-  non-canonical convolution, at any depth, in the canonical layout.
+  non-canonical convolution, at any depth, in the canonical layout; with
+  ``inline``, the bodies of call-like primitives are replayed in line too.
 
   Returns the list of output values.
   """
@@ -182,22 +184,25 @@ def _replay(jaxpr, consts, args):
     invals = [read(var) for var in eqn.invars]
     context = getattr(eqn.ctx, "manager", None) or contextlib.nullcontext()
     with context:
+      body = _inline_body(eqn)
       if _is_slow_conv(eqn):
         outvals = [_canonical_conv(*invals, eqn.params)]
+      elif body is not None and (inline or _inner_needs_rewrite(eqn)):
+        outvals = _replay(*body, invals, inline)
       elif not _inner_needs_rewrite(eqn):
-        outvals = _bind(eqn, eqn.params, invals)
-      elif (body := _inline_body(eqn)) is not None:
-        outvals = _replay(*body, invals)
+        outvals = bind(eqn, eqn.params, invals)
       else:  # loops and branches: their bodies rewritten, the op kept
         params = {k: _rewrite_param(v) for k, v in eqn.params.items()}
-        outvals = _bind(eqn, params, invals)
+        outvals = bind(eqn, params, invals)
     for var, value in zip(eqn.outvars, outvals):
       if not isinstance(var, core.DropVar):
         env[var] = value
   return [read(var) for var in jaxpr.outvars]
 
 
-def _bind(eqn, params, invals):
+def bind(eqn, params, invals):
+  """The list of values ``eqn``'s primitive gives on ``invals`` with
+  ``params`` (the equation's own, or changed ones)."""
   bound = eqn.primitive.get_bind_params(params)
   # jax 0.10 returns the parameters; older versions (subfuns, parameters).
   subfuns, bind_params = bound if isinstance(bound, tuple) else ((), bound)
@@ -231,3 +236,19 @@ def for_loops(predict):
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)
 
   return canonical_predict
+
+
+def flat_jaxpr(predict, shape):
+  """``predict`` traced at float32 ``shape`` as one flat program.
+
+  Returns ``(closed_jaxpr, out_shape)``: the jaxpr holds no call-like
+  primitive (jit, custom derivatives, remat: their bodies are in line) and
+  only canonical convolutions, so that an interpreter sees every
+  convolution, pooling and elementwise op of the forward pass at top level.
+  """
+  probe = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+  closed, out_shape = jax.make_jaxpr(predict, return_shape=True)(probe)
+  flat = jax.make_jaxpr(
+    lambda images: _replay(closed.jaxpr, closed.consts, [images], inline=True)
+  )(probe)
+  return flat, out_shape

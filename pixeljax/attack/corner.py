@@ -261,6 +261,7 @@ def plan(
   early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
+  incremental=None,
 ) -> driver.Plan:
   """The corner scan on images of ``image_shape`` (H, W, C), checked."""
   block = check_block(block, image_shape)
@@ -270,6 +271,8 @@ def plan(
     early_stop=checks.check_bool("early_stop", early_stop),
     batch_size=driver.check_batch_size(batch_size),
     budget=scan_queries(image_shape, block),
+    pixels=1,
+    incremental=driver.check_incremental(incremental),
   )
 
 
@@ -283,6 +286,7 @@ def corner_attack(
   block=None,
   batch_size=None,
   mesh=None,
+  incremental=None,
 ) -> AttackResult:
   """Tries every pixel with every corner colour of the RGB (or 2**C) cube.
 
@@ -307,6 +311,8 @@ def corner_attack(
       change with it.
     mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
       device (see ``batched_attack``).
+    incremental: evaluate candidates incrementally (True), in full (False),
+      or where it pays (None); see ``batched_attack``.
 
   Returns:
     An ``AttackResult`` of NumPy arrays; ``perturbation`` is int32
@@ -320,6 +326,7 @@ def corner_attack(
       early_stop=early_stop,
       block=block,
       batch_size=batch_size,
+      incremental=incremental,
     ),
     predict,
     images,

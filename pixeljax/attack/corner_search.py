@@ -320,6 +320,7 @@ def plan(
   early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
+  incremental=None,
 ) -> driver.Plan:
   """The corner search on images of ``image_shape`` (H, W, C), checked."""
   height, width, _ = image_shape
@@ -363,6 +364,8 @@ def plan(
     early_stop=checks.check_bool("early_stop", early_stop),
     batch_size=driver.check_batch_size(batch_size),
     budget=scan_queries + rounds * proposals,
+    pixels=pixels,
+    incremental=driver.check_incremental(incremental),
   )
 
 
@@ -383,6 +386,7 @@ def corner_search(
   batch_size=None,
   image_ids=None,
   mesh=None,
+  incremental=None,
 ) -> AttackResult:
   """Few-pixel attack: a one-pixel corner scan, then combinations of its best.
 
@@ -409,6 +413,8 @@ def corner_search(
     image_ids: int [N] ids seeding each image's stream; default 0..N-1.
     mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
       device (see ``batched_attack``).
+    incremental: evaluate candidates incrementally (True), in full (False),
+      or where it pays (None); see ``batched_attack``.
 
   Returns:
     An ``AttackResult``; ``perturbation`` is int32 [N, d, 2 + C] (a pixel may
@@ -427,6 +433,7 @@ def corner_search(
       early_stop=early_stop,
       block=block,
       batch_size=batch_size,
+      incremental=incremental,
     ),
     predict,
     images,

@@ -16,6 +16,7 @@ import numpy as np
 
 from pixeljax.attack import checks
 from pixeljax.attack import evaluate
+from pixeljax.attack import incremental as incremental_lib
 from pixeljax.attack import search as search_lib
 from pixeljax.attack import sharding
 from pixeljax.attack import verify
@@ -38,6 +39,10 @@ class Plan(NamedTuple):
     early_stop: stop each image at its first success.
     batch_size: candidates per model call, or None to choose.
     budget: the most model evaluations one image can cost.
+    pixels: the most pixels one candidate changes.
+    incremental: evaluate candidates incrementally (True), with full
+      forward passes (False), or where it pays (None; see
+      ``incremental.resolve``).
   """
 
   search: object
@@ -45,6 +50,13 @@ class Plan(NamedTuple):
   early_stop: bool
   batch_size: int | None
   budget: int
+  pixels: int
+  incremental: bool | None = None
+
+
+def check_incremental(incremental):
+  """``incremental`` as True, False or None (automatic)."""
+  return incremental_lib.check_mode(incremental)
 
 
 def check_batch_size(batch_size):
@@ -130,6 +142,13 @@ def check_inputs(
     batch_size=batch_size,
     targeted=targets is not None,
     early_stop=plan.early_stop,
+    # One decision per attack, at the most pixels a candidate changes.
+    incremental=incremental_lib.resolve(
+      plan.incremental,
+      predict,
+      images.shape[1:],
+      plan.pixels,
+    ),
   )
   return Inputs(
     problem=problem,
@@ -184,7 +203,10 @@ def _result_fields(search, problem, batch, state, clean_logits):
     clean_logits=clean_logits,
   )
   return dict(
-    fields, queries=chosen.queries, generations=search.generations(state)
+    fields,
+    queries=chosen.queries,
+    generations=search.generations(state),
+    incremental=jnp.full(chosen.queries.shape, problem.incremental),
   )
 
 

@@ -6,7 +6,9 @@ that still need work gathered to the front; a loop over chunks of
 chunk's perturbed images on the fly and runs the model on them. Peak memory
 follows the chunk, not N x P x H x W x C,
 and images that are done cost nothing: the loop stops after the last chunk
-that holds an active image's candidate.
+that holds an active image's candidate. With ``incremental`` each chunk
+first computes the clean maps of the few images its candidates belong to,
+then only the windows the candidates change (see incremental.py).
 """
 
 import jax
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 
 from pixeljax.attack import canonical
 from pixeljax.attack import criteria
+from pixeljax.attack import incremental as incremental_lib
 from pixeljax.attack import pixels as pixels_lib
 
 # Clean images and final re-checks go through the model in chunks of this
@@ -36,7 +39,14 @@ def probabilities(logits):
 
 
 def score_candidates(
-  predict, images, labels, targets, candidates, active, batch_size: int
+  predict,
+  images,
+  labels,
+  targets,
+  candidates,
+  active,
+  batch_size: int,
+  incremental: bool = False,
 ):
   """Fitness and success of every candidate of every active image.
 
@@ -48,6 +58,8 @@ def score_candidates(
     candidates: float32 [N, P, L] candidate vectors.
     active: bool [N]; candidates of inactive images are not evaluated.
     batch_size: candidates per model call (static).
+    incremental: recompute only the windows the changed pixels touch, from
+      each chunk's clean maps (static; see incremental.py).
 
   Returns:
     fitness float32 [N, P] (+inf where not evaluated) and success bool [N, P]
@@ -55,6 +67,10 @@ def score_candidates(
   """
   num_images, popsize, _ = candidates.shape
   _, height, width, channels = images.shape
+  if incremental:
+    evaluator = incremental_lib.evaluator(
+      predict, images.shape[1:], candidates.shape[-1] // (2 + channels)
+    )
   # The model runs in loop bodies, where XLA CPU leaves non-canonical
   # convolutions (OIHW, NCHW) on a 25x slower path: see canonical.py.
   predict = canonical.for_loops(predict)
@@ -74,8 +90,14 @@ def score_candidates(
     perturbation = pixels_lib.decode(
       flat_candidates[flat], height, width, channels
     )
-    perturbed = pixels_lib.inject(images[image], perturbation)
-    probs = probabilities(predict(perturbed.astype(jnp.float32)))
+    if incremental:
+      logits = _incremental_logits(
+        evaluator, images, order, start, size, popsize, position, perturbation
+      )
+    else:
+      perturbed = pixels_lib.inject(images[image], perturbation)
+      logits = predict(perturbed.astype(jnp.float32))
+    probs = probabilities(logits)
     chunk_targets = None if targets is None else targets[image]
     fitness = criteria.fitness(probs, labels[image], chunk_targets)
     success = criteria.is_success(
@@ -116,6 +138,20 @@ def score_candidates(
     fitness.reshape(num_images, popsize),
     success.reshape(num_images, popsize),
   )
+
+
+def _incremental_logits(
+  evaluator, images, order, start, size, popsize, position, perturbation
+):
+  """Logits of one chunk's candidates at ``position`` int32 [size] (in
+  [start, start + size) of the active-first list), from the clean maps of
+  the images they belong to: at most (size - 1) // popsize + 2 consecutive
+  entries of ``order``, from entry start // popsize on."""
+  count = (size - 1) // popsize + 2
+  first = start // popsize
+  entries = jnp.minimum(first + jnp.arange(count), len(order) - 1)
+  maps = evaluator.clean_maps(images[order[entries]])
+  return evaluator.logits(maps, position // popsize - first, perturbation)
 
 
 def logits_in_chunks(predict, images, batch_size: int):

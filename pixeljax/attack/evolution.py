@@ -174,6 +174,7 @@ def plan(
   crossover=defaults.CROSSOVER,
   early_stop=defaults.EARLY_STOP,
   batch_size=None,
+  incremental=None,
 ) -> driver.Plan:
   """The paper's DE on images of ``image_shape`` (H, W, C), checked."""
   pixels, popsize, params, use_crossover = check_de_options(
@@ -190,6 +191,8 @@ def plan(
     early_stop=checks.check_bool("early_stop", early_stop),
     batch_size=driver.check_batch_size(batch_size),
     budget=popsize * (params.maxiter + 1),
+    pixels=pixels,
+    incremental=driver.check_incremental(incremental),
   )
 
 
@@ -209,6 +212,7 @@ def batched_attack(
   batch_size=None,
   image_ids=None,
   mesh=None,
+  incremental=None,
 ) -> AttackResult:
   """Attacks N images at once with the paper's few-pixel differential evolution.
 
@@ -240,6 +244,17 @@ def batched_attack(
       same key and id gets the same result whatever else shares its batch.
     mesh: a ``jax.sharding.Mesh`` to shard the images over (all its axes);
       None for every device.
+    incremental: score each candidate by recomputing only what its pixels
+      change: the clean feature maps of the few images in a model call are
+      computed once, and the traced ``predict`` is replayed per candidate on
+      windows around the changed pixels through elementwise ops,
+      convolutions and pooling, and in full from the first other op (a
+      dense layer, global pooling). The logits equal the full pass's up to
+      float rounding. True forces it, False turns it off, None (default)
+      turns it on where it pays: on CPU, when it counts at least
+      ``incremental.AUTO_MIN_RATIO`` (1.25) times fewer FLOPs per candidate
+      at d pixels (see ``incremental.resolve``).
+      ``AttackResult.incremental`` says which path ran.
 
   Returns:
     An ``AttackResult`` of NumPy arrays, one entry per image. Images the
@@ -257,6 +272,7 @@ def batched_attack(
       crossover=crossover,
       early_stop=early_stop,
       batch_size=batch_size,
+      incremental=incremental,
     ),
     predict,
     images,

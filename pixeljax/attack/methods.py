@@ -25,6 +25,7 @@ def _corner_search(
   early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
+  incremental=None,
 ):
   """``corner_search`` with a scan first."""
   return corner_search.plan(
@@ -37,6 +38,7 @@ def _corner_search(
     early_stop=early_stop,
     block=block,
     batch_size=batch_size,
+    incremental=incremental,
   )
 
 
@@ -48,6 +50,7 @@ def _sparse_rs(
   proposals=defaults.PROPOSALS,
   early_stop=defaults.EARLY_STOP,
   batch_size=None,
+  incremental=None,
 ):
   """``corner_search`` without a scan (Sparse-RS style)."""
   return corner_search.plan(
@@ -58,6 +61,7 @@ def _sparse_rs(
     proposals=proposals,
     early_stop=early_stop,
     batch_size=batch_size,
+    incremental=incremental,
   )
 
 

@@ -33,6 +33,8 @@ class AttackResult(NamedTuple):
       attack's criterion (misclassified, or classified as the target).
     queries: int32 [N]; candidate evaluations the search spent on the image.
     generations: int32 [N]; DE generations run after the initial population.
+    incremental: bool [N]; the search scored candidates incrementally,
+      recomputing only what their pixels touch (see ``batched_attack``).
 
   Every probability lies in [0, 1].
   """
@@ -48,6 +50,7 @@ class AttackResult(NamedTuple):
   clean_success: np.ndarray
   queries: np.ndarray
   generations: np.ndarray
+  incremental: np.ndarray
 
   @property
   def success_rate(self) -> float:

@@ -146,6 +146,7 @@ def plan(
   top_pixels=None,
   block=None,
   batch_size=None,
+  incremental=None,
 ) -> Plan:
   """The checked search of ``l0_robustness`` on images of ``image_shape``."""
   height, width, _ = image_shape
@@ -196,6 +197,8 @@ def plan(
       early_stop=True,
       batch_size=driver.check_batch_size(batch_size),
       budget=int(budget.sum()),
+      pixels=max_pixels,
+      incremental=driver.check_incremental(incremental),
     ),
     budget=budget,
   )
@@ -246,6 +249,7 @@ def l0_robustness(
   batch_size=None,
   image_ids=None,
   mesh=None,
+  incremental=None,
 ) -> L0Result:
   """The fewest pixels that fool ``predict`` on each image, and the robust
   accuracy at every k up to ``max_pixels`` (non-targeted).
@@ -276,6 +280,9 @@ def l0_robustness(
     image_ids: int [N] ids seeding each image's stream; default 0..N-1.
     mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
       device.
+    incremental: evaluate candidates incrementally (True), in full (False),
+      or where it pays (None; decided at ``max_pixels``, and for each DE
+      run at its k); see ``batched_attack``.
 
   Returns:
     An ``L0Result`` of NumPy arrays.
@@ -289,6 +296,7 @@ def l0_robustness(
     top_pixels=top_pixels,
     block=block,
     batch_size=batch_size,
+    incremental=incremental,
   )
   if de_maxiter is not None:  # checked now, not after the corner searches
     evolution.plan(
@@ -323,6 +331,7 @@ def l0_robustness(
     maxiter=de_maxiter,
     batch_size=batch_size,
     mesh=mesh,
+    incremental=incremental,
   )
 
 

@@ -39,12 +39,15 @@ class Problem(NamedTuple):
     batch_size: candidates per model call.
     targeted: targets are the goal; otherwise any wrong class.
     early_stop: an image stops at its first success.
+    incremental: candidates recompute only the windows their pixels touch
+      (see incremental.py).
   """
 
   predict: object
   batch_size: int
   targeted: bool
   early_stop: bool
+  incremental: bool = False
 
   def goal(self, batch):
     """The targets the criteria take: None for a non-targeted attack."""
@@ -61,6 +64,7 @@ class Problem(NamedTuple):
       candidates,
       active,
       self.batch_size,
+      self.incremental,
     )
 
 

@@ -102,6 +102,7 @@ def plan(
   early_stop=defaults.EARLY_STOP,
   block=None,
   batch_size=None,
+  incremental=None,
 ) -> driver.Plan:
   """The seeded DE on images of ``image_shape`` (H, W, C), checked."""
   height, width, channels = image_shape
@@ -139,6 +140,8 @@ def plan(
     batch_size=driver.check_batch_size(batch_size),
     budget=corner.scan_queries(image_shape, block)
     + popsize * (params.maxiter + 1),
+    pixels=pixels,
+    incremental=driver.check_incremental(incremental),
   )
 
 
@@ -160,6 +163,7 @@ def seeded_attack(
   batch_size=None,
   image_ids=None,
   mesh=None,
+  incremental=None,
 ) -> AttackResult:
   """The paper's DE, its population seeded by the one-pixel corner scan.
 
@@ -185,6 +189,8 @@ def seeded_attack(
     image_ids: int [N] ids seeding each image's stream; default 0..N-1.
     mesh: a ``jax.sharding.Mesh`` to shard the images over; None for every
       device (see ``batched_attack``).
+    incremental: evaluate candidates incrementally (True), in full (False),
+      or where it pays (None); see ``batched_attack``.
 
   Returns:
     An ``AttackResult``; ``queries`` counts the scan, the seeds and the
@@ -203,6 +209,7 @@ def seeded_attack(
       early_stop=early_stop,
       block=block,
       batch_size=batch_size,
+      incremental=incremental,
     ),
     predict,
     images,

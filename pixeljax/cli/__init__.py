@@ -318,6 +318,7 @@ def _attack_parser(subparsers):
     help="candidate images per model call (default: from "
     "memory; results do not depend on it)",
   )
+  _add_incremental(p)
   p.add_argument(
     "--slots",
     type=_int_at_least(1),
@@ -508,6 +509,7 @@ def _eval_parser(subparsers):
     help="candidate images per model call (default: from memory; results "
     "do not depend on it)",
   )
+  _add_incremental(p)
   p.add_argument(
     "--slots",
     type=_int_at_least(1),
@@ -588,6 +590,21 @@ def enable_compile_cache():
     jax.config.update("jax_compilation_cache_max_size", 2**30)
     # Small programs too: a run compiles a few, each worth a second or so.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+# --incremental: the engine's ``incremental`` argument.
+INCREMENTAL = {"auto": None, "on": True, "off": False}
+
+
+def _add_incremental(p):
+  p.add_argument(
+    "--incremental",
+    choices=tuple(INCREMENTAL),
+    default="auto",
+    help="score candidates by recomputing only what their pixels change: "
+    "auto (default: where it pays, on CPU), on or off; results do not "
+    "depend on it beyond float rounding",
+  )
 
 
 def _search_fields(args) -> dict:
@@ -679,6 +696,7 @@ def _run_attack(args) -> int:
     method=args.method,
     seed=args.seed,
     batch_size=args.batch_size,
+    incremental=INCREMENTAL[args.incremental],
     slots=args.slots,
     examples=args.examples,
     figures=args.figures,
@@ -714,6 +732,7 @@ def _run_eval(args) -> int:
       top_pixels=args.top_pixels,
       block=args.block,
       batch_size=args.batch_size,
+      incremental=INCREMENTAL[args.incremental],
       slots=args.slots,
       figures=args.figures,
       progress=args.progress,

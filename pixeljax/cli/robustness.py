@@ -76,6 +76,7 @@ class EvalSettings:
   top_pixels: int | None = None
   block: int | None = None
   batch_size: int | None = None
+  incremental: bool | None = None  # None: where it pays
   slots: int = defaults.SLOTS
   figures: bool = True
   progress: bool = True
@@ -89,6 +90,7 @@ class EvalSettings:
       top_pixels=self.top_pixels,
       block=self.block,
       batch_size=self.batch_size,
+      incremental=self.incremental,
     )
 
 

@@ -75,6 +75,7 @@ class AttackSettings:
   block: int | None = None  # None: the scan's default
   # How the run goes (results do not depend on these).
   batch_size: int | None = None
+  incremental: bool | None = None  # None: where it pays
   slots: int = defaults.SLOTS
   examples: bool = True
   figures: bool = True
@@ -88,7 +89,9 @@ class AttackSettings:
     }
     if self.method != "corner":  # the scan changes one pixel
       options["pixels"] = pixels
-    return dict(options, batch_size=self.batch_size)
+    return dict(
+      options, batch_size=self.batch_size, incremental=self.incremental
+    )
 
   def search_settings(self) -> dict:
     """The search's settings as run.json holds them: a paper DE run as
