@@ -10,7 +10,8 @@ initialised (speed does not depend on the weights).
 
 Run from the repository root:
   python -m benchmarks.incremental
-Writes benchmarks/results/incremental_<platform>.{json,md}.
+Writes benchmarks/results/incremental_<platform>.{json,md}; about 15 minutes
+on a 2-core CPU.
 """
 
 import argparse

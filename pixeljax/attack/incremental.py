@@ -691,7 +691,6 @@ class Evaluator:
     """``predict``: float32 [B, H, W, C] -> logits [B, K]; ``image_shape``:
     (H, W, C); ``pixels``: d, the changed pixels of every candidate."""
     self.closed, _ = canonical.flat_jaxpr(predict, (1, *image_shape))
-    self.pixels = pixels
     dry = _Maps()
     replay = _Replay(dry)
     probe = jax.ShapeDtypeStruct((pixels, 2 + image_shape[-1]), jnp.int32)
@@ -711,14 +710,12 @@ class Evaluator:
   @property
   def pays(self) -> bool:
     """Whether it counts at least ``AUTO_MIN_RATIO`` times fewer FLOPs."""
-    return self.windowed_ops > 0 and self.full_flops >= AUTO_MIN_RATIO * max(
-      self.flops, 1
-    )
+    fewer = self.full_flops >= AUTO_MIN_RATIO * max(self.flops, 1)
+    return self.windowed_ops > 0 and fewer
 
   def clean_maps(self, images):
     """The maps candidates read, of images [M, H, W, C] (any real dtype):
-    a tuple of float arrays [M, ...], per image about
-    ``map_bytes`` bytes."""
+    a tuple of arrays [M, ...], ``map_bytes`` bytes per image."""
     images = images.astype(jnp.float32)
     return jax.vmap(
       lambda image: _clean_values(self.closed, self.requests, image)
