@@ -140,7 +140,8 @@ def main():
     "victims. FLOPs: convolutions and matrix products per candidate. "
     "Speed-up: median wall time of the full attack over the incremental "
     "one, timed alternately in this run. 'auto' is what "
-    "`incremental=None` chooses here.\n\n"
+    "`incremental=None` chooses here for an attack of at least "
+    f"{incremental.AUTO_MIN_BUDGET} evaluations per image.\n\n"
     + common.markdown_table(header, table)
   )
   paths = common.write_results(

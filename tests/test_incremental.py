@@ -134,9 +134,11 @@ def test_dense_model_has_nothing_to_gain():
   evaluator = _check_exact(predict, (8, 8, 3), 1)
   assert evaluator.windowed_ops == 0
   assert not evaluator.pays
-  assert not incremental.resolve(None, predict, (8, 8, 3), 1)
+  assert not incremental.resolve(None, predict, (8, 8, 3), 1, 10**6)
   images = np.zeros((2, 8, 8, 3), np.uint8)
-  result = pixeljax.corner_attack(predict, images, np.zeros(2, int))
+  result = pixeljax.corner_attack(
+    predict, images, np.zeros(2, int), incremental=None
+  )
   assert not result.incremental.any()
 
 
@@ -177,12 +179,8 @@ def _same_attack(attack, **options):
   return windowed
 
 
-def test_same_corner_attack():
-  result = _same_attack(pixeljax.corner_attack)
-  assert result.queries.sum() > 0
-
-
 def test_same_corner_search_three_pixels():
+  """The scan (d = 1), then rounds of 3-pixel candidates."""
   result = _same_attack(
     pixeljax.corner_search, key=jax.random.key(0), pixels=3, max_queries=2600
   )
@@ -192,8 +190,11 @@ def test_same_corner_search_three_pixels():
 def test_auto_turns_on_where_it_pays():
   predict = _conv_net()
   assert incremental.Evaluator(predict, (24, 24, 3), 1).pays
-  expected = jax.default_backend() in incremental.AUTO_BACKENDS
-  assert incremental.resolve(None, predict, (24, 24, 3), 1) == expected
+  on_backend = jax.default_backend() in incremental.AUTO_BACKENDS
+  large, small = incremental.AUTO_MIN_BUDGET, incremental.AUTO_MIN_BUDGET - 1
+  assert incremental.resolve(None, predict, (24, 24, 3), 1, large) == on_backend
+  assert not incremental.resolve(None, predict, (24, 24, 3), 1, small)
+  assert incremental.resolve(True, predict, (24, 24, 3), 1, small)
 
 
 def test_incremental_option_checked():

@@ -148,6 +148,7 @@ def check_inputs(
       predict,
       images.shape[1:],
       plan.pixels,
+      plan.budget,
     ),
   )
   return Inputs(

@@ -251,9 +251,9 @@ def batched_attack(
       convolutions and pooling, and in full from the first other op (a
       dense layer, global pooling). The logits equal the full pass's up to
       float rounding. True forces it, False turns it off, None (default)
-      turns it on where it pays: on CPU, when it counts at least
-      ``incremental.AUTO_MIN_RATIO`` (1.25) times fewer FLOPs per candidate
-      at d pixels (see ``incremental.resolve``).
+      turns it on where it pays: on CPU, for attacks of at least 4,096
+      evaluations per image, when it counts at least 1.25x fewer FLOPs per
+      candidate at d pixels (see ``incremental.resolve``).
       ``AttackResult.incremental`` says which path ran.
 
   Returns:

@@ -43,6 +43,11 @@ from pixeljax.attack import canonical
 # benchmarks/incremental.py measured its speed-up on CPU only so far.
 AUTO_MIN_RATIO = 1.25
 AUTO_BACKENDS = ("cpu",)
+# ... and for attacks that may spend this many evaluations per image: the
+# incremental program compiles about 2 s longer (SmallCNN, AllConv on CPU),
+# which a small attack never earns back. Per image, not per call, so that
+# the path an image takes does not depend on what shares its batch.
+AUTO_MIN_BUDGET = 4096
 # A map goes whole once its windows would hold this share of its cells:
 # assembling each window's patch costs gathers that a whole map does not,
 # and on CPU half the map in windows already ran slower than the whole
@@ -763,19 +768,23 @@ def check_mode(incremental):
   return None if incremental is None else bool(incremental)
 
 
-def resolve(incremental, predict, image_shape, pixels: int) -> bool:
-  """Whether an attack with d = ``pixels`` evaluates incrementally.
+def resolve(
+  incremental, predict, image_shape, pixels: int, budget: int
+) -> bool:
+  """Whether an attack with d = ``pixels`` and at most ``budget``
+  evaluations per image evaluates incrementally.
 
   True and False are kept; None turns it on where it pays: on a backend of
-  ``AUTO_BACKENDS`` and when ``Evaluator.pays``. A model the interpreter
-  cannot trace runs the full pass under None, and raises under True.
+  ``AUTO_BACKENDS``, for a budget of at least ``AUTO_MIN_BUDGET``, and when
+  ``Evaluator.pays``. A model the interpreter cannot trace runs the full
+  pass under None, and raises under True.
   """
   incremental = check_mode(incremental)
   if incremental is not None:
     if incremental:
       evaluator(predict, tuple(image_shape), pixels)
     return incremental
-  if jax.default_backend() not in AUTO_BACKENDS:
+  if jax.default_backend() not in AUTO_BACKENDS or budget < AUTO_MIN_BUDGET:
     return False
   try:
     return evaluator(predict, tuple(image_shape), pixels).pays
