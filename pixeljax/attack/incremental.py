@@ -445,6 +445,56 @@ class _Replay:
     (out,) = self.bind(eqn, eqn.params, values)
     return _Win(out, eqn.outvars[0], first.windows, first.axes)
 
+  def _slide(self, eqn, operand, axis_params, out_axes, fill, params, rest):
+    """A sliding-window op (a convolution, a pooling) on ``operand``'s
+    windows, or None where the windows would be dearer than the whole map.
+
+    Args:
+      eqn: the op.
+      operand: its windowed input.
+      axis_params: for the input's row and column axis each, (kernel,
+        stride, (pad low, pad high), dilation).
+      out_axes: the output's (batch, row, column) axes.
+      fill: what the op's padding stands for.
+      params: the op's parameters with no padding, bound on the patches.
+      rest: the op's other operands (the kernel).
+    """
+    out_shape = eqn.outvars[0].aval.shape
+    _, row, col = operand.axes
+    windows = operand.windows
+    placed = [
+      _through(starts, size, out_shape[out_axis], kernel, stride, pad[0], dil)
+      for starts, size, out_axis, (kernel, stride, pad, dil) in (
+        (windows.rows, windows.height, out_axes[1], axis_params[row]),
+        (windows.cols, windows.width, out_axes[2], axis_params[col]),
+      )
+    ]
+    (height, rows, patch_rows, patch_height) = placed[0]
+    (width, cols, patch_cols, patch_width) = placed[1]
+    windows = _Windows(
+      rows, cols, height, width, out_shape[out_axes[1]], out_shape[out_axes[2]]
+    )
+    if self._cheaper_whole(operand.value.shape[operand.axes[0]], windows):
+      return None
+    margins = tuple(
+      (max(axis_params[a][2][0], 0), max(axis_params[a][2][1], 0))
+      for a in (row, col)
+    )
+    patches = _assemble(
+      operand,
+      self.maps,
+      patch_rows,
+      patch_cols,
+      patch_height,
+      patch_width,
+      fill,
+      margins,
+    )
+    (out,) = self.bind(
+      eqn, params, [_from_canonical(patches, operand.axes), *rest]
+    )
+    return self._windowed(out, eqn.outvars[0], windows, out_axes)
+
   def conv(self, eqn, invals):
     lhs, rhs = invals
     params = eqn.params
@@ -460,58 +510,24 @@ class _Replay:
       or params["batch_group_count"] != 1
     ):
       return None
-    out_shape = eqn.outvars[0].aval.shape
-    geometry = {}
+    # Spatial axis k of the convolution is input axis lhs_spec[2 + k].
+    axis_params, out_axis = {}, {}
     for k, axis in enumerate(lhs_spec[2:]):
-      windows = lhs.windows
-      if axis == row:
-        starts, size = windows.rows, windows.height
-      else:
-        starts, size = windows.cols, windows.width
-      geometry[axis] = (
-        out_spec[2 + k],
-        *_through(
-          starts,
-          size,
-          out_shape[out_spec[2 + k]],
-          rhs.value.shape[rhs_spec[2 + k]],
-          params["window_strides"][k],
-          params["padding"][k][0],
-          params["rhs_dilation"][k],
-        ),
+      axis_params[axis] = (
+        rhs.value.shape[rhs_spec[2 + k]],
+        params["window_strides"][k],
+        params["padding"][k],
+        params["rhs_dilation"][k],
       )
-    margins = tuple(
-      (max(params["padding"][k][0], 0), max(params["padding"][k][1], 0))
-      for k in (lhs_spec[2:].index(row), lhs_spec[2:].index(col))
-    )
-    out_row, row_size, row_starts, patch_rows, patch_height = geometry[row]
-    out_col, col_size, col_starts, patch_cols, patch_width = geometry[col]
-    windows = _Windows(
-      row_starts,
-      col_starts,
-      row_size,
-      col_size,
-      out_shape[out_row],
-      out_shape[out_col],
-    )
-    if self._cheaper_whole(lhs.value.shape[batch], windows):
-      return None
-    patches = _assemble(
+      out_axis[axis] = out_spec[2 + k]
+    return self._slide(
+      eqn,
       lhs,
-      self.maps,
-      patch_rows,
-      patch_cols,
-      patch_height,
-      patch_width,
+      axis_params,
+      (out_spec[0], out_axis[row], out_axis[col]),
       0.0,
-      margins,
-    )
-    valid = dict(params, padding=((0, 0), (0, 0)))
-    (out,) = self.bind(
-      eqn, valid, [_from_canonical(patches, lhs.axes), rhs.value]
-    )
-    return self._windowed(
-      out, eqn.outvars[0], windows, (out_spec[0], out_row, out_col)
+      dict(params, padding=((0, 0), (0, 0))),
+      [rhs.value],
     )
 
   def reduce_window(self, eqn, invals):
@@ -519,7 +535,7 @@ class _Replay:
     if not isinstance(operand, _Win):
       return None
     params = eqn.params
-    batch, row, col = operand.axes
+    _, row, col = operand.axes
     for a in range(operand.value.ndim):
       if a not in (row, col) and (
         params["window_dimensions"][a] != 1
@@ -530,46 +546,24 @@ class _Replay:
         return None
     if any(d != 1 for d in params["base_dilation"]):
       return None
-    out_shape = eqn.outvars[0].aval.shape
-    windows = operand.windows
-    rows = _through(
-      windows.rows,
-      windows.height,
-      out_shape[row],
-      params["window_dimensions"][row],
-      params["window_strides"][row],
-      params["padding"][row][0],
-      params["window_dilation"][row],
-    )
-    cols = _through(
-      windows.cols,
-      windows.width,
-      out_shape[col],
-      params["window_dimensions"][col],
-      params["window_strides"][col],
-      params["padding"][col][0],
-      params["window_dilation"][col],
-    )
-    windows = _Windows(
-      rows[1], cols[1], rows[0], cols[0], out_shape[row], out_shape[col]
-    )
-    if self._cheaper_whole(operand.value.shape[batch], windows):
-      return None
-    margins = tuple(
-      (max(params["padding"][a][0], 0), max(params["padding"][a][1], 0))
+    axis_params = {
+      a: (
+        params["window_dimensions"][a],
+        params["window_strides"][a],
+        params["padding"][a],
+        params["window_dilation"][a],
+      )
       for a in (row, col)
-    )
-    fill = _REDUCE_WINDOW[eqn.primitive.name]
-    patches = _assemble(
-      operand, self.maps, rows[2], cols[2], rows[3], cols[3], fill, margins
-    )
-    padding = tuple((0, 0) for _ in params["padding"])
-    (out,) = self.bind(
+    }
+    return self._slide(
       eqn,
-      dict(params, padding=padding),
-      [_from_canonical(patches, operand.axes)],
+      operand,
+      axis_params,
+      operand.axes,
+      _REDUCE_WINDOW[eqn.primitive.name],
+      dict(params, padding=tuple((0, 0) for _ in params["padding"])),
+      [],
     )
-    return self._windowed(out, eqn.outvars[0], windows, operand.axes)
 
   def transpose(self, eqn, invals):
     (operand,) = invals
