@@ -15,8 +15,9 @@ paper's accuracies (AllConv 86.9%, NiN 87.4%, VGG16 83.4%) on a GPU; recipes
 of this kind (batch norm, crop + flip, 60 epochs of cosine SGD) typically give
 about 90% or more, but these have not yet been run to the end here.
 The final weights and their card go to `--out/<model>.json` + safetensors;
-the card's test accuracy is that of the float32 network as stored (evaluated
-at full float32 matmul precision, also after a `--bf16` run). `--time-limit S`
+the card's test accuracy is that of the network as stored (evaluated in
+float32 at full matmul precision, also after a `--bf16` run, and after the
+rounding of `--weights-dtype float16`, which halves the files). `--time-limit S`
 stops after the last epoch that fits in S seconds (checkpoint kept, no final
 weights): rerun with `--resume` to continue. `--label-smoothing` smooths the
 targets of the cross-entropy (the fast CIFAR-10 recipes use 0.1 to 0.2).
@@ -54,7 +55,9 @@ from pixeljax.data import load_cifar10
 from pixeljax.files import write_atomic
 from pixeljax.models.registry import MODELS
 from pixeljax.models.registry import create_model
+from pixeljax.models.weights import check_storage_dtype
 from pixeljax.models.weights import load_weights
+from pixeljax.models.weights import round_to_storage
 from pixeljax.models.weights import save_weights
 
 # Per-model recipe; any TrainConfig field left as None takes its value here.
@@ -100,6 +103,9 @@ class TrainConfig:
   adversarial: float = 0.0
   adv_candidates: int = 4  # pixels tried per adversarial example
   init: str | None = None  # a weights card to start from (fine-tuning)
+  # The dtype of the saved weights: "float32", or "float16" for half the
+  # bytes (the card's accuracy is then that of the rounded network).
+  weights_dtype: str = "float32"
   resume: bool = False
   time_limit: float | None = (
     None  # seconds: stop after the last epoch that fits (resumable)
@@ -144,6 +150,7 @@ class TrainConfig:
         f"label_smoothing: expected a number in [0, 1), got "
         f"{cfg.label_smoothing}"
       )
+    check_storage_dtype(cfg.weights_dtype, "weights_dtype")
     if cfg.time_limit is not None and (cfg.time_limit <= 0 or cfg.out is None):
       raise ValueError(
         f"time_limit: expected seconds > 0 with out= set (the checkpoint "
@@ -583,10 +590,10 @@ def train(config: TrainConfig) -> TrainResult:
     nnx.update(model, state[0], state[1])
     model.eval()
     return TrainResult(model, test_acc, history, None, complete=False)
-  # The victim is the float32 network as stored: evaluate it so, whatever the
-  # training dtype and the device's default matmul precision (TF32 on recent
-  # GPUs);
-  # a float32 run on a CPU was evaluated so already.
+  # The victim is the network as stored, run in float32: evaluate it so,
+  # whatever the training dtype, the storage rounding and the device's default
+  # matmul precision (TF32 on recent GPUs); a float32 run on a CPU, stored as
+  # float32, was evaluated so already.
   model = nnx.eval_shape(
     lambda: create_model(
       cfg.model,
@@ -595,7 +602,10 @@ def train(config: TrainConfig) -> TrainResult:
     )
   )
   nnx.update(model, state[0], state[1])
-  if cfg.bf16 or jax.default_backend() != "cpu":
+  round_to_storage(model, cfg.weights_dtype)
+  if (
+    cfg.bf16 or jax.default_backend() != "cpu" or cfg.weights_dtype != "float32"
+  ):
     graphdef32, params32, rest32 = nnx.split(model, nnx.Param, ...)
     _, eval32 = make_steps(graphdef32, tx, seed=cfg.seed, do_augment=False)
     with jax.default_matmul_precision("highest"):
@@ -610,6 +620,7 @@ def train(config: TrainConfig) -> TrainResult:
       out,
       cfg.model,
       architecture=cfg.model,
+      storage_dtype=cfg.weights_dtype,
       card=dict(
         test_accuracy=test_acc,
         test_accuracy_precision=(
@@ -728,6 +739,13 @@ def _parser() -> argparse.ArgumentParser:
     metavar="CARD",
     help="start from the weights of this card (NAME.json), e.g. to "
     "fine-tune a trained model adversarially",
+  )
+  p.add_argument(
+    "--weights-dtype",
+    choices=("float32", "float16"),
+    default="float32",
+    help="dtype of the saved weights: float16 halves the files; the card's "
+    "accuracy is that of the rounded network (default float32)",
   )
   p.add_argument(
     "--resume", action="store_true", help="continue from --out/checkpoint.json"

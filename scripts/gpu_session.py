@@ -11,9 +11,10 @@ Here (CPU), before and after the GPU calls:
 On the GPU machine (`run` tool), each step checks the machine first (setup):
   setup                  device, versions, data, wheels (installed into
                          .gpu/site from the carried .gpu/wheels if missing)
-  victims MODEL          train allconv, nin or vgg16 (a few minutes each on an
-                         H100, bfloat16 compute, float32 weights); resumes
-                         from the checkpoint of an earlier call
+  victims MODEL          train allconv, nin or vgg16 (minutes each on an
+                         H100 or H200, bfloat16 compute, weights stored as
+                         float16); resumes from the checkpoint of an earlier
+                         call
   throughput [MODEL...]  benchmarks/throughput.py on the trained victims
   peers [MODEL...]       benchmarks/peers.py, torch on the GPU
   paper [MODEL...]       benchmarks/paper_table.py; resumes its run folders
@@ -25,31 +26,34 @@ while the machine stays warm (30 s after a call). Larger results are .tgz
 packs split into 15 MiB parts with a manifest (sha256 of each part and of the
 whole); `restore` checks and unpacks them once every part is here.
 
-GPU session plan. Here, once: `bash scripts/gpu_session.sh prepare --data
+GPU session plan. A session has 15 minutes of device time, counted from the
+asking for a machine until it goes back: a cold start costs 1-2 minutes, a
+machine stays warm 30 s after a call (make each call right after the last
+one's reply), and no machine starts with less than 4 minutes left. So: few
+calls, each with --minutes that leave a minute for the transfers, the sum
+within the session. Here, once: `bash scripts/gpu_session.sh prepare --data
 ../shared/data/cifar10-jpeg.tar.gz` (then `carry` is [".gpu/data",
-".gpu/wheels"], 22 MiB with the tree). Then these `run` calls, each with
-timeout_s=600, each right after the last one's reply (a machine stays warm
-30 s; a cold start costs 1-2 minutes of the 30), and at the end, here:
-`bash scripts/gpu_session.sh restore DIR...` with every reply's files_at.
-  1. run(command="bash scripts/gpu_session.sh victims allconv",
-         carry=[".gpu/data", ".gpu/wheels"])   start 1-2 min, then 3-6 min
-  2. run(command="bash scripts/gpu_session.sh victims nin", same carry)  3-6
-  3. run(command="bash scripts/gpu_session.sh victims vgg16", same carry) 4-7
-     returns 4 of the 5 parts of VGG16's weights (76 MiB of float32)
-  4. run(command="bash scripts/gpu_session.sh paper --minutes 8", same carry)
-     sends VGG16's last part first (lost if the machine went cold: then
-     VGG16 must be trained again), then the paper's table for all three
-     victims, 1-pixel non-targeted first, until 8 minutes (resumable)
-A later session, with the carry list that `restore` (or `carry`) prints:
-  5. run(command="bash scripts/gpu_session.sh throughput allconv nin")  9
-  6. run(command="bash scripts/gpu_session.sh peers allconv nin")   6-9
-  7. run(command="bash scripts/gpu_session.sh paper")  9: resumes the table;
-     VGG16 keeps the rows of session 1's runs (its weights cannot travel)
-A victim cut by its time limit resumes with the same `victims MODEL` call:
+".gpu/wheels"], 22 MiB with the tree). After each session, here: `bash
+scripts/gpu_session.sh restore DIR...` with every reply's files_at, then
+commit the weights and results; `carry` prints the next carry list.
+  Session 1, the victims (each `victims` call resumes a cut run):
+  1. run(command="bash scripts/gpu_session.sh victims allconv --minutes 5",
+         carry=[".gpu/data", ".gpu/wheels"], timeout_s=420)
+  2. run(command="bash scripts/gpu_session.sh victims nin --minutes 5",
+         same carry, timeout_s=420)
+  Session 2, with the carry list `restore` prints:
+  3. run(command="bash scripts/gpu_session.sh victims vgg16 --minutes 5")
+  4. run(command="bash scripts/gpu_session.sh paper --minutes 5"): the
+     paper's table, 1-pixel non-targeted first, until 5 minutes
+  Later sessions: `throughput` and `peers` (--minutes 6 each), then `paper`
+  again until the table is complete (it resumes its run folders).
+The weights are stored as float16 (VGG16: 38 MiB instead of 76; the card's
+accuracy is that of the rounded network), so that the three victims, 24 MiB,
+come back in one call each and travel with the data in later calls.
 AllConv's and NiN's checkpoints come back and travel; VGG16's (152 MiB)
-stays on the machine, so repeat that call while it is warm. Every duration
-is an estimate: nothing here has run on a GPU yet, and no accuracy has been
-measured there (the recipes aim at 90%+; see RECIPES).
+stays on the machine, so a cut VGG16 run resumes only while the machine is
+warm. Every duration is an estimate: nothing here has run on a GPU yet, and
+no accuracy has been measured there (the recipes aim at 90%+; see RECIPES).
 
 PIXELJAX_GPU_TOY=1 selects a toy configuration (SmallCNN, a few images, no
 GPU needed) for the tests; PIXELJAX_GPU_DIR and PIXELJAX_GPU_RESULTS move
@@ -87,15 +91,16 @@ PACK_FORMAT = "pixeljax.gpu-pack/1"
 VICTIMS = ("allconv", "nin", "vgg16")
 
 # Per victim: epochs, batch 512, one-cycle Nesterov SGD, label smoothing 0.1,
-# bfloat16 compute (float32 weights); crop + flip on the device (train.py).
+# bfloat16 compute, float32 weights stored as float16 (half the bytes to bring
+# back, carry and ship); crop + flip on the device (train.py).
 # Chosen to reach 90% on the JPEG test split in a few H100 minutes: untested.
 RECIPES = {
   "allconv": "--epochs 40 --batch-size 512 --lr 0.2 --weight-decay 5e-4 "
-  "--schedule onecycle --label-smoothing 0.1 --bf16",
+  "--schedule onecycle --label-smoothing 0.1 --bf16 --weights-dtype float16",
   "nin": "--epochs 60 --batch-size 512 --lr 0.2 --weight-decay 5e-4 "
-  "--schedule onecycle --label-smoothing 0.1 --bf16",
+  "--schedule onecycle --label-smoothing 0.1 --bf16 --weights-dtype float16",
   "vgg16": "--epochs 30 --batch-size 512 --lr 0.1 --weight-decay 5e-4 "
-  "--schedule onecycle --label-smoothing 0.1 --bf16",
+  "--schedule onecycle --label-smoothing 0.1 --bf16 --weights-dtype float16",
 }
 THROUGHPUT = (
   "--bf16 --batch 4000 --generations 20 --repeats 3 --maxiter 100 "
@@ -108,7 +113,8 @@ PAPER = "--slots 256 --batch-size 4000 --quiet"
 TOY_VICTIMS = ("smallcnn", "nin")  # nin: never trained, as VGG16 later
 TOY_RECIPE = (
   "--epochs 1 --batch-size 32 --lr 0.05 --limit-train 96 "
-  "--limit-test 64 --schedule onecycle --label-smoothing 0.1"
+  "--limit-test 64 --schedule onecycle --label-smoothing 0.1 "
+  "--weights-dtype float16"
 )
 TOY_THROUGHPUT = (
   "--bf16 --batch 32 --popsize 8 --generations 1 --repeats 1 "
@@ -871,7 +877,7 @@ def _link_weights(models: list):
       [meta["index"]] if meta.get("index") else []
     ):
       try:
-        os.link(card.parent / name, weights / name)  # VGG16: no 76 MiB copy
+        os.link(card.parent / name, weights / name)  # VGG16: no 38 MiB copy
       except OSError:
         shutil.copyfile(card.parent / name, weights / name)
 

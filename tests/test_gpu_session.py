@@ -32,7 +32,7 @@ spec = importlib.util.spec_from_file_location("gpu_session", SCRIPT)
 gs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gs)
 
-PART = 100_000  # bytes: SmallCNN's weights (0.9 MiB) come in 10 parts
+PART = 50_000  # bytes: SmallCNN's float16 weights (0.46 MiB) come in 10 parts
 
 
 def toy_archive(path: pathlib.Path):
@@ -144,7 +144,7 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   assert str(here / "victims" / "smallcnn") in carry[-1]
 
   # A fresh machine gets what `carry` names, at the same paths: paper resumes.
-  # A victim whose weights are not there (as VGG16's: they cannot travel)
+  # A victim whose weights are not there (not trained yet, or left behind)
   # keeps the rows of its earlier runs: toy nin stands for it.
   shutil.copytree(device / "data", here / "data")  # here, `prepare` made it
   shutil.copytree(
@@ -355,6 +355,7 @@ def test_the_gpu_command_lines_parse(tmp_path, monkeypatch):
       **vars(train_lib._parser().parse_args(argv))
     ).resolved()
     assert cfg.bf16 and cfg.label_smoothing == 0.1 and cfg.batch_size == 512
+    assert cfg.weights_dtype == "float16"
     (tmp_path / "victims" / model).mkdir(parents=True)
     (tmp_path / "victims" / model / f"{model}.json").write_text("{}")
   from benchmarks import paper_table

@@ -150,6 +150,8 @@ def test_bad_config():
     T.TrainConfig(model="resnet").resolved()
   with pytest.raises(ValueError, match="schedule"):
     T.TrainConfig(schedule="step").resolved()
+  with pytest.raises(ValueError, match="weights_dtype: expected one of"):
+    T.TrainConfig(weights_dtype="bfloat16").resolved()
 
 
 def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets():
@@ -210,18 +212,36 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(tiny_cifar, tmp_path):
     )
 
 
-def test_card_accuracy_is_the_float32_network_after_bf16_training(
-  tiny_cifar, tmp_path
+@pytest.mark.parametrize(
+  "bf16, weights_dtype", [(True, "float32"), (False, "float16")]
+)
+def test_card_accuracy_is_the_network_as_stored(
+  tiny_cifar, tmp_path, bf16, weights_dtype
 ):
-  result = T.train(_config(tiny_cifar, tmp_path / "run", epochs=1, bf16=True))
+  """After bfloat16 training, or rounding to float16 for storage, the card's
+  accuracy is that of the network that loads from the files."""
+  result = T.train(
+    _config(
+      tiny_cifar,
+      tmp_path / "run",
+      epochs=1,
+      bf16=bf16,
+      weights_dtype=weights_dtype,
+    )
+  )
   card = json.loads(result.card_path.read_text())
   model, _ = load_weights(result.card_path)
+  for returned, loaded in zip(
+    jax.tree.leaves(nnx.state(result.model)), jax.tree.leaves(nnx.state(model))
+  ):
+    np.testing.assert_array_equal(returned, loaded)
   test = load_cifar10("test", source=tiny_cifar)
   logits = make_predict(model)(jnp.asarray(test.images, jnp.float32))
   accuracy = float(np.mean(np.asarray(logits.argmax(-1)) == test.labels))
   assert card["test_accuracy"] == result.test_accuracy == accuracy
   assert "highest" in card["test_accuracy_precision"]
-  assert card["training"]["config"]["bf16"] is True
+  assert card["dtype"] == weights_dtype
+  assert card["training"]["config"]["bf16"] is bf16
 
 
 def test_adversarial_fine_tuning_starts_from_the_card(tiny_cifar, tmp_path):

@@ -16,6 +16,7 @@ from pixeljax.models import make_predict
 from pixeljax.models.weights import load_predict
 from pixeljax.models.weights import load_victim
 from pixeljax.models.weights import load_weights
+from pixeljax.models.weights import round_to_storage
 from pixeljax.models.weights import save_weights
 from pixeljax.models.weights import shipped_card
 from pixeljax.models.weights import shipped_models
@@ -77,6 +78,70 @@ def test_sharding(tmp_path, images):
   np.testing.assert_array_equal(
     make_predict(loaded)(images), make_predict(model)(images)
   )
+
+
+def test_float16_storage_halves_the_files_and_loads_the_rounded_network(
+  tmp_path, images
+):
+  model = _trained_like_model()
+  single = save_weights(model, tmp_path / "32", "m", architecture="smallcnn")
+  half = save_weights(
+    model,
+    tmp_path / "16",
+    "m",
+    architecture="smallcnn",
+    storage_dtype="float16",
+  )
+  card = json.loads(half.read_text())
+  assert card["dtype"] == "float16"
+  sizes = [(p.parent / "m.safetensors").stat().st_size for p in (single, half)]
+  assert sizes[1] < 0.51 * sizes[0]
+  loaded, _ = load_weights(half)
+  for leaf in jax.tree.leaves(nnx.state(loaded)):
+    assert leaf.dtype == jnp.float32
+  # What loads is what round_to_storage makes of the model, to the bit.
+  round_to_storage(model, "float16")
+  np.testing.assert_array_equal(
+    make_predict(loaded)(images), make_predict(model)(images)
+  )
+  # Rounded already: a second rounding changes nothing.
+  again = save_weights(
+    model,
+    tmp_path / "16b",
+    "m",
+    architecture="smallcnn",
+    storage_dtype="float16",
+  )
+  assert json.loads(again.read_text())["files"] == card["files"]
+
+
+def test_a_value_beyond_float16_is_refused_not_saved_as_inf(tmp_path):
+  model = _trained_like_model()
+  model.convs[1].bn.var[...] = model.convs[1].bn.var[...].at[3].set(1e5)
+  with pytest.raises(ValueError, match=r"storage_dtype: tensor convs\.1\.bn"):
+    save_weights(
+      model, tmp_path, "m", architecture="smallcnn", storage_dtype="float16"
+    )
+  assert not list(tmp_path.iterdir())
+  with pytest.raises(ValueError, match="storage_dtype: expected one of"):
+    save_weights(
+      model, tmp_path, "m", architecture="smallcnn", storage_dtype="int8"
+    )
+
+
+def test_files_of_another_dtype_than_the_card_are_refused(tmp_path):
+  half = save_weights(
+    _trained_like_model(),
+    tmp_path,
+    "m",
+    architecture="smallcnn",
+    storage_dtype="float16",
+  )
+  _edit(half, lambda c: c.update(dtype="float32"))
+  with pytest.raises(
+    ValueError, match="expected float32 .*, files hold .*float16"
+  ):
+    load_weights(half)
 
 
 @pytest.fixture
@@ -201,6 +266,8 @@ def test_written_files_follow_the_umask(tmp_path):
       "expected an int from 2",
     ),
     (lambda c: {**c, "param_count": 1.5}, "'param_count'", "expected an int"),
+    (lambda c: {**c, "dtype": "int8"}, "'dtype'", "expected one of"),
+    (lambda c: {**c, "dtype": ["float16"]}, "'dtype'", "expected one of"),
     (
       lambda c: {**c, "architecture": ["smallcnn"]},
       "'architecture'",

@@ -8,9 +8,11 @@ On disk, for a model saved under `NAME` in a folder:
     NAME.safetensors.index.json                 {"metadata": ...,
                                                  "weight_map": {tensor: file}}
 
-The card records the registry architecture, parameter count, every tensor's
-shape, the sha256 of every file, and whatever the trainer adds (test accuracy
-and on which data, the training command, the date). Loading rebuilds the
+The card records the registry architecture, parameter count, the storage
+dtype, every tensor's shape, the sha256 of every file, and whatever the
+trainer adds (test accuracy and on which data, the training command, the
+date). Tensors are stored as float32, or as float16 to halve the files (VGG16:
+38 MiB instead of 76); either way they load as float32. Loading rebuilds the
 architecture, checks the card and files against it and fails with a
 ValueError on any mismatch: safetensors holds plain arrays, so loading an
 untrusted file runs no code. A card is untrusted input too: every field is
@@ -43,6 +45,8 @@ from pixeljax.models.registry import param_count
 
 CARD_FORMAT = "pixeljax.weights/1"
 MAX_SHARD_BYTES = 16 * 2**20
+# The dtypes a card may store its tensors in (its "dtype" field).
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_NAME = (
   200  # leaves room for the longest suffix within a 255-byte file name
@@ -64,6 +68,46 @@ def _sha256(path: pathlib.Path) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
+
+
+def check_storage_dtype(storage_dtype: Any, what: str = "storage_dtype") -> str:
+  """Returns `storage_dtype` if it is a key of `STORAGE_DTYPES`, else raises
+  a ValueError naming it `what`."""
+  if not isinstance(storage_dtype, str) or storage_dtype not in STORAGE_DTYPES:
+    raise ValueError(
+      f"{what}: expected one of {list(STORAGE_DTYPES)}, got "
+      f"{reprlib.repr(storage_dtype)}"
+    )
+  return storage_dtype
+
+
+def _stored(name: str, array: np.ndarray, storage_dtype: str) -> np.ndarray:
+  """`array` (float32) cast to `storage_dtype`; a ValueError if a finite
+  value does not fit (float16 ends at 65504)."""
+  with np.errstate(over="ignore"):  # checked below, with a clearer message
+    stored = np.asarray(array, np.float32).astype(STORAGE_DTYPES[storage_dtype])
+  overflow = np.isfinite(array) & ~np.isfinite(stored)
+  if overflow.any():
+    raise ValueError(
+      f"storage_dtype: tensor {name} holds values beyond {storage_dtype}'s "
+      f"range (largest magnitude {np.abs(array[overflow]).max():.6g}); "
+      "store it as float32"
+    )
+  return stored
+
+
+def round_to_storage(model: nnx.Module, storage_dtype: str) -> None:
+  """Rounds every array of `model` in place to what `save_weights` stores
+  with `storage_dtype`, so that the network evaluated is the one saved.
+
+  Raises:
+    ValueError: `storage_dtype` is unknown, or a value does not fit it.
+  """
+  check_storage_dtype(storage_dtype)
+  for name, var in _flat(model).items():
+    value = np.asarray(jax.device_get(var.get_value()), np.float32)
+    rounded = _stored(name, value, storage_dtype).astype(np.float32)
+    var.set_value(jnp.asarray(rounded, var.get_value().dtype))
 
 
 def check_name(name: Any, what: str = "name") -> str:
@@ -123,6 +167,7 @@ def save_weights(
   architecture: str,
   card: dict[str, Any] | None = None,
   max_shard_bytes: int = MAX_SHARD_BYTES,
+  storage_dtype: str = "float32",
 ) -> pathlib.Path:
   """Writes the model's arrays (params and batch statistics) and its card.
 
@@ -133,11 +178,18 @@ def save_weights(
     architecture: the model's registry name (a key of `MODELS`).
     card: extra card fields (test accuracy, eval data, training command...).
     max_shard_bytes: files larger than this are split into shards.
+    storage_dtype: "float32", or "float16" for files of half the size; the
+      values are rounded to it (see `round_to_storage` to evaluate the
+      rounded network first).
 
   Returns:
     The card's path, `directory/name.json`.
+
+  Raises:
+    ValueError: a bad argument, or a value beyond float16's range.
   """
   check_name(name)
+  check_storage_dtype(storage_dtype)
   if architecture not in MODELS:
     raise ValueError(
       f"architecture: expected one of {sorted(MODELS)}, got {architecture!r}"
@@ -152,6 +204,8 @@ def save_weights(
     k: np.asarray(jax.device_get(v.get_value()), np.float32)
     for k, v in _flat(model).items()
   }
+  num_classes = int(tensors[_logits_bias(tensors)].shape[0])
+  tensors = {k: _stored(k, a, storage_dtype) for k, a in tensors.items()}
   groups = _shards(tensors, max_shard_bytes)
   files = {}
   for i, group in enumerate(groups, 1):
@@ -179,9 +233,9 @@ def save_weights(
     "format": CARD_FORMAT,
     "name": name,
     "architecture": architecture,
-    "num_classes": int(tensors[_logits_bias(tensors)].shape[0]),
+    "num_classes": num_classes,
     "param_count": param_count(model),
-    "dtype": "float32",
+    "dtype": storage_dtype,
     "tensors": {k: list(a.shape) for k, a in tensors.items()},
     "files": files,
     "index": index,
@@ -215,8 +269,9 @@ def read_card(card_path: str | pathlib.Path) -> dict[str, Any]:
   Raises:
     ValueError: naming the card file and the field, when the card cannot be
       read, is not a JSON object of format `CARD_FORMAT`, lacks a field, or
-      holds a field of the wrong type; or when `name`, `files` or `index`
-      is not a plain file name (see `check_name`).
+      holds a field of the wrong type (a storage `dtype` outside
+      `STORAGE_DTYPES`, absent meaning float32); or when `name`, `files` or
+      `index` is not a plain file name (see `check_name`).
   """
   path = pathlib.Path(card_path)
   try:
@@ -265,6 +320,9 @@ def read_card(card_path: str | pathlib.Path) -> dict[str, Any]:
     raise bad("num_classes", "an int from 2 to 2**31 - 1")
   if not _is_int(card["param_count"]) or card["param_count"] < 0:
     raise bad("param_count", "an int >= 0")
+  stored = card.get("dtype", "float32")
+  if not isinstance(stored, str) or stored not in STORAGE_DTYPES:
+    raise bad("dtype", f"one of {list(STORAGE_DTYPES)}")
   tensors = card["tensors"]
   if not (
     isinstance(tensors, dict)
@@ -363,22 +421,26 @@ def load_weights(
       arrays.update(safetensors.numpy.load_file(fpath))
     except (safetensors.SafetensorError, OSError, ValueError) as e:
       raise ValueError(f"{fpath}: not a readable safetensors file: {e}") from e
+  stored = card.get("dtype", "float32")
   for k, shape in expected.items():
     if (
       k not in arrays
       or list(arrays[k].shape) != shape
-      or arrays[k].dtype != np.float32
+      or arrays[k].dtype != STORAGE_DTYPES[stored]
     ):
       got = None if k not in arrays else (arrays[k].shape, arrays[k].dtype)
       raise ValueError(
-        f"{card_path}: tensor {k} expected float32 {shape}, files hold {got}"
+        f"{card_path}: tensor {k} expected {stored} {shape}, files hold {got}"
       )
   flat = nnx.to_flat_state(nnx.state(model))
   nnx.update(
     model,
     nnx.from_flat_state(
       [
-        (p, v.replace(jnp.asarray(arrays[".".join(map(str, p))])))
+        (
+          p,
+          v.replace(jnp.asarray(arrays[".".join(map(str, p))], jnp.float32)),
+        )
         for p, v in flat
       ]
     ),
