@@ -33,10 +33,11 @@ MODELS = ("smallcnn", "allconv", "nin", "vgg16")
 
 def measure(predict, images, labels, *, pixels, args) -> dict:
   """Counted FLOPs and DE evaluations/s of one victim at d = ``pixels``."""
-  evaluator = incremental.Evaluator(predict, images.shape[1:], pixels)
+  # The engine's cached evaluator: one trace serves the counts and `resolve`.
+  evaluator = incremental.evaluator(predict, images.shape[1:], pixels)
 
   def run(on):
-    result = pixeljax.batched_attack(
+    return pixeljax.batched_attack(
       predict,
       images,
       labels,
@@ -47,7 +48,6 @@ def measure(predict, images, labels, *, pixels, args) -> dict:
       early_stop=False,
       incremental=on,
     )
-    return result
 
   evaluations = int(run(False).queries.sum())  # also the warm-up
   run(True)
@@ -65,8 +65,8 @@ def measure(predict, images, labels, *, pixels, args) -> dict:
     "full_mflops": evaluator.full_flops / 1e6,
     "incremental_mflops": evaluator.flops / 1e6,
     "flops_ratio": evaluator.full_flops / evaluator.flops,
-    "auto_on": bool(
-      jax.default_backend() in incremental.AUTO_BACKENDS and evaluator.pays
+    "auto_on": incremental.resolve(
+      None, predict, images.shape[1:], pixels, incremental.AUTO_MIN_BUDGET
     ),
     "clean_map_mib_per_image": evaluator.map_bytes / 2**20,
     "evaluations": evaluations,

@@ -55,6 +55,7 @@ from pixeljax.data import load_cifar10
 from pixeljax.files import write_atomic
 from pixeljax.models.registry import MODELS
 from pixeljax.models.registry import create_model
+from pixeljax.models.weights import STORAGE_DTYPES
 from pixeljax.models.weights import check_storage_dtype
 from pixeljax.models.weights import load_weights
 from pixeljax.models.weights import round_to_storage
@@ -742,7 +743,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--weights-dtype",
-    choices=("float32", "float16"),
+    choices=tuple(STORAGE_DTYPES),
     default="float32",
     help="dtype of the saved weights: float16 halves the files; the card's "
     "accuracy is that of the rounded network (default float32)",
