@@ -32,6 +32,7 @@ the 10,000 test images (JPEG copy), about 12 CPU-minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from collections.abc import Sequence
 import dataclasses
 import functools
@@ -41,6 +42,7 @@ import pathlib
 import sys
 import time
 from typing import Any
+from typing import NamedTuple
 
 from flax import nnx
 import jax
@@ -60,6 +62,7 @@ from pixeljax.models.weights import check_storage_dtype
 from pixeljax.models.weights import load_weights
 from pixeljax.models.weights import round_to_storage
 from pixeljax.models.weights import save_weights
+from pixeljax.xla_options import prefer_xla_cpu_convolutions
 
 # Per-model recipe; any TrainConfig field left as None takes its value here.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -449,36 +452,76 @@ def _initial_model(cfg: TrainConfig, dtype, num_classes: int) -> nnx.Module:
   return model
 
 
-def train(config: TrainConfig) -> TrainResult:
-  """Trains `config.model`; writes checkpoints and the final weights + card to
-  `config.out` (when set). Returns the trained model and its test accuracy
-  (float32 compute at full precision, whatever the training dtype).
+# ----------------------------------------------------------------------------
+# A run, part by part; train() calls them in this order.
 
-  With `time_limit`, stops before an epoch that would end past it (judged by
-  the last epoch's time) and returns `complete=False`, no card: the
-  checkpoint holds the run so far, and `resume=True` continues it."""
-  started = time.perf_counter()
-  cfg = config.resolved()
+
+class _Data(NamedTuple):
+  """The images of a run, after `limit_train` and `limit_test`.
+
+  Attributes:
+    x_train: uint8 [N, 32, 32, 3].
+    y_train: int64 [N].
+    x_test: uint8 [M, 32, 32, 3].
+    y_test: int64 [M].
+    num_classes: the training split's number of classes.
+  """
+
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+
+
+def _load_data(cfg: TrainConfig) -> _Data:
+  """The training and test images of `cfg.data`, limited as `cfg` asks."""
   train_data = load_cifar10("train", source=cfg.data)
   test_data = load_cifar10("test", source=cfg.data)
   x_train, y_train = _limit(train_data, cfg.limit_train)
   x_test, y_test = _limit(test_data, cfg.limit_test)
-  batch = min(cfg.batch_size, len(x_train))
-  steps_per_epoch = len(x_train) // batch  # the last partial batch is dropped
+  return _Data(x_train, y_train, x_test, y_test, len(train_data.class_names))
 
+
+class _Run(NamedTuple):
+  """What stays fixed through a run.
+
+  Attributes:
+    model: the network as built (train mode, bfloat16 compute with `bf16`);
+      its arrays are the initial state's, which the first train step donates.
+    tx: the optimizer.
+    train_step: see `make_steps`.
+    eval_step: see `make_steps`.
+    batch: images per step.
+    steps_per_epoch: full batches per epoch.
+  """
+
+  model: nnx.Module
+  tx: optax.GradientTransformation
+  train_step: Callable
+  eval_step: Callable
+  batch: int
+  steps_per_epoch: int
+
+
+def _build(cfg: TrainConfig, data: _Data) -> tuple[_Run, tuple]:
+  """The model, optimizer and steps of a run, and its initial state
+  (params, rest, opt_state): new weights, or those of the card `cfg.init`."""
+  batch = min(cfg.batch_size, len(data.x_train))
+  # The last partial batch is dropped.
+  steps_per_epoch = len(data.x_train) // batch
   dtype = jnp.bfloat16 if cfg.bf16 else jnp.float32
   if cfg.init is None:
     model = create_model(
       cfg.model,
       rngs=nnx.Rngs(cfg.seed),
-      num_classes=len(train_data.class_names),
+      num_classes=data.num_classes,
       dtype=dtype,
     )
   else:
-    model = _initial_model(cfg, dtype, len(train_data.class_names))
+    model = _initial_model(cfg, dtype, data.num_classes)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(cfg, steps_per_epoch)
-  state = (params, rest, tx.init(params))
   train_step, eval_step = make_steps(
     graphdef,
     tx,
@@ -488,24 +531,119 @@ def train(config: TrainConfig) -> TrainResult:
     adversarial=cfg.adversarial,
     adv_candidates=cfg.adv_candidates,
   )
+  run = _Run(model, tx, train_step, eval_step, batch, steps_per_epoch)
+  return run, (params, rest, tx.init(params))
 
-  out = pathlib.Path(cfg.out) if cfg.out else None
-  first_epoch, history = 0, []
-  if out is not None:
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.resume and (out / f"{CHECKPOINT}.json").exists():
-      state, meta = load_checkpoint(out, state)
-      if meta["config"]["model"] != cfg.model:
-        raise ValueError(
-          f"resume: checkpoint in {out} is for model "
-          f"{meta['config']['model']!r}, not {cfg.model!r}"
-        )
-      _check_resume(meta["config"], cfg, out)
-      first_epoch, history = meta["epoch"], meta["history"]
 
-  images_dev, labels_dev = jax.device_put(x_train), jax.device_put(y_train)
-  test_acc = history[-1]["test_acc"] if history else float("nan")
-  complete = True
+def _restore(
+  cfg: TrainConfig, out: pathlib.Path | None, state: tuple
+) -> tuple[tuple, int, list[dict[str, float]]]:
+  """(state, epochs done, history) to go on from: those of the checkpoint in
+  `out` when `cfg.resume` and there is one (of the same recipe, else a
+  ValueError), else `state` with none done."""
+  if out is None or not (cfg.resume and (out / f"{CHECKPOINT}.json").exists()):
+    return state, 0, []
+  state, meta = load_checkpoint(out, state)
+  if meta["config"]["model"] != cfg.model:
+    raise ValueError(
+      f"resume: checkpoint in {out} is for model "
+      f"{meta['config']['model']!r}, not {cfg.model!r}"
+    )
+  _check_resume(meta["config"], cfg, out)
+  return state, meta["epoch"], meta["history"]
+
+
+def _run_epoch(
+  cfg: TrainConfig,
+  run: _Run,
+  data: _Data,
+  on_device: tuple[jax.Array, jax.Array],
+  state: tuple,
+  epoch: int,
+) -> tuple[tuple, dict[str, float]]:
+  """Trains epoch `epoch` (from 0), then evaluates on the test images.
+
+  on_device: (data.x_train, data.y_train) on the device. Returns the new
+  state and the epoch's history record (its number from 1, mean loss, train
+  and test accuracy, seconds of training, images per second), also printed
+  with `cfg.progress`.
+  """
+  order = np.random.default_rng([cfg.seed, epoch]).permutation(
+    len(data.x_train)
+  )
+  t0 = time.perf_counter()
+  # Summed on the device: reading them back every step would stall the GPU's
+  # queue.
+  loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
+  show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
+  bar = tqdm(
+    range(run.steps_per_epoch),
+    desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+    disable=not show,
+    leave=False,
+    file=sys.stderr,
+  )
+  for i in bar:
+    step = epoch * run.steps_per_epoch + i
+    idx = order[i * run.batch : (i + 1) * run.batch].astype(np.int32)
+    *state, loss, ok = run.train_step(*state, *on_device, idx, step)
+    loss_sum += loss * run.batch
+    correct += ok
+    seen += run.batch
+    if show and (i % 10 == 0 or i == run.steps_per_epoch - 1):
+      rate = seen / (time.perf_counter() - t0)
+      bar.set_postfix(
+        loss=f"{float(loss_sum) / seen:.3f}",
+        acc=f"{int(correct) / seen:.3f}",
+        img_s=f"{rate:.0f}",
+      )
+  # Waits for the epoch's last step.
+  loss_sum, correct = float(loss_sum), int(correct)
+  seconds = time.perf_counter() - t0
+  test_acc = evaluate(
+    run.eval_step,
+    state[0],
+    state[1],
+    data.x_test,
+    data.y_test,
+    cfg.eval_batch_size,
+  )
+  if cfg.progress:
+    print(
+      f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss "
+      f"{loss_sum / seen:.4f} "
+      f"train acc {correct / seen:.4f} test acc {test_acc:.4f} "
+      f"({seconds:.0f} s, {seen / seconds:.0f} img/s)",
+      file=sys.stderr,
+    )
+  return tuple(state), dict(
+    epoch=epoch + 1,
+    loss=loss_sum / seen,
+    train_acc=correct / seen,
+    test_acc=test_acc,
+    seconds=seconds,
+    images_per_s=seen / seconds,
+  )
+
+
+def _run_epochs(
+  cfg: TrainConfig,
+  run: _Run,
+  data: _Data,
+  out: pathlib.Path | None,
+  state: tuple,
+  first_epoch: int,
+  history: list[dict[str, float]],
+  started: float,
+) -> tuple[tuple, bool]:
+  """Trains epochs `first_epoch` (from 0) to the end, appending their records
+  to `history` and writing a checkpoint to `out` after each.
+
+  With `cfg.time_limit`, stops before an epoch that would end past it (the
+  time since `started`, a perf_counter, plus the last epoch's). Returns the
+  state and whether the run is complete.
+  """
+  on_device = jax.device_put(data.x_train), jax.device_put(data.y_train)
   for epoch in range(first_epoch, cfg.epochs):
     elapsed = time.perf_counter() - started
     if (
@@ -513,70 +651,16 @@ def train(config: TrainConfig) -> TrainResult:
       and history
       and (elapsed + history[-1]["seconds"] > cfg.time_limit)
     ):
-      complete = False
-      break
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
-    t0 = time.perf_counter()
-    # Summed on the device: reading them back every step would stall the GPU's
-    # queue.
-    loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
-    show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
-    bar = tqdm(
-      range(steps_per_epoch),
-      desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
-      disable=not show,
-      leave=False,
-      file=sys.stderr,
-    )
-    for i in bar:
-      step = epoch * steps_per_epoch + i
-      idx = order[i * batch : (i + 1) * batch].astype(np.int32)
-      *state, loss, ok = train_step(*state, images_dev, labels_dev, idx, step)
-      loss_sum, correct, seen = (
-        loss_sum + loss * batch,
-        correct + ok,
-        seen + batch,
-      )
-      if show and (i % 10 == 0 or i == steps_per_epoch - 1):
-        rate = seen / (time.perf_counter() - t0)
-        bar.set_postfix(
-          loss=f"{float(loss_sum) / seen:.3f}",
-          acc=f"{int(correct) / seen:.3f}",
-          img_s=f"{rate:.0f}",
-        )
-    loss_sum, correct = (
-      float(loss_sum),
-      int(correct),
-    )  # waits for the epoch's last step
-    seconds = time.perf_counter() - t0
-    test_acc = evaluate(
-      eval_step, state[0], state[1], x_test, y_test, cfg.eval_batch_size
-    )
-    history.append(
-      dict(
-        epoch=epoch + 1,
-        loss=loss_sum / seen,
-        train_acc=correct / seen,
-        test_acc=test_acc,
-        seconds=seconds,
-        images_per_s=seen / seconds,
-      )
-    )
-    if cfg.progress:
-      print(
-        f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}: loss "
-        f"{loss_sum / seen:.4f} "
-        f"train acc {correct / seen:.4f} test acc {test_acc:.4f} "
-        f"({seconds:.0f} s, {seen / seconds:.0f} img/s)",
-        file=sys.stderr,
-      )
+      return state, False
+    state, record = _run_epoch(cfg, run, data, on_device, state, epoch)
+    history.append(record)
     if out is not None:
       save_checkpoint(
         out,
-        tuple(state),
+        state,
         dict(
           epoch=epoch + 1,
-          step=(epoch + 1) * steps_per_epoch,
+          step=(epoch + 1) * run.steps_per_epoch,
           rng=dict(
             seed=cfg.seed,
             keys="fold_in(key(seed), step)",
@@ -586,20 +670,22 @@ def train(config: TrainConfig) -> TrainResult:
           history=history,
         ),
       )
+  return state, True
 
-  if not complete:
-    nnx.update(model, state[0], state[1])
-    model.eval()
-    return TrainResult(model, test_acc, history, None, complete=False)
+
+def _stored_network(
+  cfg: TrainConfig, run: _Run, data: _Data, state: tuple, test_acc: float
+) -> tuple[nnx.Module, float]:
+  """The trained network as its files hold it (float32, rounded to
+  `cfg.weights_dtype`), in eval mode, and its test accuracy: `test_acc`, the
+  last epoch's, where that was measured on this same network."""
   # The victim is the network as stored, run in float32: evaluate it so,
   # whatever the training dtype, the storage rounding and the device's default
   # matmul precision (TF32 on recent GPUs); a float32 run on a CPU, stored as
   # float32, was evaluated so already.
   model = nnx.eval_shape(
     lambda: create_model(
-      cfg.model,
-      rngs=nnx.Rngs(cfg.seed),
-      num_classes=len(train_data.class_names),
+      cfg.model, rngs=nnx.Rngs(cfg.seed), num_classes=data.num_classes
     )
   )
   nnx.update(model, state[0], state[1])
@@ -608,44 +694,85 @@ def train(config: TrainConfig) -> TrainResult:
     cfg.bf16 or jax.default_backend() != "cpu" or cfg.weights_dtype != "float32"
   ):
     graphdef32, params32, rest32 = nnx.split(model, nnx.Param, ...)
-    _, eval32 = make_steps(graphdef32, tx, seed=cfg.seed, do_augment=False)
+    _, eval32 = make_steps(graphdef32, run.tx, seed=cfg.seed, do_augment=False)
     with jax.default_matmul_precision("highest"):
       test_acc = evaluate(
-        eval32, params32, rest32, x_test, y_test, cfg.eval_batch_size
+        eval32, params32, rest32, data.x_test, data.y_test, cfg.eval_batch_size
       )
   model.eval()
+  return model, test_acc
+
+
+def _write_card(
+  cfg: TrainConfig,
+  out: pathlib.Path,
+  model: nnx.Module,
+  test_acc: float,
+  data: _Data,
+  history: list[dict[str, float]],
+) -> pathlib.Path:
+  """Saves `model` to out/<model>.safetensors with its card (test accuracy,
+  data, recipe, history, device); returns the card's path."""
+  return save_weights(
+    model,
+    out,
+    cfg.model,
+    architecture=cfg.model,
+    storage_dtype=cfg.weights_dtype,
+    card=dict(
+      test_accuracy=test_acc,
+      test_accuracy_precision=(
+        "float32 compute, jax default_matmul_precision 'highest'"
+      ),
+      eval_data=dict(
+        split="test",
+        source=cfg.data
+        or os.environ.get("PIXELJAX_DATA")
+        or "load_cifar10 default order",
+        num_images=len(data.x_test),
+      ),
+      train_data=dict(split="train", num_images=len(data.x_train)),
+      training_command=cfg.command,
+      training=dict(
+        config=dataclasses.asdict(cfg),
+        history=history,
+        train_seconds=sum(h["seconds"] for h in history),
+        device=str(jax.devices()[0]),
+        device_kind=jax.devices()[0].device_kind,
+        jax=jax.__version__,
+      ),
+    ),
+  )
+
+
+def train(config: TrainConfig) -> TrainResult:
+  """Trains `config.model`; writes checkpoints and the final weights + card to
+  `config.out` (when set). Returns the trained model and its test accuracy
+  (float32 compute at full precision, whatever the training dtype).
+
+  With `time_limit`, stops before an epoch that would end past it (judged by
+  the last epoch's time) and returns `complete=False`, no card: the
+  checkpoint holds the run so far, and `resume=True` continues it."""
+  started = time.perf_counter()  # the time limit counts loading and compiling
+  cfg = config.resolved()
+  data = _load_data(cfg)
+  run, state = _build(cfg, data)
+  out = pathlib.Path(cfg.out) if cfg.out else None
+  if out is not None:
+    out.mkdir(parents=True, exist_ok=True)
+  state, first_epoch, history = _restore(cfg, out, state)
+  state, complete = _run_epochs(
+    cfg, run, data, out, state, first_epoch, history, started
+  )
+  test_acc = history[-1]["test_acc"] if history else float("nan")
+  if not complete:
+    nnx.update(run.model, state[0], state[1])
+    run.model.eval()
+    return TrainResult(run.model, test_acc, history, None, complete=False)
+  model, test_acc = _stored_network(cfg, run, data, state, test_acc)
   card_path = None
   if out is not None:
-    card_path = save_weights(
-      model,
-      out,
-      cfg.model,
-      architecture=cfg.model,
-      storage_dtype=cfg.weights_dtype,
-      card=dict(
-        test_accuracy=test_acc,
-        test_accuracy_precision=(
-          "float32 compute, jax default_matmul_precision 'highest'"
-        ),
-        eval_data=dict(
-          split="test",
-          source=cfg.data
-          or os.environ.get("PIXELJAX_DATA")
-          or "load_cifar10 default order",
-          num_images=len(x_test),
-        ),
-        train_data=dict(split="train", num_images=len(x_train)),
-        training_command=cfg.command,
-        training=dict(
-          config=dataclasses.asdict(cfg),
-          history=history,
-          train_seconds=sum(h["seconds"] for h in history),
-          device=str(jax.devices()[0]),
-          device_kind=jax.devices()[0].device_kind,
-          jax=jax.__version__,
-        ),
-      ),
-    )
+    card_path = _write_card(cfg, out, model, test_acc, data, history)
   return TrainResult(model, test_acc, history, card_path)
 
 
@@ -800,4 +927,8 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
+  # Before JAX starts: XLA's CPU use of YNNPACK trains the victims slower on
+  # the CPUs measured (pixeljax.xla_options). Set here, not in main(), so that
+  # a call from Python leaves the process's options alone.
+  prefer_xla_cpu_convolutions()
   main()

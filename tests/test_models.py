@@ -96,3 +96,111 @@ def test_conv_paths_agree(hw):
     conv_as_matmul(x, kernel), block.conv(x), atol=1e-5
   )
   assert block(x).shape == (2, hw, hw, 6)
+
+
+@pytest.mark.parametrize(
+  "batch, size, kernel, stride, padding",
+  [
+    (6, 9, 3, 1, "SAME"),
+    (4, 8, 3, 2, "SAME"),  # AllConv's strided stages
+    (3, 7, 5, 2, "SAME"),  # odd map, wider kernel
+    (5, 8, 3, 1, "VALID"),  # AllConv's head
+    (2, 6, 1, 1, "SAME"),
+    (7, 64, 3, 1, "SAME"),  # chunks of one image (rows < positions)
+  ],
+)
+def test_matmul_kernel_gradient_matches_xla(
+  batch, size, kernel, stride, padding
+):
+  """The train-mode convolution has XLA's value and input gradient, and the
+  kernel gradient of XLA's own convolution, on shapes that exercise the
+  padding, the stride and the chunking of the images."""
+  from pixeljax.models.train_ops import conv_with_matmul_grad
+
+  x = jax.random.normal(jax.random.key(0), (batch, size, size, 4))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 4, 5))
+
+  def xla(x, w):
+    return jax.lax.conv_general_dilated(
+      x,
+      w,
+      (stride, stride),
+      padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+  def ours(x, w):
+    return conv_with_matmul_grad(x, w, stride, padding)
+
+  # A loss that weighs every output position differently.
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w)) * jnp.cos(conv(x, w)))
+
+  np.testing.assert_array_equal(ours(x, w), xla(x, w))
+  got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
+  want = jax.jit(jax.grad(loss(xla), argnums=(0, 1)))(x, w)
+  np.testing.assert_array_equal(got[0], want[0])
+  scale = float(jnp.abs(want[1]).max())
+  np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5 * scale)
+
+
+def test_train_mode_uses_the_matmul_kernel_gradient():
+  """ConvBN takes the matmul-gradient path in train mode only: eval mode (what
+  the attack runs, and the incremental evaluation reads) is XLA's plain
+  convolution."""
+  from pixeljax.models.layers import ConvBN
+
+  block = ConvBN(3, 4, 3, stride=2, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+
+  def primitives(mode):
+    getattr(block, mode)()
+    graphdef, state = nnx.split(block)
+    # copy=True: train mode updates the batch statistics inside the trace.
+    jaxpr = jax.make_jaxpr(
+      lambda state, x: nnx.merge(graphdef, state, copy=True)(x)
+    )(state, x)
+    return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
+
+  assert "custom_vjp_call" in " ".join(primitives("train"))
+  assert "conv_general_dilated" in primitives("eval")
+  assert not any("custom_vjp" in p for p in primitives("eval"))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_train_mode_matches_nnx_layers(stride):
+  """ConvBN in train mode (train_ops: matmul kernel gradient, batch norm by
+  row sums and its closed-form gradient) gives nnx.Conv + nnx.BatchNorm's
+  output, gradients and running statistics."""
+  from pixeljax.models.layers import ConvBN
+
+  block = ConvBN(5, 7, 3, stride=stride, rngs=nnx.Rngs(0))
+  block.bn.scale[...] = jax.random.uniform(jax.random.key(2), (7,)) + 0.5
+  block.bn.bias[...] = jax.random.normal(jax.random.key(3), (7,))
+  x = 3.0 + jax.random.normal(jax.random.key(0), (6, 10, 10, 5))
+  weights = jax.random.normal(
+    jax.random.key(1), (6, 10 // stride, 10 // stride, 7)
+  )
+  graphdef, params, stats = nnx.split(block, nnx.Param, ...)
+
+  def loss(params, stats, reference):
+    model = nnx.merge(graphdef, params, stats, copy=True)
+    if reference:
+      y = jax.nn.relu(model.bn(model.conv(x)))
+    else:
+      y = model(x)
+    return jnp.sum(jnp.sin(y) * weights), nnx.state(model, nnx.BatchStat)
+
+  (got, got_stats), got_grads = jax.value_and_grad(loss, has_aux=True)(
+    params, stats, False
+  )
+  (want, want_stats), want_grads = jax.value_and_grad(loss, has_aux=True)(
+    params, stats, True
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(
+      a, b, rtol=0, atol=2e-5 * float(jnp.abs(b).max())
+    )

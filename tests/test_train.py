@@ -2,6 +2,7 @@
 and writes its weights and card."""
 
 import json
+import os
 
 from flax import nnx
 import jax
@@ -105,6 +106,7 @@ def test_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
   assert [strip(h) for h in resumed.history] == [
     strip(h) for h in straight.history
   ]
+  assert resumed.test_accuracy == straight.test_accuracy
   a = nnx.state(straight.model, nnx.Param)
   b = nnx.state(resumed.model, nnx.Param)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -270,3 +272,24 @@ def test_adversarial_fine_tuning_starts_from_the_card(tiny_cifar, tmp_path):
     T.train(_config(tiny_cifar, tmp_path / "x", init=card, model_name="nin"))
   with pytest.raises(ValueError, match="adversarial: expected a share"):
     T.TrainConfig(adversarial=1.5).resolved()
+
+
+def test_train_program_turns_ynnpack_off_unless_told(monkeypatch):
+  """`pixeljax train` sets XLA's CPU option before JAX starts, adding to the
+  user's XLA_FLAGS and leaving their own YNNPACK setting alone."""
+  from pixeljax.xla_options import NO_YNNPACK
+  from pixeljax.xla_options import prefer_xla_cpu_convolutions
+
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  prefer_xla_cpu_convolutions()
+  assert os.environ["XLA_FLAGS"] == NO_YNNPACK
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  prefer_xla_cpu_convolutions()
+  assert os.environ["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=2",
+    NO_YNNPACK,
+  ]
+  mine = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+  monkeypatch.setenv("XLA_FLAGS", mine)
+  prefer_xla_cpu_convolutions()
+  assert os.environ["XLA_FLAGS"] == mine

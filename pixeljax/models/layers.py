@@ -6,6 +6,9 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from pixeljax.models.train_ops import batch_norm_train
+from pixeljax.models.train_ops import conv_with_matmul_grad
+
 # Per-channel mean and standard deviation of the CIFAR-10 training images, in
 # 0..255 pixel units: the models take raw pixels and normalise inside.
 CIFAR10_MEAN = (125.3, 123.0, 113.9)
@@ -55,12 +58,31 @@ class ConvBN(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.conv.kernel_size
+    kernel = self.conv.kernel[...].astype(x.dtype)
     tiny = x.shape[1] * x.shape[2] <= 4 and self.conv.strides == 1
     if tiny and self.conv.padding == "SAME" and kh % 2 and kw % 2:
-      y = conv_as_matmul(x, self.conv.kernel[...].astype(x.dtype))
-    else:
+      y = conv_as_matmul(x, kernel)
+    elif self.bn.use_running_average:
       y = self.conv(x)
+    else:
+      # Train mode: the same functions, with gradients (and batch statistics)
+      # computed in the forms XLA's CPU backend runs fast (`train_ops`).
+      y = conv_with_matmul_grad(x, kernel, self.conv.strides, self.conv.padding)
+      return jax.nn.relu(self._batch_norm_train(y))
     return jax.nn.relu(self.bn(y))
+
+  def _batch_norm_train(self, y: jax.Array) -> jax.Array:
+    """`self.bn` in train mode: normalises by the batch statistics and moves
+    the running ones towards them, as nnx.BatchNorm does."""
+    bn = self.bn
+    out, mean, var = batch_norm_train(
+      y, bn.scale[...], bn.bias[...], bn.epsilon
+    )
+    for running, batch in ((bn.mean, mean), (bn.var, var)):
+      running[...] = jax.lax.stop_gradient(
+        bn.momentum * running[...] + (1 - bn.momentum) * batch
+      )
+    return out
 
 
 def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
