@@ -139,9 +139,10 @@ def test_matmul_kernel_gradient_matches_xla(
   np.testing.assert_array_equal(ours(x, w), xla(x, w))
   got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
   want = jax.jit(jax.grad(loss(xla), argnums=(0, 1)))(x, w)
-  np.testing.assert_array_equal(got[0], want[0])
-  scale = float(jnp.abs(want[1]).max())
-  np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5 * scale)
+  # Two programs that XLA may fuse differently: float32 rounding apart.
+  for ours_grad, xla_grad in zip(got, want):
+    scale = float(jnp.abs(xla_grad).max())
+    np.testing.assert_allclose(ours_grad, xla_grad, rtol=0, atol=1e-5 * scale)
 
 
 def test_train_mode_uses_the_matmul_kernel_gradient():
