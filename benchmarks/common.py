@@ -9,6 +9,8 @@ import time
 import jax
 import numpy as np
 
+from pixeljax import host
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
@@ -23,7 +25,7 @@ def stamp() -> dict:
     "platform": device.platform,
     "device": device.device_kind,
     "device_count": jax.device_count(),
-    "cpu_count": os.cpu_count(),
+    **host.describe(),
     "python": platform.python_version(),
     "jax": jax.__version__,
     "flax": flax.__version__,

@@ -52,6 +52,7 @@ import optax
 import safetensors.numpy
 from tqdm import tqdm
 
+from pixeljax import host
 from pixeljax.adversarial import one_pixel_examples
 from pixeljax.data import load_cifar10
 from pixeljax.files import write_atomic
@@ -739,6 +740,7 @@ def _write_card(
         train_seconds=sum(h["seconds"] for h in history),
         device=str(jax.devices()[0]),
         device_kind=jax.devices()[0].device_kind,
+        host=host.describe(),
         jax=jax.__version__,
       ),
     ),

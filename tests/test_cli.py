@@ -124,6 +124,23 @@ def pixeljax(*args, env):
   )
 
 
+def test_program_turns_ynnpack_off_before_main(monkeypatch):
+  """The `pixeljax` program (console script and python -m pixeljax.cli) sets
+  XLA's CPU option before main runs, and exits with main's code."""
+  from pixeljax import cli
+  from pixeljax.xla_options import NO_YNNPACK
+
+  flags_main_saw = []
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(
+    cli, "main", lambda: flags_main_saw.append(os.environ.get("XLA_FLAGS")) or 3
+  )
+  with pytest.raises(SystemExit) as exited:
+    cli.program()
+  assert exited.value.code == 3
+  assert flags_main_saw == [NO_YNNPACK]
+
+
 def read_records(folder):
   lines = (pathlib.Path(folder) / "results.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines]

@@ -144,6 +144,8 @@ def test_main_writes_weights_and_card(tiny_cifar, tmp_path):
   assert card["training_command"] == "python -m pixeljax.train " + " ".join(
     argv
   )
+  machine = card["training"]["host"]
+  assert machine["cpu"] and machine["cpu_count"] == os.cpu_count()
   assert (tmp_path / "run" / "smallcnn.safetensors").exists()
 
 

@@ -1,7 +1,5 @@
 """``python -m pixeljax.cli``: the `pixeljax` command."""
 
-import sys
+from pixeljax.cli import program
 
-from pixeljax.cli import main
-
-sys.exit(main())
+program()
