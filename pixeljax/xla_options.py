@@ -9,7 +9,7 @@ import os
 # and AMX), XLA's own (Eigen) convolutions are faster: with YNNPACK off,
 # AllConv's forward pass runs 1.9x faster and its train step 1.25x
 # (benchmarks/results/train_throughput_cpu.md records both settings), and the
-# paper's 1-pixel attack (population 400) 2.1-2.4x faster on the three victims,
+# paper's 1-pixel attack (population 400) 1.8-2.4x faster on the three victims,
 # 1.9-3.9x with incremental evaluation. The `pixeljax` program, `python -m
 # pixeljax.train` and the paper-table benchmark set it; Python callers choose
 # by calling prefer_xla_cpu_convolutions() first.
