@@ -32,7 +32,6 @@ ratio to train_throughput_<platform>_adversarial.json and .md.
 """
 
 import argparse
-import os
 import sys
 import time
 
@@ -397,7 +396,7 @@ def main(argv=None) -> int:
     for row in new:
       print(row, flush=True)
     rows += new
-  command = "nice python -m benchmarks.train_throughput " + " ".join(
+  command = "python -m benchmarks.train_throughput " + " ".join(
     sys.argv[1:] if argv is None else argv
   )
   loaded = [r["model"] for r in rows if not r["quiet"]]
@@ -411,10 +410,10 @@ def main(argv=None) -> int:
     return 1
   info = stamp()
   header = (
-    f"# Training throughput ({info['platform']}: {info['device']}, "
+    f"# Training throughput ({info['platform']}: {info['cpu']}, "
     f"{info['cpu_count']} cores)\n\n{info['date']}; jax {info['jax']}, "
     f"flax {info['flax']}, optax {optax.__version__}; XLA_FLAGS "
-    f"`{os.environ.get('XLA_FLAGS', '')}`; `{command.strip()}`; "
+    f"`{info['xla_flags']}`; `{command.strip()}`; "
     f"median of {args.rounds} rounds x {args.steps} steps, the steps taking "
     "turns; random images, augmentation on, float32.\n\n"
   )
@@ -437,7 +436,6 @@ def main(argv=None) -> int:
     dict(
       **info,
       optax=optax.__version__,
-      xla_flags=os.environ.get("XLA_FLAGS", ""),
       command=command,
       results=rows,
     ),

@@ -1,8 +1,10 @@
 """Training: a few steps lower the loss; a run checkpoints, resumes exactly,
 and writes its weights and card."""
 
+import dataclasses
 import json
 import os
+import pathlib
 
 from flax import nnx
 import jax
@@ -295,3 +297,14 @@ def test_train_program_turns_ynnpack_off_unless_told(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", mine)
   prefer_xla_cpu_convolutions()
   assert os.environ["XLA_FLAGS"] == mine
+
+
+def test_resume_reads_options_a_checkpoint_lacks_as_the_recipe_defaults():
+  """A checkpoint written before an option existed resumes when the option
+  keeps the model's recipe value, and is refused when it does not."""
+  cfg = T.TrainConfig(model="smallcnn").resolved()
+  saved = {k: getattr(cfg, k) for k in T._RECIPE if k != "label_smoothing"}
+  T._check_resume(saved, cfg, pathlib.Path("run"))
+  smoothed = dataclasses.replace(cfg, label_smoothing=0.1)
+  with pytest.raises(ValueError, match="label_smoothing: checkpoint 0.0, now"):
+    T._check_resume(saved, smoothed, pathlib.Path("run"))
