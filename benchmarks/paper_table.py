@@ -64,6 +64,7 @@ import numpy as np
 from benchmarks import common
 from pixeljax import cli
 from pixeljax import errors
+from pixeljax import host
 from pixeljax import metrics
 from pixeljax import plots
 from pixeljax import runs
@@ -524,7 +525,7 @@ def run_plan(args, models, plan):
         seconds=time.perf_counter() - started,
         new_attacks=count_records(args.out_dir, plan) - before,
         device=jax.devices()[0].device_kind,
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
+        **host.describe(),
       ),
     )
 

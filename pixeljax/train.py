@@ -67,9 +67,10 @@ from pixeljax.models.weights import save_weights
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
 
 # Per-model recipe; any TrainConfig field left as None takes its value here.
-# The paper's victims: the recipes their shipped weights were trained with on
-# a 2-core CPU (about 100 images/s, 8-9 minutes an epoch; their cards hold the
-# commands and histories).
+# The paper's victims: recipes for a 2-core CPU (about 100 images/s, 8-9
+# minutes an epoch). AllConv's reached 87.05% (its card, in
+# benchmarks/results/victims/allconv, holds the command and history); NiN's and
+# VGG16's have not been run to the end yet.
 _CPU_RECIPE = dict(
   batch_size=128,
   lr=0.1,
