@@ -210,6 +210,9 @@ def test_load_external_torch_and_onnx(tmp_path):
   images = jnp.asarray(np.arange(2 * 48).reshape(2, 4, 4, 3), jnp.float32)
   with torch.no_grad():
     want = trained(torch.from_numpy(np.array(images))).numpy()
+  # Relative to the largest logit: a tiny logit of a random linear layer
+  # differs in its last bits between torch and onnxruntime.
+  tolerance = 1e-5 * np.abs(want).max()
 
   external = adapters.load_external(
     torch_factory=factory, weights=state, image_shape=(4, 4, 3), num_classes=3
@@ -217,7 +220,7 @@ def test_load_external_torch_and_onnx(tmp_path):
   assert external.num_classes == 3
   assert external.identity["architecture"] == f"torch:{factory}"
   assert set(external.identity["files"]) == {"state.pt"}
-  np.testing.assert_allclose(external.predict(images), want, rtol=1e-5)
+  np.testing.assert_allclose(external.predict(images), want, atol=tolerance)
 
   with pytest.raises(ValueError, match="num_classes: the model gives 3"):
     adapters.load_external(
@@ -249,4 +252,4 @@ def test_load_external_torch_and_onnx(tmp_path):
   external = adapters.load_external(onnx=path, image_shape=(4, 4, 3))
   assert external.identity["name"] == "linear"
   assert external.num_classes == 3
-  np.testing.assert_allclose(external.predict(images), want, rtol=1e-5)
+  np.testing.assert_allclose(external.predict(images), want, atol=tolerance)

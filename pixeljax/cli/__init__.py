@@ -55,10 +55,10 @@ classifies correctly are attacked, the first --images of a shuffle seeded
 by --seed.
 
 Defaults: {QUICK["images"]} images, popsize {QUICK["popsize"]}, maxiter \
-{QUICK["maxiter"]}: well under two minutes
-on a 2-core CPU. --paper: the paper's settings (popsize {PAPER["popsize"]}, \
-maxiter {PAPER["maxiter"]},
-{PAPER["images"]} images), meant for a GPU.
+{QUICK["maxiter"]}: about 30 s with the shipped AllConv on a 2-core CPU,
+compilation included. --paper: the paper's settings (popsize \
+{PAPER["popsize"]}, maxiter {PAPER["maxiter"]}, {PAPER["images"]} images), \
+meant for a GPU.
 
 Each attack's result is written to the output folder as soon as it
 finishes; rerun the same command after an interruption (even a kill) to
@@ -407,9 +407,9 @@ k<max pixels>_s<seed>):
   robust_accuracy.png the curves side by side
 
 Defaults: {defaults.L0_MAX_PIXELS} pixels, {defaults.L0_QUERIES_PER_K} \
-evaluations per k; 100 images of the
-shipped SmallCNN with no defence took about 12 minutes on a shared 2-core
-CPU.
+evaluations per k; 10 images of the
+shipped AllConv (the default model) with no defence took 98 s on a quiet
+2-core CPU, so 100 take about 15 minutes.
 """
 
 
