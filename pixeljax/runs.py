@@ -45,6 +45,68 @@ IMAGE_ARRAYS = (
 )
 
 
+def _integer(value) -> bool:
+  return type(value) is int
+
+
+def _number(value) -> bool:
+  return type(value) in (int, float)
+
+
+def _perturbation(value) -> bool:
+  """[[x, y, channel values...], ...]: one row of integers per pixel."""
+  return isinstance(value, list) and all(
+    isinstance(row, list) and all(map(_integer, row)) for row in value
+  )
+
+
+# What the records of a run hold: field -> (its check, whether required). A
+# line that breaks its run's schema is damaged (edited by hand, or written by
+# something else), never counted.
+ATTACK_RECORD = dict(
+  image=(_integer, True),
+  label=(_integer, True),
+  target=(lambda v: v is None or _integer(v), True),
+  pixels=(_integer, True),
+  success=(lambda v: type(v) is bool, True),
+  adv_label=(_integer, True),
+  adv_prob=(_number, True),
+  true_prob=(_number, True),
+  target_prob=(_number, True),
+  perturbation=(_perturbation, True),
+  queries=(_integer, True),
+  generations=(_integer, False),
+  seconds_share=(_number, False),
+  seconds=(_number, False),  # its name in older run folders
+  path=(lambda v: isinstance(v, str), False),
+)
+EVAL_RECORD = dict(
+  model=(lambda v: isinstance(v, str), True),
+  defence=(lambda v: isinstance(v, str), True),
+  image=(_integer, True),
+  label=(_integer, True),
+  clean_label=(_integer, True),
+  min_pixels=(_integer, True),
+  adv_label=(_integer, True),
+  queries=(_integer, True),
+  perturbation=(_perturbation, True),
+)
+
+
+def record_problem(record, schema: dict) -> str | None:
+  """What is wrong with one parsed line of results.jsonl under ``schema``
+  (``ATTACK_RECORD``, ``EVAL_RECORD``), or None."""
+  if not isinstance(record, dict):
+    return f"expected a JSON object, got {type(record).__name__}"
+  for name, (check, required) in schema.items():
+    if name not in record:
+      if required:
+        return f"no {name!r}"
+    elif not check(record[name]):
+      return f"{name!r} is {record[name]!r}"
+  return None
+
+
 class DamagedImagesError(InputError):
   """images.npz is missing, cut short or otherwise unreadable as arrays."""
 
@@ -134,8 +196,9 @@ class RunStore:
   """One run folder. Open it with ``RunStore.create_or_resume`` to write,
   or ``RunStore.existing`` to read."""
 
-  def __init__(self, directory):
+  def __init__(self, directory, record_schema: dict = ATTACK_RECORD):
     self.directory = pathlib.Path(directory)
+    self.record_schema = record_schema
     self._lock = None
     self._made = []  # what create_or_resume created: removed unless started
     self.resumed = False  # set by create_or_resume
@@ -145,9 +208,9 @@ class RunStore:
     return self.directory / RESULTS_FILE
 
   @classmethod
-  def existing(cls, directory) -> "RunStore":
+  def existing(cls, directory, record_schema=ATTACK_RECORD) -> "RunStore":
     """A finished or interrupted run folder, for reading."""
-    store = cls(directory)
+    store = cls(directory, record_schema)
     if not (store.directory / SETTINGS_FILE).is_file():
       raise InputError(
         f"{store.directory} is not a pixeljax run folder "
@@ -158,7 +221,12 @@ class RunStore:
 
   @classmethod
   def create_or_resume(
-    cls, directory, settings: dict, describe=lambda key: key, uncompared=()
+    cls,
+    directory,
+    settings: dict,
+    describe=lambda key: key,
+    uncompared=(),
+    record_schema=ATTACK_RECORD,
   ) -> "RunStore":
     """Opens ``directory`` for writing a run with ``settings``.
 
@@ -168,9 +236,9 @@ class RunStore:
     ``describe`` turns a settings key into the option a person would change.
     ``uncompared`` names (key, sub-key) pairs of ``settings`` that describe
     rather than decide (where the data came from): they may differ on resume,
-    and the saved ones are kept.
+    and the saved ones are kept. ``record_schema`` is what its records hold.
     """
-    store = cls(directory)
+    store = cls(directory, record_schema)
     created = ensure_writable(store.directory)
     lock_path = store.directory / LOCK_FILE
     new_lock = not lock_path.exists()
@@ -315,7 +383,8 @@ class RunStore:
     """Every finished attack's record, in the order written.
 
     A last line without its newline (a kill mid-write) is ignored; a damaged
-    line before it is an error.
+    line before it (not JSON, or not a record of this run's schema) is an
+    error naming it.
     """
     path = self.results_path
     if not path.exists():
@@ -325,12 +394,17 @@ class RunStore:
     # The element after the last newline is empty, or a cut-off record.
     for number, line in enumerate(lines[:-1], 1):
       try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
+        record = json.loads(line)
+      except ValueError as e:  # not UTF-8 (UnicodeDecodeError) or not JSON
+        problem = str(e)
+      else:
+        problem = record_problem(record, self.record_schema)
+      if problem is not None:
         raise InputError(
-          f"{path} line {number} is damaged; remove that "
+          f"{path} line {number} is damaged ({problem}); remove that "
           "line to redo its attack"
-        ) from None
+        )
+      records.append(record)
     return records
 
   def append(self, records: list):

@@ -118,6 +118,39 @@ def test_the_command_line_runs_as_two_processes_and_one_writes(tmp_path, env):
 def test_initialize_wants_all_three_settings_or_none():
   with pytest.raises(ValueError, match="give all three or none"):
     distributed.initialize("localhost:1234")
+  with pytest.raises(ValueError, match="expected HOST:PORT"):
+    distributed.initialize("localhost", 2, 0)
+  with pytest.raises(ValueError, match="process_id: expected 0..1"):
+    distributed.initialize("localhost:1234", 2, 2)
+  with pytest.raises(ValueError, match="timeout: expected seconds > 0"):
+    distributed.initialize("localhost:1234", 2, 0, timeout=0)
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_left_alone_gives_up_saying_what_it_waited_for(
+  process_id, tmp_path
+):
+  """Process 0 with no peer, or process 1 with no coordinator: a message
+  first, then exit 3 after --distributed-timeout, nothing written."""
+  coordinator = f"127.0.0.1:{_free_port()}"
+  done = subprocess.run(
+    [
+      *(sys.executable, "-m", "pixeljax.cli", "attack", "--distributed"),
+      *("--coordinator", coordinator, "--num-processes", "2"),
+      *("--process-id", str(process_id), "--distributed-timeout", "2"),
+      *("--out", str(tmp_path / "run")),
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 3, done.stderr[-2000:]
+  assert f"Process {process_id} of 2" in done.stderr
+  assert coordinator in done.stderr
+  assert "gave up after 2 s" in done.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def test_single_process_is_main_and_broadcast_returns_its_value():

@@ -57,6 +57,7 @@ def _attack(**overrides):
     (dict(batch_size=0), ValueError, "batch_size must be at least 1"),
     (dict(early_stop="yes"), TypeError, "early_stop must be a bool"),
     (dict(key=0), TypeError, "key must be a PRNG key"),
+    (dict(key=None), TypeError, "key: this search draws at random"),
     (dict(image_ids=[0]), ValueError, "image_ids must be integers of shape"),
     (dict(predict="model"), TypeError, "predict must be callable"),
     (
@@ -76,6 +77,13 @@ def test_bad_input_is_named(overrides, error, words):
   with pytest.raises(error) as info:
     _attack(**overrides)
   assert words in str(info.value)
+
+
+def test_every_random_search_wants_a_key():
+  """None is only for the deterministic corner scan, never a hidden key."""
+  for search in (pixeljax.corner_search, pixeljax.seeded_attack):
+    with pytest.raises(TypeError, match="key: this search draws at random"):
+      search(PREDICT, IMAGES, LABELS, key=None)
 
 
 def test_nan_logits_are_refused():

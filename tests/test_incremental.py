@@ -197,6 +197,26 @@ def test_auto_turns_on_where_it_pays():
   assert incremental.resolve(True, predict, (24, 24, 3), 1, small)
 
 
+def test_a_model_it_cannot_trace_at_batch_one_is_explained():
+  net = _conv_net()
+
+  def pairs_only(images):
+    if images.shape[0] == 1:
+      raise ValueError("this model wants pairs")
+    return net(images)
+
+  images = np.full((2, 24, 24, 3), 90, np.uint8)
+  labels = np.asarray(jnp.argmax(net(images.astype(np.float32)), -1))
+  options = dict(key=jax.random.key(0), popsize=8, maxiter=0)
+  with pytest.raises(ValueError, match="batch 1.*this model wants pairs"):
+    pixeljax.batched_attack(
+      pairs_only, images, labels, incremental=True, **options
+    )
+  assert not incremental.resolve(None, pairs_only, (24, 24, 3), 1, 10**6)
+  full = pixeljax.batched_attack(pairs_only, images, labels, **options)
+  assert full.success.shape == (2,)
+
+
 def test_incremental_option_checked():
   images = np.zeros((1, 8, 8, 3), np.uint8)
   with pytest.raises(TypeError, match="incremental"):

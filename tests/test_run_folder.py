@@ -156,6 +156,80 @@ def test_a_full_disk_is_an_input_error_and_keeps_what_was_written(
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+ATTACK = dict(
+  image=7,
+  label=3,
+  target=None,
+  pixels=1,
+  success=True,
+  adv_label=5,
+  adv_prob=0.6,
+  true_prob=0.3,
+  target_prob=0.6,
+  perturbation=[[1, 2, 255, 0, 0]],
+  queries=400,
+)
+
+
+@pytest.mark.parametrize(
+  "line, problem",
+  [
+    (b'{"success": "maybe"', "Expecting"),
+    (b'{"path": "\xff"}', "utf-8"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b'{"image": 7}', "no 'label'"),
+  ]
+  + [
+    (runs.json.dumps(dict(ATTACK, **{name: value})).encode(), name)
+    for name, value in [
+      ("success", "maybe"),
+      ("success", 1),
+      ("image", 7.5),
+      ("pixels", True),
+      ("target", "cat"),
+      ("adv_prob", "high"),
+      ("perturbation", [[1, 2, "red"]]),
+    ]
+  ],
+)
+def test_a_damaged_record_is_never_counted(tmp_path, line, problem):
+  store = runs.RunStore.create_or_resume(tmp_path, SETTINGS)
+  store.start(SETTINGS, images())
+  store.append([ATTACK])
+  with open(store.results_path, "ab") as f:
+    f.write(line + b"\n")
+  store.close()
+  again = runs.RunStore.existing(tmp_path)
+  with pytest.raises(InputError, match="line 2 is damaged") as error:
+    again.records()
+  assert problem in str(error.value)
+
+
+def test_records_are_read_by_their_run_schema(tmp_path):
+  record = dict(
+    model="m",
+    defence="none",
+    image=1,
+    label=2,
+    clean_label=2,
+    min_pixels=3,
+    adv_label=4,
+    queries=50,
+    perturbation=[[0, 0, 1, 2, 3]],
+  )
+  store = runs.RunStore.create_or_resume(
+    tmp_path, SETTINGS, record_schema=runs.EVAL_RECORD
+  )
+  store.start(SETTINGS, images())
+  store.append([record])
+  assert store.records() == [record]
+  store.close()
+  with pytest.raises(InputError, match="line 1 is damaged .no 'target'"):
+    runs.RunStore.existing(tmp_path).records()
+  old = dict(ATTACK, seconds=1.5, path="cat/1.png")
+  assert runs.record_problem(old, runs.ATTACK_RECORD) is None
+
+
 def _victim(name="smallcnn", files=None):
   return victims.Victim(
     None,

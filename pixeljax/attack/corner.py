@@ -273,6 +273,7 @@ def plan(
     budget=scan_queries(image_shape, block),
     pixels=1,
     incremental=driver.check_incremental(incremental),
+    random=False,
   )
 
 

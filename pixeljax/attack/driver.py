@@ -43,6 +43,7 @@ class Plan(NamedTuple):
     incremental: evaluate candidates incrementally (True), with full
       forward passes (False), or where it pays (None; see
       ``incremental.resolve``).
+    random: the search draws at random, so the caller must give a key.
   """
 
   search: object
@@ -52,6 +53,7 @@ class Plan(NamedTuple):
   budget: int
   pixels: int
   incremental: bool | None = None
+  random: bool = True
 
 
 def check_incremental(incremental):
@@ -111,7 +113,8 @@ def check_inputs(
     predict: ``predict(float32 [B, H, W, C]) -> logits [B, K]``.
     images: uint8 [N, H, W, C] (already through ``checks.check_images``).
     labels: int [N] true classes.
-    key: a PRNG key, or None for a search that draws nothing at random.
+    key: a PRNG key; None only for a search that draws nothing at random
+      (``plan.random`` False).
     targets: int [N] target classes, each different from its label, or None.
     image_ids: int [N] or None (then 0..N-1).
     per_device: the most images one device (or slot set) holds at once.
@@ -128,6 +131,12 @@ def check_inputs(
   batch_size = plan.batch_size or default_batch_size(
     images.shape[1:], search.default_round, per_device
   )
+  if key is None and plan.random:
+    # A hidden fixed key would give every call the same "random" search.
+    raise TypeError(
+      "key: this search draws at random; expected a PRNG key "
+      "(jax.random.key(seed)), got None"
+    )
   key = checks.check_key(jax.random.key(_UNUSED_KEY) if key is None else key)
   num_classes = checks.check_predict(
     predict,

@@ -776,7 +776,15 @@ def resolve(
   incremental = check_mode(incremental)
   if incremental is not None:
     if incremental:
-      evaluator(predict, tuple(image_shape), pixels)
+      try:
+        evaluator(predict, tuple(image_shape), pixels)
+      except Exception as e:
+        raise ValueError(
+          "incremental=True: predict cannot be evaluated incrementally, "
+          "which traces it once on a single image (batch 1) and replays its "
+          f"program on windows; that failed with {type(e).__name__}: {e}. "
+          "Use incremental=None (full passes where it cannot) or False."
+        ) from e
     return incremental
   if jax.default_backend() not in AUTO_BACKENDS or budget < AUTO_MIN_BUDGET:
     return False
