@@ -474,12 +474,35 @@ def draw(payload, results_dir, name) -> list:
     if rows:
       written.append(out / f"{name}_success_vs_pixels_{model}.png")
       plots.success_vs_pixels(written[-1], rows, f"{model}, non-targeted")
+    one_pixel = [
+      e for e in mine if (e["mode"], e["pixels"]) == ("non-targeted", 1)
+    ]
+    if one_pixel and one_pixel[0]["summary"]:
+      written.append(out / f"{name}_figure1_{model}.png")
+      _figure_one(written[-1], one_pixel[0], model, classes)
   if histograms:
     written.append(out / f"{name}_targets_reached.png")
     plots.targets_reached(
       written[-1], histograms, "Target classes each image was turned into"
     )
   return written
+
+
+def _figure_one(path, entry, model, class_names):
+  """The paper's Figure 1 on ``model``: one-pixel attacks from its run
+  folder, a success of each original class first."""
+  store = runs.RunStore.existing(
+    os.path.join(common.REPO_ROOT, entry["run_dir"])
+  )
+  summary = entry["summary"]
+  plots.adversarial_grid(
+    path,
+    plots.grid_entries(store.records(), store.images()),
+    class_names,
+    f"{model}, one pixel changed (boxed): {summary['successes']} of "
+    f"{summary['attacks']} images fooled\noriginal class → the model's "
+    "label (its confidence)",
+  )
 
 
 def make_plan(models, pixels, targeted_pixels) -> list:

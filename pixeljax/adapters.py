@@ -5,8 +5,11 @@ float32 [B, H, W, C] pixels 0..255) -> logits float32 [B, K]``, a jittable
 function that calls the model through ``jax.pure_callback``. The model gets
 the pixels as they are (normalisation stays inside it), in NHWC or, with
 ``nchw=True``, NCHW order, in its own input dtype; its output must be logits
-[B, K]. The number of classes K is read from one forward pass on a blank
-image, at the first trace for each image shape.
+[B, K]. At the first trace for each image shape, before any search, the
+model runs on test batches of 1 and 2 images: it must give finite floating
+logits [B, K] for each, or ``ModelError`` says what came (a failure inside
+the search would surface only as an XLA callback error). The number of
+classes K is read from them.
 
 Cost: each model call leaves the compiled search for Python. ``pure_callback``
 hands the callback host arrays, so the images cross to the host (on a GPU,
@@ -26,6 +29,7 @@ import importlib.util
 import numbers
 import pathlib
 from typing import NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +60,38 @@ def _check_batch_size(batch_size):
   return int(batch_size)
 
 
-def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
+class ModelError(ValueError):
+  """A model refused at the door: on test images, before any search, it
+  raised or gave no usable logits.
+
+  The message starts with the argument that names the model (``module`` or
+  ``path``) and says what came. ``images`` is the shape [B, H, W, C] of the
+  images it failed on; when the model raised, its own exception is the
+  ``__cause__``.
+  """
+
+  def __init__(self, message: str, images: tuple):
+    super().__init__(message)
+    self.images = tuple(images)
+
+
+def _test_images(count: int, shape) -> np.ndarray:
+  """float32 [count, *shape]: fixed pseudo-random pixels 0..255. Not blank:
+  a model that divides by the image's spread gives NaN on a blank image."""
+  rng = np.random.default_rng(count)
+  return rng.integers(0, 256, (count, *shape)).astype(np.float32)
+
+
+def _callback_predict(
+  run,
+  *,
+  batch_size,
+  fixed_batch,
+  argument: str,
+  model: str,
+  check_shape=None,
+  single_fallback: bool = False,
+):
   """A jittable predict around ``run``, a host function.
 
   Args:
@@ -65,6 +100,11 @@ def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
     fixed_batch: the one batch size the model accepts, or None; shorter
       pieces are padded with blank images, whose logits are dropped.
     argument: the argument named in errors about the model's output.
+    model: the model as errors name it ("the Net module", a file).
+    check_shape: called with each new image shape (H, W, C) before the
+      model runs on it: raises if the model cannot take that shape.
+    single_fallback: a model that runs 1 image but fails on 2 gets one
+      image per call (with a warning) instead of a ``ModelError``.
   """
   step = fixed_batch or batch_size
   classes = {}  # image shape (H, W, C) -> K
@@ -80,12 +120,69 @@ def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
         piece = np.concatenate([piece, blank])
       logits = np.asarray(run(piece))
       if logits.ndim != 2 or logits.shape[0] != len(piece):
-        raise ValueError(
+        raise ModelError(
           f"{argument}: expected logits [B, K] for images of shape "
-          f"{piece.shape} (NHWC), got an output of shape {logits.shape}"
+          f"{piece.shape} (NHWC), got an output of shape {logits.shape}",
+          piece.shape,
+        )
+      if not np.issubdtype(logits.dtype, np.floating):
+        raise ModelError(
+          f"{argument}: expected floating logits [B, K], got {logits.dtype}",
+          piece.shape,
         )
       outputs.append(logits[:count].astype(np.float32))
     return np.concatenate(outputs)
+
+  def checked(count, shape, hint=""):
+    """The model's logits [count, K] on test images, or ``ModelError``."""
+    images = _test_images(count, shape)
+    try:
+      logits = forward(images)
+    except ModelError:
+      raise
+    except Exception as error:
+      raise ModelError(
+        f"{argument}: {model} raised on images [B, H, W, C] = "
+        f"{list(images.shape)}: {type(error).__name__}: {error}{hint}",
+        images.shape,
+      ) from error
+    if not np.all(np.isfinite(logits)):
+      raise ModelError(
+        f"{argument}: {model} gives NaN or inf logits for test images "
+        f"[B, H, W, C] = {list(images.shape)}",
+        images.shape,
+      )
+    return logits
+
+  def probe(shape):
+    """K for images of ``shape``, once the model has run on 1 and 2."""
+    nonlocal step
+    if check_shape is not None:
+      check_shape(shape)
+    num_classes = checked(1, shape).shape[1]
+    hint = (
+      ""
+      if single_fallback
+      else "; a model that takes one image at a time needs batch_size=1"
+    )
+    try:
+      logits = checked(2, shape, hint)
+    except ModelError as error:
+      if not single_fallback or step == 1:
+        raise
+      # Its batch axis is dynamic in name only: run it one image at a time.
+      warnings.warn(
+        f"{error}; running it on one image per call (slower)", stacklevel=3
+      )
+      step = 1
+      logits = checked(2, shape)
+    if logits.shape[1] != num_classes:
+      raise ModelError(
+        f"{argument}: {model} gives {num_classes} logits per image on 1 "
+        f"image, {logits.shape[1]} on 2",
+        (2, *shape),
+      )
+    return num_classes
 
   def host(images):
     images = np.asarray(images, np.float32)
@@ -100,7 +197,7 @@ def _callback_predict(run, *, batch_size, fixed_batch, argument: str):
       )
     shape = tuple(int(d) for d in images.shape[1:])
     if shape not in classes:
-      classes[shape] = forward(np.zeros((1, *shape), np.float32)).shape[1]
+      classes[shape] = probe(shape)
     out = jax.ShapeDtypeStruct((images.shape[0], classes[shape]), jnp.float32)
     # The model is batched already: under vmap it gets the stacked batches
     # (host() folds every leading axis into one batch).
@@ -122,9 +219,10 @@ def from_torch(
   """A PyTorch module as a pixeljax ``predict``.
 
   Args:
-    module: a ``torch.nn.Module`` in eval mode, ``module(x) -> logits
-      [B, K]`` with ``x`` pixels 0..255 as float [B, H, W, C], or [B, C, H, W]
-      when ``nchw``. It runs under ``torch.no_grad()``.
+    module: a ``torch.nn.Module`` in eval mode (every submodule too),
+      ``module(x) -> logits [B, K]`` with ``x`` pixels 0..255 as float
+      [B, H, W, C], or [B, C, H, W] when ``nchw``. It runs under
+      ``torch.no_grad()``.
     nchw: the module takes NCHW images (the PyTorch convention).
     device: where the module runs (a ``torch.device`` or a string); default:
       the device of its first parameter or buffer, else the CPU.
@@ -135,18 +233,18 @@ def from_torch(
 
   Returns:
     ``predict(images float32 [B, H, W, C]) -> logits float32 [B, K]``.
+
+  Raises:
+    ValueError: the module or a submodule is in training mode.
+    ModelError: (at the first trace for each image shape) the module
+      raised, or gave no finite floating logits [B, K], on test images.
   """
   torch = _require("torch", "torch")
   if not isinstance(module, torch.nn.Module):
     raise TypeError(
       f"module must be a torch.nn.Module, got {type(module).__name__}"
     )
-  if module.training:
-    raise ValueError(
-      "module: expected a module in eval mode (batch norm on "
-      "its running statistics, dropout off); call "
-      "module.eval() first"
-    )
+  _check_eval(module)
   if not isinstance(nchw, bool):
     raise TypeError(f"nchw must be a bool, got {nchw!r}")
   tensors = [*module.parameters(), *module.buffers()]
@@ -163,6 +261,7 @@ def from_torch(
     raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
 
   def run(images):
+    shape = images.shape
     if nchw:
       images = images.transpose(0, 3, 1, 2)
     # A writable, contiguous copy where needed: torch shares its memory.
@@ -170,17 +269,38 @@ def from_torch(
     with torch.no_grad():
       out = module(torch.from_numpy(images).to(device=device, dtype=dtype))
     if not isinstance(out, torch.Tensor):
-      raise TypeError(
-        f"module: expected a tensor of logits [B, K], got {type(out).__name__}"
+      raise ModelError(
+        f"module: expected a tensor of logits [B, K], got {type(out).__name__}",
+        shape,
       )
-    return out.detach().to(device="cpu", dtype=torch.float32).numpy()
+    out = out.detach().cpu()
+    # Integer logits stay integers, for the dtype check to refuse them.
+    return (out.float() if out.is_floating_point() else out).numpy()
 
   return _callback_predict(
     run,
     batch_size=_check_batch_size(batch_size),
     fixed_batch=None,
     argument="module",
+    model=f"the {type(module).__name__} module",
   )
+
+
+def _check_eval(module):
+  """ValueError naming the first of ``module`` and its submodules that is in
+  training mode: one dropout left on makes every attack result random."""
+  for name, sub in module.named_modules():
+    if sub.training:
+      which = (
+        f"its submodule {name!r} ({type(sub).__name__})"
+        if name
+        else f"the {type(sub).__name__} module"
+      )
+      raise ValueError(
+        f"module: expected a module in eval mode (batch norm on its running "
+        f"statistics, dropout off), but {which} is in training mode; call "
+        "module.eval() first, which sets every submodule"
+      )
 
 
 _ONNX_DTYPES = {
@@ -244,10 +364,19 @@ def from_onnx(
       optimisation), or None for onnxruntime's defaults.
     batch_size: at most this many images per call (None: each chunk of the
       search in one call). A model whose batch axis is fixed gets exactly
-      that many, padded with blank images.
+      that many, padded with blank images; one whose batch axis is declared
+      dynamic but that fails on 2 images gets one image per call, with a
+      warning.
 
   Returns:
     ``predict(images float32 [B, H, W, C]) -> logits float32 [B, K]``.
+
+  Raises:
+    FileNotFoundError: no file at ``path``.
+    ValueError: onnxruntime cannot load the file (not ONNX, empty), or its
+      input is not one image tensor of rank 4.
+    ModelError: (at the first trace for each image shape) the model failed,
+      or gave no finite floating logits [B, K], on a test image.
   """
   ort = _require("onnxruntime", "onnx")
   if nchw is not None and not isinstance(nchw, bool):
@@ -255,11 +384,20 @@ def from_onnx(
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"path: no such ONNX file: {path}")
-  session = ort.InferenceSession(
-    str(path),
-    sess_options=session_options,
-    providers=providers or ort.get_available_providers(),
-  )
+  try:
+    session = ort.InferenceSession(
+      str(path),
+      sess_options=session_options,
+      providers=providers or ort.get_available_providers(),
+    )
+  except Exception as error:
+    # onnxruntime's own errors (InvalidProtobuf, ...) say the file is bad.
+    if not type(error).__module__.startswith("onnxruntime"):
+      raise
+    raise ValueError(
+      f"path: {path} is not an ONNX model that onnxruntime can load: "
+      f"{type(error).__name__}: {error}"
+    ) from error
   inputs = session.get_inputs()
   if len(inputs) != 1:
     raise ValueError(
@@ -278,11 +416,11 @@ def from_onnx(
   fixed = batch_axis if isinstance(batch_axis, int) and batch_axis > 0 else None
   layouts = {}  # image shape -> NCHW or not
 
+  def check_shape(shape):
+    layouts[shape] = _onnx_layout(declared, shape, nchw)
+
   def run(images):
-    shape = images.shape[1:]
-    if shape not in layouts:
-      layouts[shape] = _onnx_layout(declared, shape, nchw)
-    if layouts[shape]:
+    if layouts[images.shape[1:]]:
       images = images.transpose(0, 3, 1, 2)
     feed = np.ascontiguousarray(images.astype(dtype, copy=False))
     return session.run(None, {name: feed})[0]
@@ -292,6 +430,9 @@ def from_onnx(
     batch_size=_check_batch_size(batch_size),
     fixed_batch=fixed,
     argument="path",
+    model=str(path),
+    check_shape=check_shape,
+    single_fallback=fixed is None,
   )
 
 
@@ -329,7 +470,13 @@ def _factory(spec: str):
       raise FileNotFoundError(f"torch_factory: no such file: {file}")
     loader = importlib.util.spec_from_file_location(file.stem, file)
     module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
+    try:
+      loader.loader.exec_module(module)
+    except SyntaxError as error:
+      raise ValueError(
+        f"torch_factory: {file}, line {error.lineno}: "
+        f"{type(error).__name__}: {error.msg}"
+      ) from error
   else:
     module = importlib.import_module(where)
   found = getattr(module, function, None)

@@ -512,7 +512,7 @@ def _one_per_class_first(records) -> list:
   return first + rest
 
 
-def _grid_entries(records, images):
+def grid_entries(records, images):
   """Up to 12 attacks for the grid: successes, one per original class
   first, then failed attacks in the same order to fill the grid."""
   position = {int(index): i for i, index in enumerate(images["index"])}
@@ -570,7 +570,7 @@ def draw_run(directory) -> list:
   for row in _pixel_rows(records):
     pixels = row["pixels"]
     group = [r for r in records if r["pixels"] == pixels]
-    entries = _grid_entries(group, images)
+    entries = grid_entries(group, images)
     title = (
       f"{model}, {pixels}-pixel {mode} attack: {row['successes']} of "
       f"{row['attacks']} succeeded"

@@ -110,7 +110,8 @@ def test_torch_logits_batches_and_vmap(victim):
   images = jnp.asarray(_IMAGES[:3], jnp.float32)
   want = jax.jit(predict)(images)
   np.testing.assert_allclose(jax.jit(wrapped)(images), want, atol=1e-5)
-  assert counting.calls == [1, 2, 1]  # the probe for K, then 3 in pieces of 2
+  # The test runs on 1 and 2 images, then 3 in pieces of 2.
+  assert counting.calls == [1, 2, 2, 1]
   stacked = jax.vmap(wrapped)(jnp.stack([images, images[::-1]]))
   np.testing.assert_allclose(stacked[1], want[::-1], atol=1e-5)
 
@@ -253,3 +254,152 @@ def test_load_external_torch_and_onnx(tmp_path):
   assert external.identity["name"] == "linear"
   assert external.num_classes == 3
   np.testing.assert_allclose(external.predict(images), want, atol=tolerance)
+
+
+def _module(forward):
+  """An eval-mode module around ``forward``, NHWC [B, 4, 4, 3] -> logits."""
+  return _Output(forward).eval()
+
+
+def _linear(x):
+  """Logits [B, 3] of NHWC [B, H, W, C]: one value per channel."""
+  return x.mean(dim=(1, 2))
+
+
+def _first_only(x):
+  """A model that runs one image only (its batch hard-coded)."""
+  if x.shape[0] != 1:
+    raise RuntimeError(f"expected one image, got {x.shape[0]}")
+  return _linear(x)
+
+
+@pytest.mark.parametrize(
+  "forward, match",
+  [
+    (
+      lambda x: _linear(x[:1]),
+      r"module: expected logits \[B, K\] for images of shape \(2, 4, 4, 3\)"
+      r" .* got an output of shape \(1, 3\)",
+    ),
+    (
+      _first_only,
+      r"module: the _Output module raised on images \[B, H, W, C\] = "
+      r"\[2, 4, 4, 3\]: RuntimeError: expected one image, got 2; .* "
+      r"needs batch_size=1",
+    ),
+    (
+      lambda x: _linear(x) * torch.nan,
+      r"module: the _Output module gives NaN or inf logits for test images",
+    ),
+    (
+      lambda x: _linear(x).long(),
+      r"module: expected floating logits \[B, K\], got int64",
+    ),
+  ],
+  ids=["batch-of-1", "raises-beyond-1", "nan", "integer"],
+)
+def test_models_are_checked_before_the_jit(forward, match):
+  predict = adapters.from_torch(_module(forward))
+  images = jnp.zeros((5, 4, 4, 3), jnp.float32)
+  # At the trace: a plain ValueError, never an XLA callback error.
+  with pytest.raises(adapters.ModelError, match=match) as caught:
+    jax.jit(predict)(images)
+  if forward is _first_only:
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert caught.value.images == (2, 4, 4, 3)
+
+
+def test_a_model_of_one_image_at_a_time_runs_with_batch_size_1():
+  predict = adapters.from_torch(_module(_first_only), batch_size=1)
+  images = jnp.asarray(np.arange(3 * 48).reshape(3, 4, 4, 3), jnp.float32)
+  np.testing.assert_allclose(
+    jax.jit(predict)(images), np.asarray(images).mean(axis=(1, 2))
+  )
+
+
+def test_a_submodule_in_training_mode_is_refused():
+  module = torch.nn.Sequential(
+    torch.nn.Flatten(),
+    torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(48, 3)),
+  ).eval()
+  module[1][0].train()
+  assert not module.training
+  with pytest.raises(
+    ValueError, match=r"submodule '1\.0' \(Dropout\) is in training mode"
+  ):
+    adapters.from_torch(module)
+  assert module[1][0].training  # the user's module is left as it was
+  module.eval()
+  assert adapters.from_torch(module)(jnp.zeros((2, 4, 4, 3))).shape == (2, 3)
+
+
+def _export_onnx(module, path, *, dynamic_batch=True):
+  """``module`` (NHWC, 4 x 4 x 3) as an ONNX file."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.onnx.export(
+      module,
+      (torch.zeros(1, 4, 4, 3),),
+      str(path),
+      dynamo=False,
+      input_names=["x"],
+      dynamic_axes={"x": {0: "b"}} if dynamic_batch else None,
+    )
+  return path
+
+
+class _BatchOfOne(torch.nn.Module):
+  """A linear model whose batch of 1 is hard-coded in its reshape, as in an
+  export of ``x.view(1, -1)``."""
+
+  def __init__(self):
+    super().__init__()
+    torch.manual_seed(0)
+    self.linear = torch.nn.Linear(48, 3)
+
+  def forward(self, x):
+    return self.linear(x.reshape(1, 48))
+
+
+def test_onnx_dynamic_in_name_only_runs_one_image_per_call(tmp_path):
+  pytest.importorskip("onnxruntime")
+  module = _BatchOfOne().eval()
+  path = _export_onnx(module, tmp_path / "one.onnx")
+  images = np.arange(3 * 48, dtype=np.float32).reshape(3, 4, 4, 3)
+  with torch.no_grad():
+    want = torch.cat([module(torch.from_numpy(i[None])) for i in images])
+  with pytest.warns(UserWarning, match=r"one\.onnx raised on images .*\[2, 4"):
+    got = jax.jit(adapters.from_onnx(path, nchw=False))(images)
+  np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_onnx_model_that_fails_is_refused_before_the_jit(tmp_path):
+  pytest.importorskip("onnxruntime")
+  # NaN weights: every logit NaN.
+  module = _BatchOfOne().eval()
+  with torch.no_grad():
+    module.linear.weight.fill_(torch.nan)
+  path = _export_onnx(module, tmp_path / "nan.onnx", dynamic_batch=False)
+  with pytest.raises(adapters.ModelError, match=r"path: .*nan\.onnx gives NaN"):
+    jax.jit(adapters.from_onnx(path, nchw=False))(jnp.zeros((2, 4, 4, 3)))
+
+
+@pytest.mark.parametrize("content", [b"", b"not an ONNX model"])
+def test_a_file_that_is_not_onnx_is_named(tmp_path, content):
+  pytest.importorskip("onnxruntime")
+  path = tmp_path / "model.onnx"
+  path.write_bytes(content)
+  with pytest.raises(
+    ValueError, match=r"path: \S+model\.onnx is not an ONNX model"
+  ) as caught:
+    adapters.from_onnx(path)
+  assert type(caught.value.__cause__).__module__.startswith("onnxruntime")
+
+
+def test_a_factory_file_with_a_syntax_error_names_file_and_line(tmp_path):
+  factory = tmp_path / "broken.py"
+  factory.write_text("import torch\n\ndef build(:\n  pass\n")
+  with pytest.raises(
+    ValueError, match=r"torch_factory: \S+broken\.py, line 3: SyntaxError"
+  ):
+    adapters.load_external(torch_factory=f"{factory}:build")

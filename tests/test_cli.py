@@ -422,6 +422,11 @@ def test_output_folder_not_writable(main, victim, tmp_path):
     ),
     (["--max-queries", "99"], "--max-queries: not an option of --method de"),
     (["--coordinator", "localhost:1"], "only with --distributed"),
+    (["--distributed-timeout", "5"], "only with --distributed"),
+    (["--distributed", "--coordinator", "nohost"], "expected HOST:PORT"),
+    (["--distributed", "--coordinator", "h:0"], "expected HOST:PORT"),
+    (["--seed", str(2**63)], "--seed: expected at most"),
+    (["--seed", "-1"], "--seed: expected at least 0"),
   ],
 )
 def test_usage_errors(main, args, phrase):
@@ -851,3 +856,140 @@ def test_missing_model_files(main, factories, tmp_path):
       continue
     code, _, err = main("attack", *args, *EXTERNAL, "--out", tmp_path / "out")
     assert code == 3 and phrase in err and "none." in err, err
+
+
+# Models refused at the door: before anything is written, exit 3.
+BAD_FACTORIES = """
+import torch
+
+
+def nan_logits():
+  linear = torch.nn.Linear(3072, 10)
+  torch.nn.init.constant_(linear.weight, float("nan"))
+  return torch.nn.Sequential(torch.nn.Flatten(), linear)
+
+
+def one_image_only():
+  class OneImage(torch.nn.Module):
+    def forward(self, x):
+      return x.reshape(1, -1)[:, :10]
+
+  return OneImage()
+
+
+def raises_beyond_one():
+  class RaisesBeyondOne(torch.nn.Module):
+    def forward(self, x):
+      if x.shape[0] > 1:
+        raise RuntimeError("one image at a time")
+      return x.reshape(1, -1)[:, :10]
+
+  return RaisesBeyondOne()
+"""
+
+
+def nan_weights_card(folder):
+  """A SmallCNN card whose parameters are all NaN."""
+  from flax import nnx
+  import jax
+  import jax.numpy as jnp
+
+  from pixeljax.models import registry
+  from pixeljax.models import weights
+
+  model = registry.create_model("smallcnn", rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params))
+  return weights.save_weights(model, folder, "nan", architecture="smallcnn")
+
+
+@pytest.mark.parametrize("source", ["weights", "torch", "onnx"])
+def test_a_model_with_nan_logits_is_exit_3_and_writes_nothing(
+  main, victim, tmp_path, source
+):
+  if source == "weights":
+    model = ["--weights", nan_weights_card(tmp_path / "card")]
+  else:
+    pytest.importorskip("torch")
+    (tmp_path / "bad.py").write_text(BAD_FACTORIES)
+    model = ["--torch", f"{tmp_path / 'bad.py'}:nan_logits"]
+  if source == "onnx":
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    import torch
+
+    from pixeljax import adapters
+
+    module = adapters._torch_module(model[1], None)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      torch.onnx.export(
+        module,
+        (torch.zeros(1, 32, 32, 3),),
+        str(tmp_path / "nan.onnx"),
+        dynamo=False,
+      )
+    model = ["--onnx", tmp_path / "nan.onnx"]
+  out = tmp_path / "new" / "run"
+  code, _, err = main("attack", *model, *CHEAP, "--out", out)
+  assert code == 3 and "NaN or inf logits" in err, err
+  assert "Traceback" not in err and not (tmp_path / "new").exists()
+  if source == "weights":  # the corrected command gets the folder
+    code, _, err = main("attack", *victim, *CHEAP, "--out", out)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+  "function, phrase",
+  [
+    (
+      "one_image_only",
+      r"one_image_only: expected logits \[B, K\] for images of shape "
+      r"\(2, 32, 32, 3\) \(NHWC\), got an output of shape \(1, 10\)",
+    ),
+    (
+      "raises_beyond_one",
+      r"raises_beyond_one: cannot load or run the model: RuntimeError: one "
+      r"image at a time \(on images \[B, H, W, C\] = \[2, 32, 32, 3\]\)",
+    ),
+  ],
+)
+def test_a_torch_model_of_one_image_only_is_exit_3(
+  main, tmp_path, function, phrase
+):
+  pytest.importorskip("torch")
+  (tmp_path / "bad.py").write_text(BAD_FACTORIES)
+  code, _, err = main(
+    "attack",
+    "--torch",
+    f"{tmp_path / 'bad.py'}:{function}",
+    *EXTERNAL,
+    "--out",
+    tmp_path / "out",
+  )
+  assert code == 3 and re.search(phrase, err), err
+  assert "Traceback" not in err and "--nchw" not in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_model_file_that_does_not_load_is_exit_3(main, tmp_path):
+  pytest.importorskip("torch")
+  (tmp_path / "broken.py").write_text("import torch\n\ndef build(:\n  pass\n")
+  cases = [
+    (
+      ["--torch", f"{tmp_path / 'broken.py'}:build"],
+      r"--torch \S+: \S+broken\.py, line 3: SyntaxError",
+    )
+  ]
+  if importlib.util.find_spec("onnxruntime") is not None:
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "text.onnx").write_text("not an ONNX model")
+    cases += [
+      (["--onnx", tmp_path / name], rf"{name} is not an ONNX model")
+      for name in ("empty.onnx", "text.onnx")
+    ]
+  for args, phrase in cases:
+    code, _, err = main("attack", *args, *EXTERNAL, "--out", tmp_path / "out")
+    assert code == 3 and re.search(phrase, err), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -142,6 +142,7 @@ def test_markdown_and_figures(table):
   for name in (
     "heatmap_smallcnn_1px",
     "success_vs_pixels_smallcnn",
+    "figure1_smallcnn",
     "targets_reached",
   ):
     assert (results / f"paper_table_{name}.png").stat().st_size > 0

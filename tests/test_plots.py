@@ -274,7 +274,7 @@ def test_grid_entries_put_successes_first_then_failures(tmp_path):
   make_run(folder, targeted=False)
   store = runs.RunStore.existing(folder)
   group = [r for r in store.records() if r["pixels"] == 1]
-  entries = plots._grid_entries(group, store.images())
+  entries = plots.grid_entries(group, store.images())
   # Image 12 (class 2) succeeded; the failures follow, one per class first.
   assert [e["success"] for e in entries] == [True, False, False, False, False]
   assert [e["label"] for e in entries] == [2, 0, 1, 0, 1]

@@ -5,6 +5,7 @@ import errno
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -319,3 +320,17 @@ def test_records_of_earlier_versions_still_summarize():
   [row] = metrics.summarize([old, new])
   assert row["seconds"] == 3.0 and row["attacks_per_second"] == 2 / 3.0
   assert "attacks/s" in metrics.format_table([row])
+
+
+def test_images_the_model_gives_nan_for_are_refused_not_labelled():
+  """NaN logits would argmax to class 0 and pass as a correct image."""
+  images = np.zeros((6, 4, 4, 3), np.uint8)
+  images[4, 0, 0, 0] = 7
+
+  def predict(x):
+    logits = jax.numpy.zeros((x.shape[0], 2)).at[:, 1].set(-1.0)
+    return jax.numpy.where(x[:, :1, 0, 0] == 7, jax.numpy.nan, logits)
+
+  pool = images_lib.Pool(images, np.zeros(6, np.int64), ("a", "b"), {})
+  with pytest.raises(InputError, match="NaN or inf logits for image 4"):
+    images_lib.select_images(predict, pool, 6, 0, None)

@@ -97,7 +97,7 @@ and of the images, so that the same command resumes and another starts anew):
 """
 
 
-def _int_at_least(minimum):
+def _int_at_least(minimum, maximum=None):
   def parse(text):
     try:
       value = int(text)
@@ -109,9 +109,26 @@ def _int_at_least(minimum):
       raise argparse.ArgumentTypeError(
         f"expected at least {minimum}, got {value}"
       )
+    if maximum is not None and value > maximum:
+      raise argparse.ArgumentTypeError(
+        f"expected at most {maximum}, got {value}"
+      )
     return value
 
   return parse
+
+
+# jax.random.key takes a signed 64-bit seed.
+_seed = _int_at_least(0, 2**63 - 1)
+
+
+def _coordinator(text):
+  from pixeljax import distributed
+
+  try:
+    return distributed.check_coordinator(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _float_in(low, high, *, open_low=False):
@@ -308,7 +325,7 @@ def _attack_parser(subparsers):
   )
   p.add_argument(
     "--seed",
-    type=_int_at_least(0),
+    type=_seed,
     default=0,
     help="chooses the images and seeds the search (default 0)",
   )
@@ -338,6 +355,7 @@ def _attack_parser(subparsers):
   )
   p.add_argument(
     "--coordinator",
+    type=_coordinator,
     metavar="HOST:PORT",
     help="--distributed: process 0's address for the others to join",
   )
@@ -352,6 +370,13 @@ def _attack_parser(subparsers):
     type=_int_at_least(0),
     metavar="I",
     help="--distributed: this process's index, 0..N-1",
+  )
+  p.add_argument(
+    "--distributed-timeout",
+    type=_int_at_least(1),
+    metavar="S",
+    help="--distributed: seconds to wait for every process to join before "
+    "giving up with exit code 3 (default 300, as JAX's own)",
   )
   p.add_argument(
     "--out",
@@ -466,7 +491,7 @@ def _eval_parser(subparsers):
   )
   p.add_argument(
     "--seed",
-    type=_int_at_least(0),
+    type=_seed,
     default=0,
     help="chooses the images and seeds the searches (default 0)",
   )
@@ -652,15 +677,17 @@ def _distributed(args):
   """Joins the other processes for --distributed, before any device use."""
   manual = (args.coordinator, args.num_processes, args.process_id)
   if not args.distributed:
-    if any(v is not None for v in manual):
+    if any(v is not None for v in (*manual, args.distributed_timeout)):
       raise errors.UsageError(
-        "--coordinator, --num-processes, --process-id: only with --distributed"
+        "--coordinator, --num-processes, --process-id, "
+        "--distributed-timeout: only with --distributed"
       )
     return
   from pixeljax import distributed
 
+  timeout = args.distributed_timeout or distributed.TIMEOUT_S
   try:
-    distributed.initialize(*manual)
+    distributed.initialize(*manual, timeout=timeout)
   except ValueError as e:
     raise errors.UsageError(f"--distributed: {e}") from None
 

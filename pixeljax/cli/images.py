@@ -159,7 +159,14 @@ def select_images(
     part = order[start : start + _SELECT_BATCH]
     batch = np.zeros((_SELECT_BATCH,) + pool.images.shape[1:], np.float32)
     batch[: len(part)] = pool.images[part]  # one shape: one compilation
-    p = _softmax(np.asarray(forward(batch), np.float64)[: len(part)])
+    logits = np.asarray(forward(batch), np.float64)[: len(part)]
+    broken = np.flatnonzero(~np.isfinite(logits).all(-1))
+    if broken.size:  # argmax would read NaN as a class
+      raise InputError(
+        f"the model gives NaN or inf logits for image {int(part[broken[0]])} "
+        "of the data; check its weights"
+      )
+    p = _softmax(logits)
     labels = pool.labels[part]
     for i in np.flatnonzero(p.argmax(-1) == labels):
       if len(chosen) == count:

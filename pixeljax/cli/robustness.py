@@ -327,6 +327,7 @@ def run_eval(options: EvalSettings) -> list:
     settings,
     describe=lambda k: _OPTION_NAMES.get(k, k),
     uncompared=(("data", "source"),),
+    record_schema=runs.EVAL_RECORD,
   )
   try:
     if not store.resumed:

@@ -58,6 +58,9 @@ _OPTION_NAMES = {
 }
 # Settings of the run rather than of the search.
 _RUN_KEYS = ("model", "data", "images", "seed", "pixels", "targeted", "target")
+# Images that check_model runs the model on: enough to catch NaN weights,
+# few enough to compile and run in well under a second.
+_CHECK_IMAGES = 8
 
 
 def _say(message: str):
@@ -304,6 +307,21 @@ def check_settings(
     raise UsageError(f"the attack refuses these settings: {e}") from None
 
 
+def check_model(victim: victims_lib.Victim, pool):
+  """Runs the model on the first images of the data, before anything is
+  written: logits NaN or inf (NaN weights, a broken export) are
+  ``InputError``, not a run folder that no corrected command could reuse."""
+  images = np.asarray(pool.images[:_CHECK_IMAGES], np.float32)
+  logits = np.asarray(jax.jit(victim.predict)(images))
+  bad = np.flatnonzero(~np.all(np.isfinite(logits), axis=-1))
+  if bad.size:
+    raise InputError(
+      f"the model {victim.identity['name']} gives NaN or inf logits for "
+      f"{bad.size} of the first {len(images)} images of the data "
+      f"(positions {bad[:5].tolist()}); check its weights"
+    )
+
+
 def run_attack(options: AttackSettings) -> list:
   """Runs (or resumes) the attack described by ``options``.
 
@@ -331,6 +349,7 @@ def run_attack(options: AttackSettings) -> list:
       f"{len(pool.class_names)}"
     )
   target = images_lib.resolve_target(options.target, list(pool.class_names))
+  check_model(victim, pool)
   check_settings(options, victim, pool, target)
   settings = _settings(options, victim, pool, target)
   if not main:

@@ -85,10 +85,18 @@ def _file_sha256(path) -> str:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _nchw_hint(options: AttackSettings, error: Exception) -> str:
+  """A hint when a torch module without --nchw failed as an NCHW module
+  given NHWC images does (a RuntimeError from its first layer)."""
+  if options.torch and not options.nchw and isinstance(error, RuntimeError):
+    return "; a module that takes [B, C, H, W] needs --nchw"
+  return ""
+
+
 def load_external_victim(options: AttackSettings) -> Victim:
   """The --onnx or --torch (with --torch-weights) model as a Victim, its
-  K read from one forward pass at the run's image shape ([size, size, 3]
-  for --folder, else [32, 32, 3]).
+  K read from its test runs (``adapters.ModelError``) at the run's image
+  shape ([size, size, 3] for --folder, else [32, 32, 3]).
 
   Its identity holds the name (the ONNX file's stem, or the factory's
   function), the architecture, the layout and the sha256 of each file read
@@ -115,6 +123,20 @@ def load_external_victim(options: AttackSettings) -> Victim:
       nchw=options.nchw,
       image_shape=(size, size, 3),
     )
+  except adapters.ModelError as e:
+    # The model ran on test images at the door and failed there.
+    cause = e.__cause__
+    if cause is None:  # it gave no usable logits: the message says what
+      raise InputError(f"{flag}: {str(e).partition(': ')[2]}") from None
+    hint = (
+      _nchw_hint(options, cause)
+      if e.images[0] == 1
+      else "; it runs on one image but not on a batch of them"
+    )
+    raise InputError(
+      f"{flag}: cannot load or run the model: {type(cause).__name__}: "
+      f"{cause} (on images [B, H, W, C] = {list(e.images)}){hint}"
+    ) from None
   except Exception as e:
     # The factory's code and the frameworks raise what they like; what
     # names a bad file or model is the user's to fix, anything else a bug.
@@ -141,15 +163,9 @@ def load_external_victim(options: AttackSettings) -> Victim:
       )
       raise InputError(f"{where}: {rest}") from None
     # The file, the framework or the factory's own code failed.
-    hint = (
-      "; a module that takes [B, C, H, W] needs --nchw"
-      if options.torch is not None
-      and not options.nchw
-      and isinstance(e, RuntimeError)
-      else ""
-    )
     raise InputError(
-      f"{flag}: cannot load or run the model: {type(e).__name__}: {e}{hint}"
+      f"{flag}: cannot load or run the model: {type(e).__name__}: {e}"
+      f"{_nchw_hint(options, e)}"
     ) from None
   identity = dict(external.identity, nchw=bool(options.nchw))
   where, _, function = (options.torch or "").rpartition(":")
