@@ -427,6 +427,7 @@ def test_output_folder_not_writable(main, victim, tmp_path):
     (["--distributed", "--coordinator", "h:0"], "expected HOST:PORT"),
     (["--seed", str(2**63)], "--seed: expected at most"),
     (["--seed", "-1"], "--seed: expected at least 0"),
+    (["--size", "100000"], "--size: expected at most 1024"),
   ],
 )
 def test_usage_errors(main, args, phrase):

@@ -120,6 +120,10 @@ def _int_at_least(minimum, maximum=None):
 
 # jax.random.key takes a signed 64-bit seed.
 _seed = _int_at_least(0, 2**63 - 1)
+# --size: a 1024 x 1024 image is 12 MiB as float32, one model call's worth
+# (the search batches about 16 MiB of candidates); larger ones would not fit
+# a batch, and the decoded folder would outgrow memory.
+MAX_SIZE = 1024
 
 
 def _coordinator(text):
@@ -214,9 +218,10 @@ def _attack_parser(subparsers):
   )
   p.add_argument(
     "--size",
-    type=_int_at_least(1),
+    type=_int_at_least(1, MAX_SIZE),
     default=32,
-    help="--folder images are resized to SIZE x SIZE (default 32)",
+    help="--folder images are resized to SIZE x SIZE (default 32, at most "
+    f"{MAX_SIZE})",
   )
   p.add_argument(
     "--skip-bad-images",

@@ -17,6 +17,8 @@ from pixeljax.errors import UsageError
 
 SAMPLE_SOURCE = "packaged CIFAR-10 test sample"
 _SELECT_BATCH = 250
+# ... and at most this many bytes of float32 images per model call.
+_SELECT_BYTES = 2**27
 
 
 def _say(message: str):
@@ -154,10 +156,12 @@ def select_images(
   if exclude_label is not None:
     order = order[pool.labels[order] != exclude_label]
   forward = jax.jit(predict)
+  float_bytes = 4 * pool.images[0].size
+  per_batch = max(1, min(_SELECT_BATCH, _SELECT_BYTES // float_bytes))
   chosen, probs, looked = [], [], 0
-  for start in range(0, len(order), _SELECT_BATCH):
-    part = order[start : start + _SELECT_BATCH]
-    batch = np.zeros((_SELECT_BATCH,) + pool.images.shape[1:], np.float32)
+  for start in range(0, len(order), per_batch):
+    part = order[start : start + per_batch]
+    batch = np.zeros((per_batch,) + pool.images.shape[1:], np.float32)
     batch[: len(part)] = pool.images[part]  # one shape: one compilation
     logits = np.asarray(forward(batch), np.float64)[: len(part)]
     broken = np.flatnonzero(~np.isfinite(logits).all(-1))
