@@ -6,7 +6,9 @@ horizontal-flip augmentation done on the device inside the jitted step, and
 optional bfloat16 compute. After every epoch a checkpoint (safetensors of
 params, batch statistics and optimizer state, plus a JSON with epoch, step and
 seed) is written to `--out`, and `--resume` continues from it exactly: the
-data order and every random key are functions of (seed, epoch, step).
+data order and every random key are functions of (seed, epoch, step). A loss
+or weight that becomes NaN or infinite stops the run (DivergedError) before
+that epoch's checkpoint, so that the last one stays finite.
 
     python -m pixeljax.train --model allconv --out runs/allconv
 
@@ -38,6 +40,8 @@ from collections.abc import Sequence
 import dataclasses
 import functools
 import json
+import math
+import numbers
 import os
 import pathlib
 import sys
@@ -53,6 +57,7 @@ import optax
 import safetensors.numpy
 from tqdm import tqdm
 
+from pixeljax import errors
 from pixeljax import host
 from pixeljax.adversarial import one_pixel_examples
 from pixeljax.data import load_cifar10
@@ -93,6 +98,81 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 CHECKPOINT = "checkpoint"
+
+# The seeds jax.random.key tells apart: it keeps the low 32 bits of a larger
+# one (with 64-bit types off, JAX's default), so 2**32 would train as 0.
+MAX_SEED = 2**32 - 1
+
+
+class TrainInputError(errors.InputError, ValueError):
+  """A checkpoint to resume from, or an `init` card, that cannot be used: a
+  ValueError naming the option in Python, exit 3 (a bad file) on the
+  command line."""
+
+
+class DivergedError(errors.UsageError, FloatingPointError):
+  """A loss or a weight that became NaN or infinite, nearly always from too
+  high a learning rate: exit 2 (a bad option value) on the command line."""
+
+
+class _Range(NamedTuple):
+  """The values a numeric option takes: `kind` (int or float) from `low` to
+  `high`, each end open or closed, and finite."""
+
+  kind: type
+  low: float
+  high: float = math.inf
+  open_low: bool = False
+  open_high: bool = False
+  noun: str = ""  # what messages call it; default "an int" or "a number"
+
+  def holds(self, value: float) -> bool:
+    # NaN fails every comparison.
+    above = self.low < value if self.open_low else self.low <= value
+    below = value < self.high if self.open_high else value <= self.high
+    return above and below and math.isfinite(value)
+
+  def expected(self) -> str:
+    if self.high == math.inf:
+      noun = self.noun or ("an int" if self.kind is int else "a finite number")
+      return f"{noun} {'>' if self.open_low else '>='} {self.low}"
+    noun = self.noun or ("an int" if self.kind is int else "a number")
+    left, right = "(["[not self.open_low], ")]"[not self.open_high]
+    return f"{noun} in {left}{self.low}, {self.high}{right}"
+
+
+# The numeric fields of TrainConfig, checked by `resolved` and by the
+# command line's parser alike (None, where allowed, is not checked).
+RANGES: dict[str, _Range] = {
+  "epochs": _Range(int, 1),
+  "batch_size": _Range(int, 1),
+  "lr": _Range(float, 0, open_low=True),
+  "weight_decay": _Range(float, 0),
+  "momentum": _Range(float, 0, 1, open_high=True),
+  "warmup_epochs": _Range(float, 0),
+  "seed": _Range(int, 0, MAX_SEED),
+  "label_smoothing": _Range(float, 0, 1, open_high=True),
+  "adversarial": _Range(float, 0, 1, noun="a share"),
+  "adv_candidates": _Range(int, 1),
+  "time_limit": _Range(float, 0, open_low=True, noun="finite seconds"),
+  "limit_train": _Range(int, 1),
+  "limit_test": _Range(int, 1),
+  "eval_batch_size": _Range(int, 1),
+}
+
+
+def _check_number(name: str, value: Any) -> None:
+  """Raises a TypeError or ValueError, naming field `name`, unless `value`
+  is in `RANGES[name]`."""
+  want = RANGES[name]
+  kind = numbers.Integral if want.kind is int else numbers.Real
+  if not isinstance(value, kind) or isinstance(value, bool):
+    raise TypeError(
+      f"{name}: expected {want.expected()}, got {type(value).__name__} "
+      f"{value!r}"
+    )
+  if not want.holds(value):
+    raise ValueError(f"{name}: expected {want.expected()}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -148,29 +228,14 @@ class TrainConfig:
       raise ValueError(
         f"schedule: expected 'cosine' or 'onecycle', got {cfg.schedule!r}"
       )
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-      if getattr(cfg, name) < 1:
-        raise ValueError(
-          f"{name}: expected a positive int, got {getattr(cfg, name)}"
-        )
-    if not 0.0 <= cfg.adversarial <= 1.0:
-      raise ValueError(
-        f"adversarial: expected a share in [0, 1], got {cfg.adversarial}"
-      )
-    if cfg.adv_candidates < 1:
-      raise ValueError(
-        f"adv_candidates: expected a positive int, got {cfg.adv_candidates}"
-      )
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-      raise ValueError(
-        f"label_smoothing: expected a number in [0, 1), got "
-        f"{cfg.label_smoothing}"
-      )
+    for name in RANGES:
+      if getattr(cfg, name) is not None:
+        _check_number(name, getattr(cfg, name))
     check_storage_dtype(cfg.weights_dtype, "weights_dtype")
-    if cfg.time_limit is not None and (cfg.time_limit <= 0 or cfg.out is None):
+    if cfg.time_limit is not None and cfg.out is None:
       raise ValueError(
-        f"time_limit: expected seconds > 0 with out= set (the checkpoint "
-        f"to resume from), got {cfg.time_limit} with out={cfg.out!r}"
+        f"time_limit: needs out= set (the checkpoint to resume from), got "
+        f"time_limit={cfg.time_limit} with out=None"
       )
     return cfg
 
@@ -341,6 +406,17 @@ def evaluate(
 # Checkpoints: safetensors of every array of (params, rest, opt_state) + JSON.
 
 
+@jax.jit
+def _finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite: bool []."""
+  checks = [
+    jnp.isfinite(x).all()
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.stack(checks).all() if checks else jnp.array(True)
+
+
 def _flatten(tree) -> dict[str, np.ndarray]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {
@@ -348,15 +424,15 @@ def _flatten(tree) -> dict[str, np.ndarray]:
   }
 
 
-def _unflatten(template, arrays: dict[str, np.ndarray], where: pathlib.Path):
+def _unflatten(template, arrays: dict[str, np.ndarray]):
   paths, treedef = jax.tree_util.tree_flatten_with_path(template)
   leaves = []
   for path, like in paths:
     key = jax.tree_util.keystr(path)
     if key not in arrays or arrays[key].shape != like.shape:
       raise ValueError(
-        f"{where}: checkpoint tensor {key} missing or of the wrong shape; "
-        "was it written by another model or version?"
+        f"tensor {key} missing or of the wrong shape (written by another "
+        "model or version?)"
       )
     leaves.append(jnp.asarray(arrays[key], like.dtype))
   return jax.tree_util.tree_unflatten(treedef, leaves)
@@ -377,21 +453,67 @@ def save_checkpoint(
   write_atomic(out / f"{CHECKPOINT}.json", json.dumps(meta, indent=1).encode())
 
 
-def load_checkpoint(
-  out: pathlib.Path, template: tuple
-) -> tuple[tuple, dict[str, Any]]:
-  """Reads the checkpoint in `out` into arrays shaped like `template`."""
-  meta = json.loads((out / f"{CHECKPOINT}.json").read_text())
-  arrays = safetensors.numpy.load_file(out / f"{CHECKPOINT}.safetensors")
-  state = []
-  for prefix, tree in zip(("params", "rest", "opt"), template):
-    part = {
-      k[len(prefix) :]: v
-      for k, v in arrays.items()
-      if k.startswith(prefix + "[")
-    }
-    state.append(_unflatten(tree, part, out))
-  return tuple(state), meta
+def _damaged(out: pathlib.Path, path: pathlib.Path, why: str) -> Exception:
+  """The error for a checkpoint file in `out` that cannot be resumed from."""
+  return TrainInputError(
+    f"resume: cannot resume from {path}: {why}; to start over, delete "
+    f"{CHECKPOINT}.json and {CHECKPOINT}.safetensors in {out}, or train into "
+    "another --out"
+  )
+
+
+def load_checkpoint_meta(out: pathlib.Path) -> dict[str, Any]:
+  """The JSON of the checkpoint in `out`: epoch, step, history, config.
+
+  Raises:
+    TrainInputError: the file cannot be read, or holds no such object.
+  """
+  path = out / f"{CHECKPOINT}.json"
+  try:
+    meta = json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # ValueError: not UTF-8, or not JSON
+    raise _damaged(out, path, str(e)) from None
+  if not (
+    isinstance(meta, dict)
+    and isinstance(meta.get("config"), dict)
+    and isinstance(meta["config"].get("model"), str)
+    and isinstance(meta.get("history"), list)
+    and meta.get("epoch") == len(meta["history"])
+  ):
+    raise _damaged(
+      out,
+      path,
+      "expected a JSON object with config (naming the model), history and "
+      "epoch (the number of history records)",
+    )
+  return meta
+
+
+def load_checkpoint(out: pathlib.Path, template: tuple) -> tuple:
+  """Reads the arrays of the checkpoint in `out`, shaped like `template`.
+
+  Raises:
+    TrainInputError: the file cannot be read, does not fit `template`, or
+      holds NaN or infinite values.
+  """
+  path = out / f"{CHECKPOINT}.safetensors"
+  try:
+    arrays = safetensors.numpy.load_file(path)
+    state = []
+    for prefix, tree in zip(("params", "rest", "opt"), template):
+      part = {
+        k[len(prefix) :]: v
+        for k, v in arrays.items()
+        if k.startswith(prefix + "[")
+      }
+      state.append(_unflatten(tree, part))
+  except (OSError, ValueError, safetensors.SafetensorError) as e:
+    raise _damaged(out, path, str(e)) from None
+  if not _finite(state):
+    raise _damaged(
+      out, path, "it holds NaN or infinite values (a run that diverged?)"
+    )
+  return tuple(state)
 
 
 # ----------------------------------------------------------------------------
@@ -400,8 +522,6 @@ def load_checkpoint(
 def _limit(data, n: int | None):
   if n is None:
     return data.images, data.labels
-  if n < 1:
-    raise ValueError(f"limit: expected a positive number of images, got {n}")
   # A seeded shuffle first: the folder sources are sorted by class.
   idx = np.random.default_rng(0).permutation(len(data.images))[:n]
   return data.images[idx], data.labels[idx]
@@ -453,11 +573,11 @@ def _initial_model(cfg: TrainConfig, dtype, num_classes: int) -> nnx.Module:
   try:
     model, card = load_weights(cfg.init, dtype=dtype)
   except (OSError, ValueError) as e:
-    raise ValueError(f"init: cannot load {cfg.init}: {e}") from None
+    raise TrainInputError(f"init: cannot load {cfg.init}: {e}") from None
   if card["architecture"] != cfg.model or card.get("num_classes", 10) != (
     num_classes
   ):
-    raise ValueError(
+    raise TrainInputError(
       f"init: {cfg.init} holds a {card['architecture']} with "
       f"{card.get('num_classes', 10)} classes, not a {cfg.model} with "
       f"{num_classes}"
@@ -553,17 +673,55 @@ def _restore(
 ) -> tuple[tuple, int, list[dict[str, float]]]:
   """(state, epochs done, history) to go on from: those of the checkpoint in
   `out` when `cfg.resume` and there is one (of the same recipe, else a
-  ValueError), else `state` with none done."""
+  ValueError; a TrainInputError if damaged), else `state` with none done."""
   if out is None or not (cfg.resume and (out / f"{CHECKPOINT}.json").exists()):
     return state, 0, []
-  state, meta = load_checkpoint(out, state)
+  meta = load_checkpoint_meta(out)
   if meta["config"]["model"] != cfg.model:
     raise ValueError(
       f"resume: checkpoint in {out} is for model "
       f"{meta['config']['model']!r}, not {cfg.model!r}"
     )
   _check_resume(meta["config"], cfg, out)
-  return state, meta["epoch"], meta["history"]
+  return load_checkpoint(out, state), meta["epoch"], meta["history"]
+
+
+def _check_diverged(
+  cfg: TrainConfig,
+  run: _Run,
+  epoch: int,
+  loss_sum: float,
+  losses: list[jax.Array],
+  state: Sequence,
+) -> None:
+  """Raises a DivergedError if a loss of epoch `epoch` (from 0), or a value
+  of the state after it, is NaN or infinite.
+
+  Called before the epoch's checkpoint, so that the last finite one stays.
+  `losses`, the step losses on the device, are read back only when
+  `loss_sum`, their weighted sum already read, is not finite: a finite
+  epoch costs one check of the state, not a wait per step.
+  """
+  if math.isfinite(loss_sum) and _finite(state):
+    return
+  values = np.asarray(jnp.stack(losses))
+  bad = np.flatnonzero(~np.isfinite(values))
+  n = run.steps_per_epoch
+  if len(bad):
+    i = int(bad[0])
+    where = (
+      f"the loss became {values[i]} at step {epoch * n + i + 1} (epoch "
+      f"{epoch + 1}, its step {i + 1} of {n})"
+    )
+  else:  # finite losses of non-finite weights, or a sum past float32's range
+    where = (
+      f"the weights, or the loss summed over epoch {epoch + 1}, became NaN or "
+      "infinite"
+    )
+  raise DivergedError(
+    f"training diverged: {where}; this epoch is not saved. Train with a "
+    f"lower learning rate (lr, --lr; this run's peak is {cfg.lr:g})"
+  )
 
 
 def _run_epoch(
@@ -588,6 +746,7 @@ def _run_epoch(
   # Summed on the device: reading them back every step would stall the GPU's
   # queue.
   loss_sum, correct, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
+  losses = []  # read back only when their sum is not finite
   show = cfg.progress and sys.stderr.isatty()  # a bar in a log file is noise
   bar = tqdm(
     range(run.steps_per_epoch),
@@ -600,6 +759,7 @@ def _run_epoch(
     step = epoch * run.steps_per_epoch + i
     idx = order[i * run.batch : (i + 1) * run.batch].astype(np.int32)
     *state, loss, ok = run.train_step(*state, *on_device, idx, step)
+    losses.append(loss)
     loss_sum += loss * run.batch
     correct += ok
     seen += run.batch
@@ -613,6 +773,7 @@ def _run_epoch(
   # Waits for the epoch's last step.
   loss_sum, correct = float(loss_sum), int(correct)
   seconds = time.perf_counter() - t0
+  _check_diverged(cfg, run, epoch, loss_sum, losses, state)
   test_acc = evaluate(
     run.eval_step,
     state[0],
@@ -790,6 +951,24 @@ def train(config: TrainConfig) -> TrainResult:
   return TrainResult(model, test_acc, history, card_path)
 
 
+def _parsed(name: str) -> Callable[[str], float]:
+  """An argparse type: the number a text spells, if in `RANGES[name]`."""
+  want = RANGES[name]
+
+  def parse(text: str) -> float:
+    try:
+      value = want.kind(text)
+    except ValueError:
+      value = None
+    if value is None or not want.holds(value):
+      raise argparse.ArgumentTypeError(
+        f"expected {want.expected()}, got {text!r}"
+      )
+    return value
+
+  return parse
+
+
 def _parser() -> argparse.ArgumentParser:
   # `pixeljax train` and `python -m pixeljax.train` are the same program.
   p = argparse.ArgumentParser(
@@ -807,19 +986,23 @@ def _parser() -> argparse.ArgumentParser:
     "--out", required=True, help="folder for checkpoints and final weights"
   )
   p.add_argument(
-    "--epochs", type=int, help="training epochs (default: the model's recipe)"
+    "--epochs",
+    type=_parsed("epochs"),
+    help="training epochs (default: the model's recipe)",
   )
   p.add_argument(
     "--batch-size",
-    type=int,
+    type=_parsed("batch_size"),
     help="images per step (default: the model's recipe)",
   )
   p.add_argument(
-    "--lr", type=float, help="peak learning rate (default: the model's recipe)"
+    "--lr",
+    type=_parsed("lr"),
+    help="peak learning rate (default: the model's recipe)",
   )
   p.add_argument(
     "--weight-decay",
-    type=float,
+    type=_parsed("weight_decay"),
     help="L2 weight decay on the kernels (default: the model's recipe)",
   )
   p.add_argument(
@@ -829,13 +1012,13 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--momentum",
-    type=float,
+    type=_parsed("momentum"),
     default=0.9,
     help="Nesterov momentum (default 0.9)",
   )
   p.add_argument(
     "--warmup-epochs",
-    type=float,
+    type=_parsed("warmup_epochs"),
     default=1.0,
     help="linear warm-up before the cosine decay, in epochs (default 1)",
   )
@@ -850,19 +1033,20 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--seed",
-    type=int,
+    type=_parsed("seed"),
     default=0,
-    help="seeds the weights, the data order and the augmentation (default 0)",
+    help="seeds the weights, the data order and the augmentation: 0 to "
+    f"{MAX_SEED} (default 0)",
   )
   p.add_argument(
     "--label-smoothing",
-    type=float,
+    type=_parsed("label_smoothing"),
     help="weight of the uniform target in the cross-entropy (default: the "
     "model's recipe)",
   )
   p.add_argument(
     "--adversarial",
-    type=float,
+    type=_parsed("adversarial"),
     default=0.0,
     metavar="SHARE",
     help="one-pixel adversarial training: replace this share of each batch "
@@ -871,7 +1055,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--adv-candidates",
-    type=int,
+    type=_parsed("adv_candidates"),
     default=4,
     help="pixels tried per adversarial example, picked by the gradient "
     "(default 4)",
@@ -894,15 +1078,19 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     "--time-limit",
-    type=float,
+    type=_parsed("time_limit"),
     metavar="SECONDS",
     help="stop after the last epoch that fits (checkpoint kept; --resume "
     "goes on)",
   )
   p.add_argument(
-    "--limit-train", type=int, help="train on N images (quick runs)"
+    "--limit-train",
+    type=_parsed("limit_train"),
+    help="train on N images (quick runs)",
   )
-  p.add_argument("--limit-test", type=int, help="evaluate on N images")
+  p.add_argument(
+    "--limit-test", type=_parsed("limit_test"), help="evaluate on N images"
+  )
   p.add_argument(
     "--data",
     help="CIFAR-10 source (default: PIXELJAX_DATA, then the "
@@ -945,4 +1133,8 @@ if __name__ == "__main__":
   # the CPUs measured (pixeljax.xla_options). Set here, not in main(), so that
   # a call from Python leaves the process's options alone.
   prefer_xla_cpu_convolutions()
-  main()
+  try:
+    main()
+  except errors.UserError as e:  # exit codes as `pixeljax train` gives them
+    print(f"pixeljax train: error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)

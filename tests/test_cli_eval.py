@@ -6,6 +6,7 @@ import json
 import pytest
 
 from tests.test_cli import main  # noqa: F401  (the fixture)
+from tests.test_cli import nan_weights_card
 
 TINY = [
   "--model",
@@ -78,3 +79,58 @@ def test_eval_usage_errors(main, tmp_path, args, phrase):  # noqa: F811
   code, _, err = main("eval", "--out", tmp_path / "x", "--quiet", *args)
   assert code == 2 and phrase in err, err
   assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+  "spec, phrase",
+  [
+    ("bits:200", "bits must be 1..8, got 200"),
+    ("bits:0", "bits must be 1..8, got 0"),
+    ("median:999", "size must be 1..9, got 999"),
+    ("median:0", "size must be 1..9, got 0"),
+    ("median:-1", "size must be 1..9, got -1"),
+    ("blur:1e4", "got 10000.0"),
+    ("blur:0", "sigma must be above 0 and at most 8, got 0.0"),
+    ("blur:inf", "got inf"),
+    ("blur:nan", "got nan"),
+  ],
+)
+def test_defence_values_are_refused_when_parsed(main, tmp_path, spec, phrase):  # noqa: F811
+  code, _, err = main("eval", *TINY, "--defence", spec, "--out", tmp_path / "x")
+  assert code == 2, err
+  assert f"argument --defence: defence '{spec}': " in err and phrase in err
+  assert "No CIFAR-10" not in err  # refused before the data was looked for
+  assert not (tmp_path / "x").exists()
+
+
+def test_a_window_larger_than_the_images_is_refused(main, tmp_path):  # noqa: F811
+  code, _, err = main("eval", *TINY, "--defence", "blur:8", "--out", tmp_path)
+  assert code == 2, err
+  assert "--defence blur:8: " in err and "larger than the 32 x 32" in err
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_model_with_nan_logits_is_exit_3_and_writes_nothing(main, tmp_path):  # noqa: F811
+  card = nan_weights_card(tmp_path / "card")
+  out = tmp_path / "new" / "run"
+  code, _, err = main("eval", *TINY[2:], "--weights", card, "--out", out)
+  assert code == 3, err
+  assert "NaN or inf logits for 2 of the 2 images" in err, err
+  assert not (tmp_path / "new").exists()  # free for the corrected command
+
+
+def test_an_eval_stopped_before_a_record_leaves_nothing(
+  main,  # noqa: F811
+  tmp_path,
+  monkeypatch,
+):
+  from pixeljax.attack import robustness
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(robustness, "stream_l0_robustness", interrupted)
+  out = tmp_path / "new" / "run"
+  code, _, err = main("eval", *TINY, "--out", out)
+  assert code == 130, err
+  assert not (tmp_path / "new").exists()  # no run.json, no run.lock

@@ -1,6 +1,8 @@
 """Input-transform defences: what each transform does to known images, and
 that the wrappers keep the model contract."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +23,43 @@ def reference_median(image, size):
   return out
 
 
-@pytest.mark.parametrize("size", [2, 3, 5])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6])
 def test_median_matches_a_reference(size):
   image = np.random.default_rng(size).integers(0, 256, (7, 6, 3))
   got = np.asarray(defences.median(jnp.asarray(image[None], jnp.float32), size))
   np.testing.assert_allclose(got[0], reference_median(image, size))
+
+
+def test_median_at_the_cap_is_exact_and_quick():
+  # The full sorting network of 81 values took minutes to compile.
+  size = defences.MAX_MEDIAN_SIZE
+  image = np.random.default_rng(0).random((size, size + 1, 2)) * 255
+  start = time.perf_counter()
+  got = defences.median(jnp.asarray(image[None], jnp.float32), size)
+  assert time.perf_counter() - start < 20
+  np.testing.assert_allclose(
+    got[0], reference_median(image.astype(np.float32), size), rtol=1e-6
+  )
+
+
+def reference_blur(image, sigma):
+  """The 2-D Gaussian blur of [H, W, C], edges repeated (see ``blur``)."""
+  radius = int(np.ceil(2 * sigma))
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  kernel = np.outer(taps, taps) / taps.sum() ** 2
+  padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), "edge")
+  out = np.zeros(image.shape)
+  for dy in range(2 * radius + 1):
+    for dx in range(2 * radius + 1):
+      shifted = padded[dy : dy + image.shape[0], dx : dx + image.shape[1]]
+      out += kernel[dy, dx] * shifted
+  return out
+
+
+def test_blur_matches_a_reference():
+  image = np.random.default_rng(1).integers(0, 256, (11, 12, 3))
+  got = defences.blur(jnp.asarray(image[None], jnp.float32), 1.5)
+  np.testing.assert_allclose(got[0], reference_blur(image, 1.5), rtol=1e-5)
 
 
 def test_median_votes_out_two_changed_pixels_but_not_five():
@@ -78,7 +112,68 @@ def test_specs_are_checked():
     defences.canonical_spec("jpeg")
   with pytest.raises(ValueError, match="must be an int"):
     defences.canonical_spec("median:x")
-  with pytest.raises(ValueError, match="size must be at least 1"):
+  with pytest.raises(ValueError, match="size must be 1..9, got 0"):
     defences.median_filter(lambda x: x, 0)
-  with pytest.raises(ValueError, match="sigma"):
-    defences.gaussian_blur(lambda x: x, -1.0)
+
+
+def identity(images):
+  return images.reshape(images.shape[0], -1)
+
+
+@pytest.mark.parametrize(
+  "wrapper, value, phrase",
+  [
+    (defences.bit_depth, 0, "bits must be 1..8, got 0"),
+    (defences.bit_depth, 9, "bits must be 1..8, got 9"),
+    (defences.bit_depth, 200, "bits must be 1..8, got 200"),
+    (defences.median_filter, 0, "size must be 1..9, got 0"),
+    (defences.median_filter, -1, "size must be 1..9, got -1"),
+    (defences.median_filter, 10, "size must be 1..9, got 10"),
+    (defences.median_filter, 999, "size must be 1..9, got 999"),
+    (defences.gaussian_blur, 0.0, "sigma must be above 0 and at most 8"),
+    (defences.gaussian_blur, -1, "got -1"),
+    (defences.gaussian_blur, 8.5, "got 8.5"),
+    (defences.gaussian_blur, 1e4, "got 10000.0"),
+    (defences.gaussian_blur, float("inf"), "got inf"),
+    (defences.gaussian_blur, float("nan"), "got nan"),
+  ],
+)
+def test_values_out_of_range_are_refused_at_once(wrapper, value, phrase):
+  with pytest.raises(ValueError, match=phrase):
+    wrapper(identity, value)
+
+
+def test_parameters_of_the_wrong_type_are_refused():
+  with pytest.raises(TypeError, match="bits must be an int, got True"):
+    defences.bit_depth(identity, True)
+  with pytest.raises(TypeError, match="size must be an int, got 3.0"):
+    defences.median_filter(identity, 3.0)
+  with pytest.raises(TypeError, match="sigma must be a number, got '1'"):
+    defences.gaussian_blur(identity, "1")
+
+
+@pytest.mark.parametrize(
+  "spec", ["bits:200", "bits:0", "median:999", "blur:1e4", "blur:nan"]
+)
+def test_specs_out_of_range_are_refused(spec):
+  with pytest.raises(ValueError, match=f"defence '{spec}': "):
+    defences.canonical_spec(spec)
+  with pytest.raises(ValueError, match=f"defence '{spec}': "):
+    defences.from_spec(identity, spec)
+
+
+def test_every_accepted_bit_depth_keeps_colours_finite():
+  colours = jnp.arange(256, dtype=jnp.float32).reshape(1, 1, 256, 1)
+  for bits in range(1, defences.MAX_BITS + 1):
+    got = np.asarray(defences.quantise(colours, bits))
+    assert np.isfinite(got).all() and len(np.unique(got)) == 2**bits
+
+
+@pytest.mark.parametrize("spec", ["median:5", "blur:1"])
+def test_windows_larger_than_the_images_are_refused(spec):
+  images = jnp.zeros((2, 4, 6, 3))
+  with pytest.raises(ValueError, match="larger than the 4 x 6 images"):
+    defences.check_fits(spec, images.shape[1:])
+  with pytest.raises(ValueError, match="larger than the 4 x 6 images"):
+    jax.jit(defences.from_spec(identity, spec))(images)
+  defences.check_fits(spec, (5, 6, 3))  # fits

@@ -13,7 +13,10 @@ import numpy as np
 import optax
 from PIL import Image
 import pytest
+import safetensors.numpy
 
+from pixeljax import cli
+from pixeljax import errors
 from pixeljax import train as T
 from pixeljax.data import load_cifar10
 from pixeljax.models import create_model
@@ -158,6 +161,79 @@ def test_bad_config():
     T.TrainConfig(schedule="step").resolved()
   with pytest.raises(ValueError, match="weights_dtype: expected one of"):
     T.TrainConfig(weights_dtype="bfloat16").resolved()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("lr", NAN),
+    ("lr", -1.0),
+    ("lr", 0.0),
+    ("lr", INF),
+    ("weight_decay", -1e-4),
+    ("weight_decay", NAN),
+    ("momentum", 1.0),
+    ("momentum", NAN),
+    ("warmup_epochs", INF),
+    ("label_smoothing", 1.0),
+    ("label_smoothing", NAN),
+    ("adversarial", NAN),
+    ("time_limit", NAN),
+    ("time_limit", INF),
+    ("seed", -1),
+    ("seed", T.MAX_SEED + 1),
+    ("epochs", 0),
+    ("limit_train", 0),
+  ],
+)
+def test_config_refuses_numbers_out_of_range(field, value):
+  with pytest.raises(ValueError, match=f"^{field}: expected .*got"):
+    T.TrainConfig(out="run", **{field: value}).resolved()
+
+
+def test_config_refuses_numbers_of_another_type():
+  with pytest.raises(
+    TypeError, match="lr: expected a finite number > 0, got str"
+  ):
+    T.TrainConfig(lr="0.1").resolved()
+  with pytest.raises(TypeError, match="seed: expected an int"):
+    T.TrainConfig(seed=1.0).resolved()
+  cfg = T.TrainConfig(seed=T.MAX_SEED, lr=1, momentum=0.0).resolved()
+  assert cfg.seed == T.MAX_SEED and cfg.lr == 1
+
+
+@pytest.mark.parametrize(
+  "option, value",
+  [
+    ("--lr", "nan"),
+    ("--lr", "-1"),
+    ("--time-limit", "nan"),
+    ("--weight-decay", "inf"),
+    ("--momentum", "-0.5"),
+    ("--label-smoothing", "1"),
+    ("--warmup-epochs", "-1"),
+    ("--seed", "9223372036854775808"),
+    ("--seed", str(T.MAX_SEED + 1)),
+    ("--epochs", "1.5"),
+  ],
+)
+def test_train_command_refuses_bad_numbers_at_parse_time(option, value, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["train", "--model", "smallcnn", "--out", "x", option, value])
+  assert exit_.value.code == errors.EXIT_USAGE
+  assert f"argument {option}: expected" in capsys.readouterr().err
+
+
+def test_the_seed_range_is_what_jax_tells_apart():
+  """Seeds past 2**32 - 1 would silently train as smaller ones."""
+  data = lambda seed: np.asarray(jax.random.key_data(jax.random.key(seed)))  # noqa: E731
+  assert not np.array_equal(data(T.MAX_SEED), data(0))
+  np.testing.assert_array_equal(data(T.MAX_SEED + 1), data(0))
+  order = np.random.default_rng([T.MAX_SEED, 1]).permutation(4)
+  assert sorted(order) == [0, 1, 2, 3]
 
 
 def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets():
@@ -308,3 +384,162 @@ def test_resume_reads_options_a_checkpoint_lacks_as_the_recipe_defaults():
   smoothed = dataclasses.replace(cfg, label_smoothing=0.1)
   with pytest.raises(ValueError, match="label_smoothing: checkpoint 0.0, now"):
     T._check_resume(saved, smoothed, pathlib.Path("run"))
+
+
+def _poisoned_steps(monkeypatch, from_step):
+  """make_steps whose train step returns a NaN loss from step `from_step`."""
+  make_steps = T.make_steps
+
+  def poisoned(*args, **kwargs):
+    train_step, eval_step = make_steps(*args, **kwargs)
+
+    def step(*inputs):
+      *state, loss, correct = train_step(*inputs)
+      nan = inputs[-1] >= from_step
+      return (*state, loss * np.float32("nan") if nan else loss, correct)
+
+    return step, eval_step
+
+  monkeypatch.setattr(T, "make_steps", poisoned)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
+  tiny_cifar, tmp_path, monkeypatch
+):
+  # 48 images in batches of 16: 3 steps an epoch; steps 3.. (epoch 2) are NaN.
+  _poisoned_steps(monkeypatch, from_step=3)
+  out = tmp_path / "run"
+  with pytest.raises(
+    T.DivergedError,
+    match=r"loss became nan at step 4 \(epoch 2, its step 1 of 3\).*lower "
+    r"learning rate \(lr, --lr; this run's peak is 0.15\)",
+  ):
+    T.train(_config(tiny_cifar, out, epochs=2))
+  meta = json.loads((out / "checkpoint.json").read_text())
+  assert meta["epoch"] == 1 and len(meta["history"]) == 1
+  arrays = safetensors.numpy.load_file(out / "checkpoint.safetensors")
+  assert all(np.isfinite(a).all() for a in arrays.values())
+  assert not (out / "smallcnn.json").exists()
+
+
+def test_check_diverged_sees_non_finite_weights_under_finite_losses():
+  run = T._Run(None, None, None, None, batch=16, steps_per_epoch=2)
+  cfg = T.TrainConfig(lr=0.5)
+  losses = [jnp.float32(2.3), jnp.float32(2.2)]
+  finite = [{"w": jnp.ones(3)}, {"count": jnp.zeros((), jnp.int32)}]
+  T._check_diverged(cfg, run, 0, 72.0, losses, finite)
+  weights = [{"w": jnp.array([1.0, jnp.inf, 0.0])}]
+  with pytest.raises(T.DivergedError, match="the weights.*epoch 3.*0.5"):
+    T._check_diverged(cfg, run, 2, 72.0, losses, weights)
+  losses[1] = jnp.float32("inf")
+  with pytest.raises(T.DivergedError, match="loss became inf at step 6"):
+    T._check_diverged(cfg, run, 2, float("inf"), losses, finite)
+
+
+def test_a_diverging_learning_rate_writes_nothing(tiny_cifar, tmp_path, capsys):
+  out = tmp_path / "run"
+  argv = [
+    "train",
+    "--model",
+    "smallcnn",
+    "--out",
+    str(out),
+    "--data",
+    tiny_cifar,
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--limit-train",
+    "32",
+    "--limit-test",
+    "10",
+    "--lr",
+    "1e30",
+    "--quiet",
+  ]
+  assert cli.main(argv) == errors.EXIT_USAGE
+  assert "training diverged" in capsys.readouterr().err
+  assert list(out.iterdir()) == []
+
+
+def _resume_argv(data, out):
+  return [
+    "--model",
+    "smallcnn",
+    "--out",
+    str(out),
+    "--data",
+    data,
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--quiet",
+    "--resume",
+  ]
+
+
+def _damage(kind, out, cfg):
+  """Writes a checkpoint of `cfg` to `out`, damaged as `kind` says."""
+  meta = dict(
+    epoch=1,
+    step=3,
+    config=dataclasses.asdict(cfg),
+    history=[dict(epoch=1, loss=2.3, test_acc=0.1, seconds=1.0)],
+  )
+  out.mkdir()
+  if kind == "nan weights":  # the arrays of a real run, its weights NaN
+    _, state = T._build(cfg, T._load_data(cfg))
+    params = jax.tree.map(lambda p: p * np.nan, state[0])
+    T.save_checkpoint(out, (params, *state[1:]), meta)
+    return
+  text = json.dumps(meta)
+  tensors = safetensors.numpy.save({"params['w']": np.zeros(64, np.float32)})
+  if kind == "no config":
+    text = json.dumps({k: v for k, v in meta.items() if k != "config"})
+  elif kind == "truncated json":
+    text = text[: len(text) // 2]
+  elif kind == "truncated arrays":
+    tensors = tensors[: len(tensors) // 2]
+  (out / "checkpoint.json").write_text(text)
+  if kind != "no arrays":
+    (out / "checkpoint.safetensors").write_bytes(tensors)
+
+
+@pytest.mark.parametrize(
+  "kind, damaged",
+  [
+    ("truncated arrays", "checkpoint.safetensors"),
+    ("no arrays", "checkpoint.safetensors"),
+    ("other arrays", "checkpoint.safetensors"),
+    ("nan weights", "checkpoint.safetensors"),
+    ("no config", "checkpoint.json"),
+    ("truncated json", "checkpoint.json"),
+  ],
+)
+def test_resume_names_a_damaged_checkpoint(
+  kind, damaged, tiny_cifar, tmp_path, capsys
+):
+  out = tmp_path / "run"
+  argv = _resume_argv(tiny_cifar, out)
+  cfg = T.TrainConfig(**vars(T._parser().parse_args(argv))).resolved()
+  _damage(kind, out, cfg)
+  assert cli.main(["train", *argv]) == errors.EXIT_INPUT
+  err = capsys.readouterr().err
+  assert f"cannot resume from {out / damaged}: " in err
+  assert (
+    "to start over, delete checkpoint.json and checkpoint.safetensors in "
+    f"{out}, or train into another --out"
+  ) in err
+  with pytest.raises(ValueError, match="resume: cannot resume"):
+    T.train(cfg)
+
+
+def test_a_bad_init_card_is_a_file_error(tiny_cifar, tmp_path, capsys):
+  card = tmp_path / "card.json"
+  card.write_text("{not json")
+  argv = ["train", "--model", "smallcnn", "--out", str(tmp_path / "run")]
+  argv += ["--data", tiny_cifar, "--init", str(card), "--quiet"]
+  assert cli.main(argv) == errors.EXIT_INPUT
+  assert f"init: cannot load {card}" in capsys.readouterr().err

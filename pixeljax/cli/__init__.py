@@ -118,8 +118,9 @@ def _int_at_least(minimum, maximum=None):
   return parse
 
 
-# jax.random.key takes a signed 64-bit seed.
-_seed = _int_at_least(0, 2**63 - 1)
+# jax.random.key keeps the low 32 bits of a seed (without x64): a larger one
+# would repeat a smaller one's images and search.
+_seed = _int_at_least(0, 2**32 - 1)
 # --size: a 1024 x 1024 image is 12 MiB as float32, one model call's worth
 # (the search batches about 16 MiB of candidates); larger ones would not fit
 # a batch, and the decoded folder would outgrow memory.
@@ -421,8 +422,11 @@ evaluation adapts to the defence. Every row sees the same images: the first
 --images of a shuffle seeded by --seed, misclassified ones included.
 
 Defences (--defence, repeatable; pixeljax.defences): none, median[:SIZE]
-(a SIZE x SIZE median filter, default 3), bits[:BITS] (colour depth
-reduced to BITS bits, default 4), blur[:SIGMA] (Gaussian blur, default 1).
+(a SIZE x SIZE median filter, default 3, SIZE at most 9: larger networks
+compile and run for long), bits[:BITS] (colour depth reduced to BITS bits,
+default 4, at most 8: a pixel's own), blur[:SIGMA] (Gaussian blur over
+2 ceil(2 SIGMA) + 1 pixels, default 1, at most 8). A window larger than
+the images is refused.
 
 Results stream to the output folder as each image finishes; rerun the same
 command to resume.
@@ -441,6 +445,16 @@ evaluations per k; 10 images of the
 shipped AllConv (the default model) with no defence took 98 s on a quiet
 2-core CPU, so 100 take about 15 minutes.
 """
+
+
+def _defence_spec(text):
+  """--defence's type: the spec in canonical form, checked at parse time."""
+  from pixeljax import defences
+
+  try:
+    return defences.canonical_spec(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _eval_parser(subparsers):
@@ -472,9 +486,12 @@ def _eval_parser(subparsers):
     "--defence",
     dest="defences",
     action="append",
+    type=_defence_spec,
     metavar="SPEC",
-    help="none, median[:SIZE], bits[:BITS] or blur[:SIGMA]; repeat for "
-    "several, each model is evaluated behind each (default: none)",
+    help="none, median[:SIZE] (SIZE 1..9), bits[:BITS] (1..8) or "
+    "blur[:SIGMA] (SIGMA above 0, at most 8); windows no larger than the "
+    "images; repeat for several, each model is evaluated behind each "
+    "(default: none)",
   )
   p.add_argument(
     "--data",
@@ -799,6 +816,8 @@ def _run_train(argv) -> int:
     train.main(argv)
   except (data.DataNotFoundError, data.DataCorruptError, OSError) as e:
     raise errors.InputError(str(e)) from None
+  except errors.UserError:  # a damaged checkpoint, ...: their own exit code
+    raise
   except ValueError as e:  # train's own option checks
     raise errors.UsageError(str(e)) from None
   return errors.EXIT_OK

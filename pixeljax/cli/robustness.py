@@ -12,7 +12,9 @@ the same settings skips the images already recorded. Image i draws from
 flight with it.
 
 Run folder:
-  run.json            the settings (a rerun must match them to resume)
+  run.json            the settings (a rerun must match them to resume),
+                      written with the first record: a run stopped before
+                      any image finished leaves no folder behind
   results.jsonl       one line per (row, image): model, defence, image,
                       label, clean_label, min_pixels (-1: not fooled with
                       --max-pixels), adv_label, queries, perturbation
@@ -56,6 +58,10 @@ _OPTION_NAMES = {
   "top_pixels": "--top-pixels",
   "block": "--block",
 }
+# Images per model call when checking the rows' logits: at most 100, and at
+# most 128 MiB of float32 pixels.
+_CHECK_IMAGES = 100
+_CHECK_BYTES = 2**27
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +143,45 @@ def _check_defences(specs) -> tuple:
   return specs
 
 
+def _check_fits(specs, image_shape):
+  """Refuses a defence whose window is larger than the images."""
+  for spec in specs:
+    try:
+      defences.check_fits(spec, image_shape)
+    except ValueError as e:
+      raise UsageError(f"--defence {spec}: {e}") from None
+
+
+def _nonfinite(predict, images) -> np.ndarray:
+  """Positions in float [N, H, W, C] ``images`` whose logits under
+  ``predict`` hold NaN or inf (int64 [n])."""
+  per_call = max(1, _CHECK_BYTES // (4 * images[0].size))
+  per_call = min(per_call, _CHECK_IMAGES, len(images))
+  forward = jax.jit(predict)
+  bad = []
+  for start in range(0, len(images), per_call):
+    part = images[start : start + per_call]
+    batch = np.zeros((per_call, *images.shape[1:]), np.float32)
+    batch[: len(part)] = part  # one shape: one compilation
+    logits = np.asarray(forward(batch))[: len(part)]
+    bad.extend(start + np.flatnonzero(~np.all(np.isfinite(logits), axis=-1)))
+  return np.array(bad, np.int64)
+
+
+def _check_logits(rows, images, index):
+  """Runs each row's model, behind its defence, on the images before the
+  run folder is made: NaN or inf logits (NaN weights, a broken export) are
+  ``InputError``, not a run.json that no corrected command could reuse."""
+  for row in rows:
+    bad = _nonfinite(row.predict, images)
+    if bad.size:
+      raise InputError(
+        f"{row.name} behind defence {row.defence} gives NaN or inf logits "
+        f"for {bad.size} of the {len(images)} images (data indices "
+        f"{index[bad[:5]].tolist()}); check its weights"
+      )
+
+
 def _settings(options, chosen, specs, pool) -> dict:
   return dict(
     format=EVAL_FORMAT,
@@ -176,8 +221,19 @@ def _record(row, image, label, result, i) -> dict:
   )
 
 
-def _evaluate_row(store, row, images, labels, index, options, bar):
-  """Runs the images of ``row`` that the folder lacks, recording each."""
+def _append(store, settings, records):
+  """Appends ``records``, writing run.json first if the run has not
+  started: a run stopped before any image finished leaves nothing behind
+  (``RunStore.close``), so another command may take its folder."""
+  if not (store.directory / runs.SETTINGS_FILE).exists():
+    store.write_settings(settings)
+  store.append(records)
+
+
+def _evaluate_row(store, settings, row, data, options, bar):
+  """Runs the images of ``row`` that the folder lacks, recording each;
+  ``data`` is (images, labels, index in the data set)."""
+  images, labels, index = data
   done = {
     r["image"] for r in store.records() if (r["model"], r["defence"]) == row.key
   }
@@ -197,11 +253,13 @@ def _evaluate_row(store, row, images, labels, index, options, bar):
       **options.search_options(),
     )
     for positions, result in finished:
-      store.append(
+      _append(
+        store,
+        settings,
         [
           _record(row, index[todo[j]], labels[todo[j]], result, i)
           for i, j in enumerate(positions)
-        ]
+        ],
       )
       bar.update(len(positions))
   except (ValueError, TypeError) as e:  # the engine's input checks
@@ -317,11 +375,13 @@ def run_eval(options: EvalSettings) -> list:
     ).budget
   except (ValueError, TypeError) as e:
     raise UsageError(f"the evaluation refuses these settings: {e}") from None
+  _check_fits(specs, pool.images.shape[1:])
   rows = [_Row(name, v, spec) for name, v in chosen for spec in specs]
   settings = _settings(options, chosen, specs, pool)
   order = np.random.default_rng(options.seed).permutation(len(pool.images))
   index = order[: options.images]
   images, labels = pool.images[index], pool.labels[index]
+  _check_logits(rows, images, index)
   store = runs.RunStore.create_or_resume(
     options.out or _default_out(settings),
     settings,
@@ -330,8 +390,6 @@ def run_eval(options: EvalSettings) -> list:
     record_schema=runs.EVAL_RECORD,
   )
   try:
-    if not store.resumed:
-      store.write_settings(settings)
     with tqdm(
       total=len(rows) * len(index),
       disable=not options.progress,
@@ -339,7 +397,9 @@ def run_eval(options: EvalSettings) -> list:
       dynamic_ncols=True,
     ) as bar:
       for row in rows:
-        _evaluate_row(store, row, images, labels, index, options, bar)
+        _evaluate_row(
+          store, settings, row, (images, labels, index), options, bar
+        )
     title, summary = _write_summary(store, settings, rows, budget)
   finally:
     store.close()
