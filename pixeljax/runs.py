@@ -53,6 +53,10 @@ def _number(value) -> bool:
   return type(value) in (int, float)
 
 
+def _string(value) -> bool:
+  return isinstance(value, str)
+
+
 def _perturbation(value) -> bool:
   """[[x, y, channel values...], ...]: one row of integers per pixel."""
   return isinstance(value, list) and all(
@@ -78,11 +82,11 @@ ATTACK_RECORD = dict(
   generations=(_integer, False),
   seconds_share=(_number, False),
   seconds=(_number, False),  # its name in older run folders
-  path=(lambda v: isinstance(v, str), False),
+  path=(_string, False),
 )
 EVAL_RECORD = dict(
-  model=(lambda v: isinstance(v, str), True),
-  defence=(lambda v: isinstance(v, str), True),
+  model=(_string, True),
+  defence=(_string, True),
   image=(_integer, True),
   label=(_integer, True),
   clean_label=(_integer, True),

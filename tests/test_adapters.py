@@ -36,14 +36,15 @@ def victim():
   )
 
 
-def _export(module, path, *, dynamic_batch=True):
-  """``module`` (NCHW, 32 x 32 x 3) as an ONNX file: the legacy exporter,
-  which needs neither onnxscript nor a network, and takes a second."""
+def _export(module, path, *, dynamic_batch=True, input_shape=(1, 3, 32, 32)):
+  """``module`` (taking ``input_shape``, NCHW 32 x 32 x 3 by default) as an
+  ONNX file: the legacy exporter, which needs neither onnxscript nor a
+  network, and takes a second."""
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     torch.onnx.export(
       module,
-      (torch.zeros(1, 3, 32, 32),),
+      (torch.zeros(input_shape),),
       str(path),
       dynamo=False,
       input_names=["pixels"],
@@ -333,21 +334,6 @@ def test_a_submodule_in_training_mode_is_refused():
   assert adapters.from_torch(module)(jnp.zeros((2, 4, 4, 3))).shape == (2, 3)
 
 
-def _export_onnx(module, path, *, dynamic_batch=True):
-  """``module`` (NHWC, 4 x 4 x 3) as an ONNX file."""
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    torch.onnx.export(
-      module,
-      (torch.zeros(1, 4, 4, 3),),
-      str(path),
-      dynamo=False,
-      input_names=["x"],
-      dynamic_axes={"x": {0: "b"}} if dynamic_batch else None,
-    )
-  return path
-
-
 class _BatchOfOne(torch.nn.Module):
   """A linear model whose batch of 1 is hard-coded in its reshape, as in an
   export of ``x.view(1, -1)``."""
@@ -364,7 +350,7 @@ class _BatchOfOne(torch.nn.Module):
 def test_onnx_dynamic_in_name_only_runs_one_image_per_call(tmp_path):
   pytest.importorskip("onnxruntime")
   module = _BatchOfOne().eval()
-  path = _export_onnx(module, tmp_path / "one.onnx")
+  path = _export(module, tmp_path / "one.onnx", input_shape=(1, 4, 4, 3))
   images = np.arange(3 * 48, dtype=np.float32).reshape(3, 4, 4, 3)
   with torch.no_grad():
     want = torch.cat([module(torch.from_numpy(i[None])) for i in images])
@@ -379,7 +365,12 @@ def test_onnx_model_that_fails_is_refused_before_the_jit(tmp_path):
   module = _BatchOfOne().eval()
   with torch.no_grad():
     module.linear.weight.fill_(torch.nan)
-  path = _export_onnx(module, tmp_path / "nan.onnx", dynamic_batch=False)
+  path = _export(
+    module,
+    tmp_path / "nan.onnx",
+    dynamic_batch=False,
+    input_shape=(1, 4, 4, 3),
+  )
   with pytest.raises(adapters.ModelError, match=r"path: .*nan\.onnx gives NaN"):
     jax.jit(adapters.from_onnx(path, nchw=False))(jnp.zeros((2, 4, 4, 3)))
 

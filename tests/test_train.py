@@ -118,14 +118,15 @@ def test_resume_continues_exactly(tiny_cifar, tmp_path, monkeypatch):
     np.testing.assert_array_equal(x, y)
 
 
-def test_main_writes_weights_and_card(tiny_cifar, tmp_path):
-  argv = [
+def _tiny_run_argv(data, out, *options):
+  """One quick SmallCNN epoch on 32 images of `data` into `out`."""
+  return [
     "--model",
     "smallcnn",
     "--out",
-    str(tmp_path / "run"),
+    str(out),
     "--data",
-    tiny_cifar,
+    data,
     "--epochs",
     "1",
     "--batch-size",
@@ -134,8 +135,13 @@ def test_main_writes_weights_and_card(tiny_cifar, tmp_path):
     "32",
     "--limit-test",
     "10",
+    *options,
     "--quiet",
   ]
+
+
+def test_main_writes_weights_and_card(tiny_cifar, tmp_path):
+  argv = _tiny_run_argv(tiny_cifar, tmp_path / "run")
   result = T.main(argv)
   card = json.loads(result.card_path.read_text())
   assert (
@@ -438,26 +444,7 @@ def test_check_diverged_sees_non_finite_weights_under_finite_losses():
 
 def test_a_diverging_learning_rate_writes_nothing(tiny_cifar, tmp_path, capsys):
   out = tmp_path / "run"
-  argv = [
-    "train",
-    "--model",
-    "smallcnn",
-    "--out",
-    str(out),
-    "--data",
-    tiny_cifar,
-    "--epochs",
-    "1",
-    "--batch-size",
-    "16",
-    "--limit-train",
-    "32",
-    "--limit-test",
-    "10",
-    "--lr",
-    "1e30",
-    "--quiet",
-  ]
+  argv = ["train", *_tiny_run_argv(tiny_cifar, out, "--lr", "1e30")]
   assert cli.main(argv) == errors.EXIT_USAGE
   assert "training diverged" in capsys.readouterr().err
   assert list(out.iterdir()) == []
