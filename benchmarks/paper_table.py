@@ -376,14 +376,20 @@ def markdown(payload) -> str:
   """The report: settings, results beside the paper's, the wall time."""
   stamp, settings = payload["stamp"], payload["settings"]
   entries = payload["runs"]
-  smoke = (
-    " (a smoke run, not the paper's protocol)"
-    if payload["not_the_protocol"]
-    else ""
+  # A smaller search is a smoke run; the paper's search on fewer images or
+  # models is the paper's protocol at a smaller scale.
+  search_differs = any(
+    settings[key] != PAPER_SETTINGS[key] for key in ("popsize", "maxiter")
   )
+  if search_differs:
+    kind = " (a smoke run: not the paper's search)"
+  elif payload["not_the_protocol"]:
+    kind = " (the paper's search, on fewer images or models)"
+  else:
+    kind = ""
   text = (
     f"# Su et al. (2019), CIFAR-10: pixeljax on {stamp['device']} "
-    f"({stamp['platform']}), {stamp['date']}{smoke}\n\n"
+    f"({stamp['platform']}), {stamp['date']}{kind}\n\n"
   )
   if payload["not_the_protocol"]:
     text += (

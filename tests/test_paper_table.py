@@ -135,6 +135,7 @@ def test_markdown_and_figures(table):
   results = out / "results"
   text = (results / "paper_table.md").read_text()
   assert "**Not the paper's protocol**" in text
+  assert "(a smoke run: not the paper's search)" in text.splitlines()[0]
   assert "packaged CIFAR-10 test sample" in text
   assert "| smallcnn | non-targeted | 1 | 2 |" in text
   assert "| smallcnn | targeted | 1 | 18 |" in text
