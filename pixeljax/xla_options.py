@@ -14,6 +14,8 @@ import os
 # pixeljax.train` and the paper-table benchmark set it; Python callers choose
 # by calling prefer_xla_cpu_convolutions() first.
 NO_YNNPACK = "--xla_cpu_experimental_ynn_fusion_type="
+# The same, as one program's compiler option (jax.jit(compiler_options=)).
+_YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 
 
 def prefer_xla_cpu_convolutions() -> None:
@@ -26,3 +28,21 @@ def prefer_xla_cpu_convolutions() -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {NO_YNNPACK}".strip()
+
+
+def attack_program_options(incremental: bool) -> tuple:
+  """XLA options for one compiled attack program, as hashable (name, value)
+  pairs for ``jax.jit(compiler_options=dict(...))``.
+
+  An incremental program convolves many small windows (a few cells each),
+  which YNNPACK runs at a quarter to a half of the FLOP rate of XLA's own
+  convolutions, where the full pass of some small CNNs runs faster on
+  YNNPACK (benchmarks/results/incremental_cpu.md). So on CPU an incremental
+  program is compiled with YNNPACK off, whatever XLA_FLAGS sets for the
+  rest of the process; a full-pass program keeps the process's setting.
+  """
+  import jax
+
+  if incremental and jax.default_backend() == "cpu":
+    return ((_YNN_FUSION_TYPE, ""),)
+  return ()

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pixeljax import xla_options
 from pixeljax.attack import checks
 from pixeljax.attack import evaluate
 from pixeljax.attack import incremental as incremental_lib
@@ -275,9 +276,15 @@ def attack(
     (plan.search, inputs.problem),
     (*placed, valid, clean),
     (inputs.key, plan.params),
+    _options(inputs.problem),
   )
   fields = sharding.gather(fields)
   return AttackResult(**{name: value[:count] for name, value in fields.items()})
+
+
+def _options(problem) -> tuple:
+  """The XLA options of the programs that score ``problem``'s candidates."""
+  return xla_options.attack_program_options(problem.incremental)
 
 
 def _init_shard(
@@ -390,6 +397,7 @@ def stream(
 def _stream(plan, inputs, mesh, slots, refill_every, progress):
   static = (plan.search, inputs.problem)
   replicated = (inputs.key, plan.params)
+  options = _options(inputs.problem)
   count = len(inputs.images)
   sources = (inputs.images, inputs.labels, inputs.targets, inputs.image_ids)
   # Host copy of what each slot holds; -1 marks an empty slot.
@@ -415,7 +423,7 @@ def _stream(plan, inputs, mesh, slots, refill_every, progress):
       mask[refill] = True
       if state is None:
         state = sharding.run_sharded(
-          mesh, _init_shard, static, (*placed, valid), replicated
+          mesh, _init_shard, static, (*placed, valid), replicated, options
         )
       else:
         state = sharding.run_sharded(
@@ -424,6 +432,7 @@ def _stream(plan, inputs, mesh, slots, refill_every, progress):
           static,
           (state, sharding.place(mesh, mask)[0][0], *placed),
           replicated,
+          options,
         )
       clean = sharding.run_sharded(
         mesh, _clean_shard, (inputs.problem.predict,), placed[:1], ()
@@ -437,6 +446,7 @@ def _stream(plan, inputs, mesh, slots, refill_every, progress):
       static,
       (state, *placed, valid),
       replicated + (refill_every,),
+      options,
     )
     done = np.asarray(sharding.gather(state.incumbent.done))
     finished = np.flatnonzero(done & (held >= 0))
@@ -452,6 +462,7 @@ def _stream(plan, inputs, mesh, slots, refill_every, progress):
           static,
           (state, *placed, valid, clean),
           replicated,
+          options,
         )
       )
       yield (

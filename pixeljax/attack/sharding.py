@@ -70,7 +70,12 @@ def place(mesh: Mesh, *arrays):
 
 @functools.lru_cache(maxsize=64)
 def _compiled(
-  mesh: Mesh, function, static: tuple, sharded: int, replicated: int
+  mesh: Mesh,
+  function,
+  static: tuple,
+  sharded: int,
+  replicated: int,
+  options: tuple,
 ):
   rows, everything = _rows(mesh), PartitionSpec()
   mapped = jax.shard_map(
@@ -80,20 +85,28 @@ def _compiled(
     out_specs=rows,
     check_vma=False,
   )
-  return jax.jit(mapped)
+  return jax.jit(mapped, compiler_options=dict(options) or None)
 
 
 def run_sharded(
-  mesh: Mesh, function, static: tuple, sharded: tuple, replicated: tuple
+  mesh: Mesh,
+  function,
+  static: tuple,
+  sharded: tuple,
+  replicated: tuple,
+  options: tuple = (),
 ):
   """Runs ``function(*static, *sharded, *replicated)`` on every device.
 
   ``function`` is a module-level function and ``static`` hashable, so the
   compiled program is cached across calls. Sharded arguments and every output
   are split along their leading axis; replicated ones are whole on each
-  device.
+  device. ``options``: XLA compiler options of this program, (name, value)
+  pairs (``xla_options.attack_program_options``).
   """
-  compiled = _compiled(mesh, function, static, len(sharded), len(replicated))
+  compiled = _compiled(
+    mesh, function, static, len(sharded), len(replicated), options
+  )
   return compiled(*sharded, *replicated)
 
 
