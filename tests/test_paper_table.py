@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import common
 from benchmarks import paper_table
+from pixeljax import runs
 from pixeljax.models import weights
 
 TINY = [
@@ -258,3 +259,32 @@ def test_weights_dir_cards_win_over_shipped_weights(tmp_path):
   assert paper_table.find_weights("smallcnn", tmp_path) == str(
     tmp_path / "smallcnn.json"
   )
+
+
+def test_targeted_attacks_take_the_first_images(tmp_path, env):
+  """--targeted-images N: the targeted attacks take the first N of the
+  images the non-targeted ones attack (the issue's 10 x 9 targets)."""
+  done = paper(
+    "--models", "smallcnn", *TINY, "--targeted-images", "1", env=env,
+    out=tmp_path,
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr
+  payload = json.loads((tmp_path / "results" / "paper_table.json").read_text())
+  untargeted, targeted = payload["runs"]
+  assert (untargeted["images"], targeted["images"]) == (2, 1)
+  chosen = runs.RunStore.existing(untargeted["run_dir"]).images()["index"]
+  first = int(chosen[0])
+  records = read_records(targeted["run_dir"])
+  assert len(records) == 9 and {r["image"] for r in records} == {first}
+  assert (
+    "targeted attacks on 1 images (paper: 500)" in (payload["not_the_protocol"])
+  )
+
+
+def test_more_targeted_images_than_images_is_refused(tmp_path, env):
+  done = paper(
+    "--models", "smallcnn", *TINY, "--targeted-images", "3", env=env,
+    out=tmp_path,
+  )  # fmt: skip
+  assert done.returncode == 2
+  assert "--targeted-images: expected 1..2 (--images), got 3" in done.stderr
