@@ -9,8 +9,9 @@ efficiency, 1.0 when the attack costs exactly its forward passes. Entries:
     an NCHW model that transposes inside, and Equinox (vmapped over the
     batch): one CIFAR-10 CNN (4 3x3 convolutions with ReLU, 2 max-pools, 2
     dense layers), skipped cleanly where the framework is not installed;
-  * the PyTorch rebuild of SmallCNN through ``adapters.from_torch`` and its
-    ONNX export through ``adapters.from_onnx``;
+  * the PyTorch rebuild of SmallCNN through ``adapters.from_torch``
+    (translated into JAX, the default, and through the host callback) and
+    its ONNX export through ``adapters.from_onnx``;
   * the OIHW model once more with the engine's convolution canonicalisation
     switched off (``canonical.for_loops``): the engine as it was before.
 
@@ -184,10 +185,11 @@ def _torch_smallcnn():
   return torch, torch_victims.to_torch(model), models.param_count(model)
 
 
-def torch_adapter():
-  """SmallCNN's PyTorch rebuild through ``adapters.from_torch``."""
+def torch_adapter(backend: str = "translate"):
+  """SmallCNN's PyTorch rebuild through ``adapters.from_torch``: translated
+  into JAX operations, or through the host callback."""
   _, module, params = _torch_smallcnn()
-  return adapters.from_torch(module, nchw=True), params
+  return adapters.from_torch(module, nchw=True, backend=backend), params
 
 
 def onnx_adapter(folder: str):
@@ -260,8 +262,14 @@ ZOO = (
   (
     "torch",
     "PyTorch",
-    "SmallCNN rebuild, adapters.from_torch",
+    "SmallCNN rebuild, adapters.from_torch (translated)",
     lambda _: torch_adapter(),
+  ),
+  (
+    "torch-callback",
+    "PyTorch",
+    "SmallCNN rebuild, adapters.from_torch(backend='callback')",
+    lambda _: torch_adapter("callback"),
   ),
   (
     "onnx",

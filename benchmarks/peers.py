@@ -8,6 +8,12 @@ PyTorch with the same weights (``torch_victims``), checked to give the same
 logits (max |difference| <= 1e-4) on the images before any attack runs.
 Every tool's returned images are scored the same way (``peer_runs.verify``).
 
+The row "pixeljax-torch" is what a PyTorch user gets: pixeljax attacking
+that same torch module through ``adapters.from_torch`` (translated into JAX
+operations, ``backend="translate"``: an error rather than a silent fallback
+to the host callback), beside pixeljax on the JAX model and the peers on
+the module.
+
 Needs the optional extra (on a CPU machine pin the CPU build of torch):
   pip install -e ".[peers]" "torch==2.13.0"
 Run from the repository root (defaults: 8 images, about 8 minutes on 2 idle
@@ -15,6 +21,8 @@ CPU cores; other work on the machine slows the peers' Python loops most, and
 ART spends up to 40,400 evaluations on an image it cannot fool):
   nice -n 10 python -m benchmarks.peers
   python -m benchmarks.peers --images 2 --maxiter 5     # a quick look
+  python -m benchmarks.peers --images 12 --pixels 1 \
+      --tools pixeljax,pixeljax-torch,torchattacks --name peers_torch_cpu
   python -m benchmarks.peers --weights DIR/allconv.json --images 16 \
       --torch-device cuda                                # a GPU, both sides
 Writes benchmarks/results/peers_<platform>.{json,md,png}.
@@ -34,11 +42,16 @@ import torch
 from benchmarks import common
 from benchmarks import peer_runs
 from benchmarks import torch_victims
+from pixeljax import adapters
 from pixeljax import data
 from pixeljax import models
 from pixeljax.models import weights
 
+# run_benchmark's default tools; the command line adds TORCH_TOOL.
 TOOLS = ("pixeljax", "torchattacks", "art")
+# pixeljax on the torch module through adapters.from_torch.
+TORCH_TOOL = "pixeljax-torch"
+ALL_TOOLS = ("pixeljax", TORCH_TOOL, "torchattacks", "art")
 LOGIT_TOLERANCE = 1e-4
 
 # How each tool meets the budget, for the output.
@@ -51,6 +64,16 @@ SETTINGS_NOTES = {
     "all images at once in one jit; each image stops as soon as one "
     "candidate succeeds; integer pixels. Wall time excludes the first "
     "call's jit compilation (given apart)."
+  ),
+  TORCH_TOOL: (
+    "batched_attack(adapters.from_torch(module, nchw=True, "
+    "backend='translate'), ...) with the settings of pixeljax: the torch "
+    "module the peers attack (without their [0, 1] wrapper), exported with "
+    "torch.export and run as JAX operations inside the one jit (incremental "
+    "evaluation where it pays, as for the JAX model). Wall time excludes "
+    "the first call (export, translation and compilation; given apart); "
+    "'evals/s / forward' divides by torch's own forward rate, the speed "
+    "the module has in PyTorch."
   ),
   "torchattacks": (
     "OnePixel(pixels, steps={maxiter}, popsize={popsize}, "
@@ -246,6 +269,23 @@ def run_benchmark(
       f"the torch rebuild's logits differ from the JAX "
       f"model's by {gap:.3g} > {LOGIT_TOLERANCE}"
     )
+  if TORCH_TOOL in tools:
+    # The module as a torch user hands it over: NCHW pixels 0..255.
+    translated = adapters.from_torch(
+      torch_victims.to_torch(model), nchw=True, backend="translate"
+    )
+    with full_float32():
+      translated_gap = float(
+        jnp.abs(
+          jax.jit(translated)(jnp.asarray(images, jnp.float32))
+          - jax.jit(predict)(jnp.asarray(images, jnp.float32))
+        ).max()
+      )
+    if not translated_gap <= LOGIT_TOLERANCE:
+      raise RuntimeError(
+        f"from_torch's translated logits differ from the JAX model's by "
+        f"{translated_gap:.3g} > {LOGIT_TOLERANCE}"
+      )
   num_classes = int(
     np.asarray(predict(jnp.asarray(images[:1], jnp.float32))).shape[-1]
   )
@@ -260,12 +300,16 @@ def run_benchmark(
         "jax_images_per_second"
         if tool == "pixeljax"
         else "torch_images_per_second"
-      ]
+      ]  # pixeljax-torch too: the module's speed in torch
       log(f"{tool}, {pixels} pixel(s), {len(images)} images ...")
       budget = dict(pixels=pixels, maxiter=maxiter, seed=seed)
       if tool == "pixeljax":
         run = peer_runs.run_pixeljax(
           predict, images, labels, popsize=popsize, **budget
+        )
+      elif tool == TORCH_TOOL:
+        run = peer_runs.run_pixeljax(
+          translated, images, labels, popsize=popsize, **budget
         )
       elif tool == "torchattacks":
         run = peer_runs.run_torchattacks(
@@ -281,15 +325,22 @@ def run_benchmark(
           **budget,
         )
       else:
-        raise ValueError(f"tools: unknown tool {tool!r}; expected {TOOLS}")
+        raise ValueError(f"tools: unknown tool {tool!r}; expected {ALL_TOOLS}")
       check = peer_runs.verify(predict, images, run.adv_images, labels, pixels)
       runs[tool] = run
+      if tool == TORCH_TOOL:
+        check["translation_logit_gap"] = translated_gap
       rows.append(
         {
           "tool": tool,
           "pixels": pixels,
           "images": len(images),
-          "population": population(tool, popsize, pixels, images.shape[-1]),
+          "population": population(
+            "pixeljax" if tool == TORCH_TOOL else tool,
+            popsize,
+            pixels,
+            images.shape[-1],
+          ),
           "success_rate": float(np.mean(check["success"])),
           "seconds": run.seconds,
           "images_per_second": len(images) / run.seconds,
@@ -312,6 +363,10 @@ def run_benchmark(
         row["pixeljax_speedup_first_call"] = (
           row["seconds"] / fast.first_call_seconds
         )
+    if TORCH_TOOL in runs:
+      # What a torch user gains: the tool's time over from_torch's.
+      for row in rows[-len(tools) :]:
+        row["from_torch_speedup"] = row["seconds"] / runs[TORCH_TOOL].seconds
   return rows, gap
 
 
@@ -333,6 +388,7 @@ def render_markdown(payload: dict) -> str:
       f"{r.get('efficiency', nan):.2f}",
       f"{r.get('pixeljax_speedup', nan):.1f}x",
       f"{r.get('pixeljax_speedup_first_call', nan):.1f}x",
+      f"{r.get('from_torch_speedup', nan):.1f}x",
     ]
     for r in payload["rows"]
   ]
@@ -378,6 +434,7 @@ def render_markdown(payload: dict) -> str:
         "evals/s / forward",
         "pixeljax speedup",
         "speedup over its first call",
+        "from_torch speedup",
       ],
       rows,
     )
@@ -393,7 +450,9 @@ def render_markdown(payload: dict) -> str:
     f"images (pixeljax's second call); its first call also compiles "
     f"({first_calls}), which the last column includes. pixeljax "
     f"evaluates one image's population per model call (batch_size = "
-    f"popsize).\n\n"
+    f'popsize). "from_torch speedup" is the tool\'s wall time over '
+    f"that of pixeljax on the torch module through adapters.from_torch "
+    f"({TORCH_TOOL}, where it ran).\n\n"
     f"How each tool meets the budget:\n\n{notes}\n"
   )
 
@@ -452,7 +511,11 @@ def main(argv=None):
   )
   parser.add_argument("--popsize", type=int, default=400)
   parser.add_argument("--maxiter", type=int, default=100)
-  parser.add_argument("--tools", default=",".join(TOOLS))
+  parser.add_argument(
+    "--tools",
+    default=",".join(ALL_TOOLS),
+    help=f"comma-separated, of {', '.join(ALL_TOOLS)} (default all)",
+  )
   parser.add_argument(
     "--weights",
     default=None,

@@ -2,20 +2,30 @@
 
 ``from_torch(module)`` and ``from_onnx(path)`` return ``predict(images
 float32 [B, H, W, C] pixels 0..255) -> logits float32 [B, K]``, a jittable
-function that calls the model through ``jax.pure_callback``. The model gets
-the pixels as they are (normalisation stays inside it), in NHWC or, with
-``nchw=True``, NCHW order, in its own input dtype; its output must be logits
-[B, K]. At the first trace for each image shape, before any search, the
-model runs on test batches of 1 and 2 images: it must give finite floating
-logits [B, K] for each, or ``ModelError`` says what came (a failure inside
-the search would surface only as an XLA callback error). The number of
-classes K is read from them.
+function. The model gets the pixels as they are (normalisation stays inside
+it), in NHWC or, with ``nchw=True``, NCHW order, in its own input dtype; its
+output must be logits [B, K]. At the first trace for each image shape,
+before any search, the model runs on test batches of 1 and 2 images: it must
+give finite floating logits [B, K] for each, or ``ModelError`` says what
+came (a failure inside the search would surface only as an XLA callback
+error). The number of classes K is read from them.
 
-Cost: each model call leaves the compiled search for Python. ``pure_callback``
-hands the callback host arrays, so the images cross to the host (on a GPU,
-device to host), go to the framework's device and come back as logits the
-same way; DLPack cannot spare these copies from inside a callback. On a CPU
-the copies are small next to the forward pass. Install the frameworks with
+A PyTorch module is translated by default (``backend="auto"``): exported
+with ``torch.export`` and run as JAX operations (``pixeljax.torch_translate``)
+inside the search's one jit, so it gets canonical convolutions, incremental
+evaluation and sharding like a JAX model. The translation's logits are
+checked against the module's own on the test images at the door. A module
+that does not export, or uses an operator outside the translated set, runs
+through a host callback instead, with a warning naming why
+(``backend="translate"`` makes that an error; ``backend="callback"`` always
+takes the callback).
+
+Cost of the callback (an ONNX model, ``backend="callback"``): each model
+call leaves the compiled search for Python. ``pure_callback`` hands the
+callback host arrays, so the images cross to the host (on a GPU, device to
+host), go to the framework's device and come back as logits the same way;
+DLPack cannot spare these copies from inside a callback. On a CPU the copies
+are small next to the forward pass. Install the frameworks with
 ``pip install "pixeljax[torch]"`` or ``"pixeljax[onnx]"``.
 
 ``load_external`` builds such a predict from command-line style strings (an
@@ -23,6 +33,7 @@ ONNX file, or a ``module:function`` torch factory and a weights file).
 """
 
 from collections.abc import Callable
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -32,6 +43,7 @@ from typing import NamedTuple
 import warnings
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -73,6 +85,16 @@ class ModelError(ValueError):
   def __init__(self, message: str, images: tuple):
     super().__init__(message)
     self.images = tuple(images)
+
+
+def _image_shape(images) -> tuple:
+  """(H, W, C) of float images [B, H, W, C]; a ValueError otherwise."""
+  if images.ndim != 4:
+    raise ValueError(
+      f"images: expected float [B, H, W, C] pixels 0..255, "
+      f"got shape {tuple(images.shape)}"
+    )
+  return tuple(int(d) for d in images.shape[1:])
 
 
 def _test_images(count: int, shape) -> np.ndarray:
@@ -190,12 +212,7 @@ def _callback_predict(
     return forward(flat).reshape(*images.shape[:-3], -1)
 
   def predict(images):
-    if images.ndim != 4:
-      raise ValueError(
-        f"images: expected float [B, H, W, C] pixels 0..255, "
-        f"got shape {tuple(images.shape)}"
-      )
-    shape = tuple(int(d) for d in images.shape[1:])
+    shape = _image_shape(images)
     if shape not in classes:
       classes[shape] = probe(shape)
     out = jax.ShapeDtypeStruct((images.shape[0], classes[shape]), jnp.float32)
@@ -208,6 +225,14 @@ def _callback_predict(
   return predict
 
 
+# How from_torch runs a module: translated to JAX operations (falling back
+# to the callback with a warning under "auto"), or through a host callback.
+TORCH_BACKENDS = ("auto", "translate", "callback")
+# The translation's logits must match the module's to this share of the
+# largest |logit| on the door's test images (float rounding is ~1e-6).
+TRANSLATION_TOLERANCE = 1e-3
+
+
 def from_torch(
   module,
   *,
@@ -215,6 +240,7 @@ def from_torch(
   device=None,
   dtype=None,
   batch_size: int | None = None,
+  backend: str = "auto",
 ) -> Callable:
   """A PyTorch module as a pixeljax ``predict``.
 
@@ -224,20 +250,34 @@ def from_torch(
       [B, H, W, C], or [B, C, H, W] when ``nchw``. It runs under
       ``torch.no_grad()``.
     nchw: the module takes NCHW images (the PyTorch convention).
-    device: where the module runs (a ``torch.device`` or a string); default:
-      the device of its first parameter or buffer, else the CPU.
+    device: where the module runs through the callback (a ``torch.device``
+      or a string); default: the device of its first parameter or buffer,
+      else the CPU. The translation runs on JAX's devices.
     dtype: the module's input dtype (a floating ``torch.dtype``); default:
-      the dtype of its first floating parameter, else float32.
+      the dtype of its first floating parameter, else float32. Only float32
+      modules are translated.
     batch_size: at most this many images per module call (None: each chunk
       of the search in one call).
+    backend: "auto" (default): translate the module into JAX operations
+      (``pixeljax.torch_translate``) at the first trace for each image
+      shape, with its parameters and buffers as read then; where it cannot
+      be translated (it does not export, an operator outside the set, a
+      dtype other than float32, logits that differ from the module's), run
+      it through a host callback, with a warning that says why.
+      "translate": the same, but raise ``torch_translate.TranslationError``
+      (``UnsupportedOperator`` names the operator and the submodule)
+      instead of falling back. "callback": always the host callback.
 
   Returns:
     ``predict(images float32 [B, H, W, C]) -> logits float32 [B, K]``.
 
   Raises:
-    ValueError: the module or a submodule is in training mode.
+    ValueError: the module or a submodule is in training mode; an unknown
+      backend.
     ModelError: (at the first trace for each image shape) the module
       raised, or gave no finite floating logits [B, K], on test images.
+    TranslationError: (backend="translate", at the first trace for each
+      image shape) the module could not be translated.
   """
   torch = _require("torch", "torch")
   if not isinstance(module, torch.nn.Module):
@@ -247,6 +287,10 @@ def from_torch(
   _check_eval(module)
   if not isinstance(nchw, bool):
     raise TypeError(f"nchw must be a bool, got {nchw!r}")
+  if backend not in TORCH_BACKENDS:
+    raise ValueError(
+      f"backend: expected one of {', '.join(TORCH_BACKENDS)}, got {backend!r}"
+    )
   tensors = [*module.parameters(), *module.buffers()]
   device = (
     torch.device(device)
@@ -277,13 +321,120 @@ def from_torch(
     # Integer logits stay integers, for the dtype check to refuse them.
     return (out.float() if out.is_floating_point() else out).numpy()
 
-  return _callback_predict(
+  batch_size = _check_batch_size(batch_size)
+  callback = _callback_predict(
     run,
-    batch_size=_check_batch_size(batch_size),
+    batch_size=batch_size,
     fixed_batch=None,
     argument="module",
     model=f"the {type(module).__name__} module",
   )
+  if backend == "callback":
+    return callback
+  return _translated_predict(
+    module,
+    run,
+    callback,
+    nchw=nchw,
+    dtype=dtype,
+    batch_size=batch_size,
+    strict=backend == "translate",
+  )
+
+
+def _in_pieces(forward, images, size):
+  """``forward`` on ``images`` [B, ...] at most ``size`` images at a time
+  (a ``lax.map`` over pieces, the last padded with blank images)."""
+  count = images.shape[0]
+  if size is None or count <= size:
+    return forward(images)
+  pieces = -(-count // size)
+  padded = jnp.pad(images, [(0, pieces * size - count)] + [(0, 0)] * 3)
+  out = lax.map(forward, padded.reshape(pieces, size, *images.shape[1:]))
+  return out.reshape(pieces * size, -1)[:count]
+
+
+def _translated_predict(
+  module, run, callback, *, nchw, dtype, batch_size, strict
+):
+  """A predict that runs ``module`` translated into JAX operations, per
+  image shape, or ``callback`` where that fails (an error when ``strict``).
+
+  ``run`` is the module on host images (the callback's): the translation
+  must give its logits, to ``TRANSLATION_TOLERANCE``, on the door's test
+  images of 1 and 2.
+  """
+  torch = _require("torch", "torch")
+  from pixeljax import torch_translate
+
+  forwards = {}  # image shape (H, W, C) -> JAX forward, or None: callback
+  name = type(module).__name__
+
+  def translated(shape):
+    """The JAX forward for images of ``shape``; TranslationError if none."""
+    if dtype != torch.float32:
+      raise torch_translate.TranslationError(
+        f"the translation runs float32 modules; this one takes {dtype}"
+      )
+    height, width, channels = shape
+    layout = (channels, height, width) if nchw else shape
+    translation = torch_translate.translate(module, (2, *layout), dtype)
+
+    def forward(params, images):
+      # An NCHW module gets the NHWC images as they are: the translation
+      # holds its maps channels-last.
+      x = images.astype(jnp.float32)
+      return translation.apply(params, x, channels_last=nchw).astype(
+        jnp.float32
+      )
+
+    for count in (1, 2):
+      images = _test_images(count, shape)
+      want = np.asarray(run(images), np.float32)
+      # Compiled ahead of time: called under the search's trace, a jitted
+      # function would be traced into it instead of run.
+      params = translation.params
+      compiled = jax.jit(forward).lower(params, images).compile()
+      got = np.asarray(compiled(params, images))
+      scale = max(float(np.abs(want).max()), 1e-12)
+      gap = (
+        float(np.abs(got - want).max()) / scale
+        if got.shape == want.shape
+        else np.inf
+      )
+      if not gap <= TRANSLATION_TOLERANCE:
+        raise torch_translate.TranslationError(
+          f"the translation's logits {list(got.shape)} differ from the "
+          f"module's {list(want.shape)} by {gap:.3g} of the largest logit "
+          f"on test images [B, H, W, C] = {[count, *shape]}"
+        )
+    return functools.partial(forward, translation.params)
+
+  def prepare(shape):
+    # The door: the module itself must run on the test images (ModelError).
+    jax.eval_shape(callback, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    try:
+      return translated(shape)
+    except torch_translate.TranslationError as error:
+      if strict:
+        raise
+      warnings.warn(
+        f"module: the {name} module runs through a host callback (slower, "
+        f"and opaque to incremental evaluation): {error}",
+        stacklevel=4,
+      )
+      return None
+
+  def predict(images):
+    shape = _image_shape(images)
+    if shape not in forwards:
+      forwards[shape] = prepare(shape)
+    forward = forwards[shape]
+    if forward is None:
+      return callback(images)
+    return _in_pieces(forward, images, batch_size)
+
+  return predict
 
 
 def _check_eval(module):
@@ -519,6 +670,7 @@ def load_external(
   image_shape=(32, 32, 3),
   num_classes: int | None = None,
   batch_size: int | None = None,
+  backend: str = "auto",
 ) -> External:
   """A model named the way a command line names it.
 
@@ -534,6 +686,8 @@ def load_external(
     num_classes: the number of classes the images have; an error if the
       model gives another number of logits.
     batch_size: at most this many images per model call.
+    backend: with ``torch_factory``, how the module runs (see
+      ``from_torch``): translated into JAX by default.
 
   Returns:
     An ``External``: the predict, K, and an identity for the run settings.
@@ -558,7 +712,9 @@ def load_external(
         raise FileNotFoundError(f"weights: no such file: {weights}")
       files.append(weights)
     module = _torch_module(torch_factory, weights)
-    predict = from_torch(module, nchw=bool(nchw), batch_size=batch_size)
+    predict = from_torch(
+      module, nchw=bool(nchw), batch_size=batch_size, backend=backend
+    )
     identity = dict(
       name=torch_factory.rpartition(":")[2],
       architecture=f"torch:{torch_factory}",

@@ -44,9 +44,11 @@ file (--onnx) or a PyTorch module from a factory (--torch, with
 --torch-weights). An --onnx or --torch model takes pixels 0..255 in its
 input's dtype (normalisation is its own) as [B, H, W, C], or [B, C, H, W]
 (--nchw), and returns logits [B, K], K the number of classes of the data
-(10 for CIFAR-10 and --folder). The compiled search calls it back on the
-host, slower than a JAX model; install onnxruntime or torch with pip
-install "pixeljax[onnx]" or "pixeljax[torch]".
+(10 for CIFAR-10 and --folder). A --torch module is translated into JAX
+operations (torch.export) and runs inside the compiled search, as fast as a
+JAX model; one that cannot be (an operator outside the translated set) and
+an --onnx model are called back on the host, slower. Install onnxruntime or
+torch with pip install "pixeljax[onnx]" or "pixeljax[torch]".
 
 Images are CIFAR-10 test images (from --data, PIXELJAX_DATA, ...; the
 packaged sample of 300 when no data set is found) or your own pictures
