@@ -15,7 +15,7 @@ same folder) pass when every step does.
 
 Needs torch and onnxruntime (the `peers` and `onnx` extras); the training
 cases read CIFAR-10 from PIXELJAX_DATA and are skipped without it. About 5
-minutes on a 2-core CPU.
+minutes on a 2-core CPU. Results: benchmarks/results/edge_battery.md.
 """
 
 import argparse
@@ -1005,6 +1005,7 @@ def _message(output: str, root: pathlib.Path) -> str:
   errors = [line for line in lines if re.search(r"error", line, re.I)]
   quiet = [line for line in lines if not re.search(r"warn", line, re.I)]
   line = (errors or quiet or lines or [""])[-1]
+  line = re.sub(r"^\S+\.py:\d+: ", "", line)  # a warning's source file
   return line.replace(str(root), "$TMP")[:160].replace("|", "\\|")
 
 
