@@ -156,6 +156,13 @@ def _cli(*args, **kw) -> Step:
   return Step(argv=["pixeljax.cli", *map(str, args)], **kw)
 
 
+def _train(*args, **kw) -> Step:
+  """`python -m pixeljax.train --model smallcnn ARGS`."""
+  return Step(
+    argv=["pixeljax.train", "--model", "smallcnn", *map(str, args)], **kw
+  )
+
+
 def _api(code: str, **kw) -> Step:
   return Step(code=API_PRELUDE + textwrap.dedent(code), **kw)
 
@@ -310,63 +317,18 @@ def _cases(root: pathlib.Path) -> list[Case]:
         ),
       ],
     ),
-    Case(
-      "silent",
-      "train --lr nan",
-      [
-        Step(
-          argv=[
-            "pixeljax.train",
-            "--model",
-            "smallcnn",
-            "--lr",
-            "nan",
-            "--out",
-            str(t / "t1"),
-          ],
-          exits=(2,),
-          says=r"lr",
-        ),
-      ],
-    ),
-    Case(
-      "silent",
-      "train --lr -1",
-      [
-        Step(
-          argv=[
-            "pixeljax.train",
-            "--model",
-            "smallcnn",
-            "--lr",
-            "-1",
-            "--out",
-            str(t / "t2"),
-          ],
-          exits=(2,),
-          says=r"lr",
-        ),
-      ],
-    ),
-    Case(
-      "silent",
-      "train --time-limit nan",
-      [
-        Step(
-          argv=[
-            "pixeljax.train",
-            "--model",
-            "smallcnn",
-            "--time-limit",
-            "nan",
-            "--out",
-            str(t / "t3"),
-          ],
-          exits=(2,),
-          says=r"time-limit|time_limit",
-        ),
-      ],
-    ),
+    *[
+      Case(
+        "silent",
+        f"train {option} {value}",
+        [_train(option, value, "--out", t / "t1", exits=(2,), says=says)],
+      )
+      for option, value, says in (
+        ("--lr", "nan", r"lr"),
+        ("--lr", "-1", r"lr"),
+        ("--time-limit", "nan", r"time-limit|time_limit"),
+      )
+    ],
     Case(
       "silent",
       'a record edited to "success": "maybe"',
@@ -740,16 +702,11 @@ def _cases(root: pathlib.Path) -> list[Case]:
       "traceback",
       "train --seed 2**63",
       [
-        Step(
-          argv=[
-            "pixeljax.train",
-            "--model",
-            "smallcnn",
-            "--seed",
-            "9223372036854775808",
-            "--out",
-            str(t / "x"),
-          ],
+        _train(
+          "--seed",
+          "9223372036854775808",
+          "--out",
+          str(t / "x"),
           exits=(2,),
           says=r"seed",
         ),
@@ -828,20 +785,15 @@ def _cases(root: pathlib.Path) -> list[Case]:
         "traceback",
         f"train --resume over {kind}",
         [
-          Step(
-            argv=[
-              "pixeljax.train",
-              "--model",
-              "smallcnn",
-              "--epochs",
-              "2",
-              "--batch-size",
-              "16",
-              "--quiet",
-              "--resume",
-              "--out",
-              str(t / f"ckpt_{kind.replace(' ', '_')}"),
-            ],
+          _train(
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--quiet",
+            "--resume",
+            "--out",
+            str(t / f"ckpt_{kind.replace(' ', '_')}"),
             exits=(3,),
             says=r"checkpoint.*(start over|without --resume)",
             before=lambda kind=kind: _damaged_checkpoint(t, kind),
@@ -928,19 +880,14 @@ def _cases(root: pathlib.Path) -> list[Case]:
       "misfiled",
       "train --init with a bad card",
       [
-        Step(
-          argv=[
-            "pixeljax.train",
-            "--model",
-            "smallcnn",
-            "--init",
-            str(t / "not.onnx"),
-            "--epochs",
-            "1",
-            "--quiet",
-            "--out",
-            str(t / "t4"),
-          ],
+        _train(
+          "--init",
+          str(t / "not.onnx"),
+          "--epochs",
+          "1",
+          "--quiet",
+          "--out",
+          str(t / "t4"),
           exits=(3,),
           says=r"not\.onnx",
         ),
