@@ -10,6 +10,7 @@ import pytest
 
 import pixeljax
 from pixeljax.attack import incremental
+from pixeljax.attack import incremental_choice
 from pixeljax.attack import pixels as pixels_lib
 from pixeljax.attack import sharding
 from pixeljax.models import create_model
@@ -134,8 +135,9 @@ def test_dense_model_has_nothing_to_gain():
 
   evaluator = _check_exact(predict, (8, 8, 3), 1)
   assert evaluator.windowed_ops == 0
-  assert not evaluator.pays
-  assert not incremental.resolve(None, predict, (8, 8, 3), 1, 10**6)
+  assert not incremental_choice.resolve(
+    None, predict, (8, 8, 3), 1, 10**6, num_images=10**3
+  )
   images = np.zeros((2, 8, 8, 3), np.uint8)
   result = pixeljax.corner_attack(
     predict, images, np.zeros(2, int), incremental=None
@@ -193,14 +195,58 @@ def test_same_corner_search_three_pixels():
   assert result.generations.max() > 0
 
 
-def test_auto_turns_on_where_it_pays():
+def test_auto_decides_a_small_attack_from_counted_flops():
   predict = _conv_net()
-  assert incremental.Evaluator(predict, (24, 24, 3), 1).pays
-  on_backend = jax.default_backend() in incremental.AUTO_BACKENDS
-  large, small = incremental.AUTO_MIN_BUDGET, incremental.AUTO_MIN_BUDGET - 1
-  assert incremental.resolve(None, predict, (24, 24, 3), 1, large) == on_backend
-  assert not incremental.resolve(None, predict, (24, 24, 3), 1, small)
-  assert incremental.resolve(True, predict, (24, 24, 3), 1, small)
+  evaluator = incremental.evaluator(predict, (24, 24, 3), 1)
+  assert incremental_choice.flop_ratio(evaluator) >= 2
+  on_backend = jax.default_backend() in incremental_choice.AUTO_BACKENDS
+  large = incremental_choice.AUTO_MIN_BUDGET
+  small = large - 1
+  resolve = functools.partial(incremental_choice.resolve, None, predict)
+  assert resolve((24, 24, 3), 1, large) == on_backend
+  assert not resolve((24, 24, 3), 1, small)
+  assert incremental_choice.resolve(True, predict, (24, 24, 3), 1, small)
+  assert not incremental_choice.resolve(False, predict, (24, 24, 3), 1, large)
+
+
+@pytest.mark.parametrize("speedup", [0.9, 1.5])
+def test_auto_times_both_paths_for_a_large_attack(monkeypatch, speedup):
+  if jax.default_backend() not in incremental_choice.AUTO_BACKENDS:
+    pytest.skip("automatic incremental evaluation is off on this backend")
+  predict = _conv_net()
+  trials = []
+
+  def measured(*args):
+    trials.append(args)
+    return speedup
+
+  monkeypatch.setattr(incremental_choice, "measured_speedup", measured)
+  images = np.random.default_rng(0).integers(0, 256, (6, 24, 24, 3), np.uint8)
+  labels = np.asarray(jnp.argmax(predict(images.astype(np.float32)), -1))
+  # 6 images x 8 x (5000 + 1) evaluations: enough to pay for a trial.
+  result = pixeljax.batched_attack(
+    predict,
+    images,
+    labels,
+    key=jax.random.key(0),
+    popsize=8,
+    maxiter=5000,
+    batch_size=16,
+    early_stop=True,
+  )
+  assert trials == [(predict, (24, 24, 3), 1, 16, 8)]
+  assert (result.incremental == (speedup >= 1.05)).all()
+
+
+def test_the_trial_times_the_attacks_scoring():
+  predict = _conv_net()
+  speedup = incremental_choice.measured_speedup(predict, (24, 24, 3), 2, 64, 32)
+  assert np.isfinite(speedup) and speedup > 0
+  # Cached: an attack that asks again does not time again.
+  assert (
+    incremental_choice.measured_speedup(predict, (24, 24, 3), 2, 64, 32)
+    == speedup
+  )
 
 
 def test_a_model_it_cannot_trace_at_batch_one_is_explained():
@@ -218,7 +264,9 @@ def test_a_model_it_cannot_trace_at_batch_one_is_explained():
     pixeljax.batched_attack(
       pairs_only, images, labels, incremental=True, **options
     )
-  assert not incremental.resolve(None, pairs_only, (24, 24, 3), 1, 10**6)
+  assert not incremental_choice.resolve(
+    None, pairs_only, (24, 24, 3), 1, 10**6, num_images=10**3
+  )
   full = pixeljax.batched_attack(pairs_only, images, labels, **options)
   assert full.success.shape == (2,)
 

@@ -17,7 +17,7 @@ import numpy as np
 from pixeljax import xla_options
 from pixeljax.attack import checks
 from pixeljax.attack import evaluate
-from pixeljax.attack import incremental as incremental_lib
+from pixeljax.attack import incremental_choice
 from pixeljax.attack import search as search_lib
 from pixeljax.attack import sharding
 from pixeljax.attack import verify
@@ -43,7 +43,7 @@ class Plan(NamedTuple):
     pixels: the most pixels one candidate changes.
     incremental: evaluate candidates incrementally (True), with full
       forward passes (False), or where it pays (None; see
-      ``incremental.resolve``).
+      ``incremental_choice.resolve``).
     random: the search draws at random, so the caller must give a key.
   """
 
@@ -59,7 +59,7 @@ class Plan(NamedTuple):
 
 def check_incremental(incremental):
   """``incremental`` as True, False or None (automatic)."""
-  return incremental_lib.check_mode(incremental)
+  return incremental_choice.check_mode(incremental)
 
 
 def check_batch_size(batch_size):
@@ -153,12 +153,15 @@ def check_inputs(
     targeted=targets is not None,
     early_stop=plan.early_stop,
     # One decision per attack, at the most pixels a candidate changes.
-    incremental=incremental_lib.resolve(
+    incremental=incremental_choice.resolve(
       plan.incremental,
       predict,
       images.shape[1:],
       plan.pixels,
       plan.budget,
+      num_images=num_images,
+      batch_size=batch_size,
+      round_size=search.default_round,
     ),
   )
   return Inputs(

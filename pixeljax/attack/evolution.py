@@ -253,7 +253,7 @@ def batched_attack(
       float rounding. True forces it, False turns it off, None (default)
       turns it on where it pays: on CPU, for attacks of at least 4,096
       evaluations per image, when it counts at least 1.25x fewer FLOPs per
-      candidate at d pixels (see ``incremental.resolve``).
+      candidate at d pixels (see ``incremental_choice.resolve``).
       ``AttackResult.incremental`` says which path ran.
 
   Returns:

@@ -22,9 +22,8 @@ half the map (``WHOLE_SHARE``) turn the map back into a whole one: the clean
 map with the windows written in, or the window itself when it covers the
 map. From there the program
 runs as traced. The logits are those of the full pass up to float rounding
-(the same products, summed in another order). ``resolve`` decides whether
-an attack uses this path: by default on the backends where the benchmark
-(benchmarks/incremental.py) showed that counted FLOPs translate into speed.
+(the same products, summed in another order). Whether an attack takes this
+path is decided in incremental_choice.py.
 """
 
 import dataclasses
@@ -38,16 +37,6 @@ import numpy as np
 
 from pixeljax.attack import canonical
 
-# By default the incremental path runs when it counts at least this many
-# times fewer FLOPs per candidate than the full pass, on these backends:
-# benchmarks/incremental.py measured its speed-up on CPU only so far.
-AUTO_MIN_RATIO = 1.25
-AUTO_BACKENDS = ("cpu",)
-# ... and for attacks that may spend this many evaluations per image: the
-# incremental program compiles about 2 s longer (SmallCNN, AllConv on CPU),
-# which a small attack never earns back. Per image, not per call, so that
-# the path an image takes does not depend on what shares its batch.
-AUTO_MIN_BUDGET = 4096
 # A map goes whole once its windows would hold this share of its cells:
 # assembling each window's patch costs gathers that a whole map does not,
 # and on CPU half the map in windows already ran slower than the whole
@@ -706,12 +695,6 @@ class Evaluator:
       for eqn in self.closed.jaxpr.eqns
     )
 
-  @property
-  def pays(self) -> bool:
-    """Whether it counts at least ``AUTO_MIN_RATIO`` times fewer FLOPs."""
-    fewer = self.full_flops >= AUTO_MIN_RATIO * max(self.flops, 1)
-    return self.windowed_ops > 0 and fewer
-
   def clean_maps(self, images):
     """The maps candidates read, of images [M, H, W, C] (any real dtype):
     a tuple of arrays [M, ...], ``map_bytes`` bytes per image."""
@@ -750,45 +733,3 @@ def evaluator(predict, image_shape: tuple, pixels: int) -> Evaluator:
   ``pixels``, traced once: the attack's checks and its compiled scoring
   share it."""
   return Evaluator(predict, image_shape, pixels)
-
-
-def check_mode(incremental):
-  """``incremental`` as True, False or None (automatic); raises naming it."""
-  if incremental is not None and not isinstance(incremental, (bool, np.bool_)):
-    raise TypeError(
-      "incremental: expected True, False or None (automatic), got "
-      f"{incremental!r}"
-    )
-  return None if incremental is None else bool(incremental)
-
-
-def resolve(
-  incremental, predict, image_shape, pixels: int, budget: int
-) -> bool:
-  """Whether an attack with d = ``pixels`` and at most ``budget``
-  evaluations per image evaluates incrementally.
-
-  True and False are kept; None turns it on where it pays: on a backend of
-  ``AUTO_BACKENDS``, for a budget of at least ``AUTO_MIN_BUDGET``, and when
-  ``Evaluator.pays``. A model the interpreter cannot trace runs the full
-  pass under None, and raises under True.
-  """
-  incremental = check_mode(incremental)
-  if incremental is not None:
-    if incremental:
-      try:
-        evaluator(predict, tuple(image_shape), pixels)
-      except Exception as e:
-        raise ValueError(
-          "incremental=True: predict cannot be evaluated incrementally, "
-          "which traces it once on a single image (batch 1) and replays its "
-          f"program on windows; that failed with {type(e).__name__}: {e}. "
-          "Use incremental=None (full passes where it cannot) or False."
-        ) from e
-    return incremental
-  if jax.default_backend() not in AUTO_BACKENDS or budget < AUTO_MIN_BUDGET:
-    return False
-  try:
-    return evaluator(predict, tuple(image_shape), pixels).pays
-  except Exception:  # noqa: BLE001 - any model it cannot replay: full pass
-    return False
