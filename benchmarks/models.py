@@ -3,7 +3,12 @@
 For every entry: plain ``jax.jit(predict)`` images/s and attack evaluations/s
 (early stop off) at the same chunk on the same device, timed in alternation
 in one run (``throughput.measure_efficiency``); their ratio is the engine's
-efficiency, 1.0 when the attack costs exactly its forward passes. Entries:
+efficiency, 1.0 when the attack costs exactly its forward passes. Each entry
+is also set against its native speed: the model's forward pass in its own
+framework at the same batch (a JAX model: ``jax.jit(predict)``; the torch
+module in PyTorch; the ONNX file in onnxruntime), timed right before and
+after, so an adapter is compared with the module it wraps, not with itself.
+Entries:
   * Flax NNX: pixeljax's SmallCNN and AllConv from the registry;
   * Flax linen, plain ``lax`` with HWIO kernels, with PyTorch's OIHW kernels,
     an NCHW model that transposes inside, and Equinox (vmapped over the
@@ -25,6 +30,7 @@ Writes benchmarks/results/models_<platform>.{json,md}.
 
 import argparse
 import contextlib
+import os
 import tempfile
 from unittest import mock
 import warnings
@@ -70,6 +76,22 @@ def _count(arrays) -> int:
   return int(sum(np.size(a) for a in jax.tree_util.tree_leaves(arrays)))
 
 
+def _torch_native(torch, module):
+  """``native(images float32 [B, H, W, C]) -> run()``: the NCHW module's
+  forward pass in PyTorch on those images (transposed once, beforehand)."""
+
+  def native(images):
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+    def run():
+      with torch.no_grad():
+        module(x)
+
+    return run
+
+  return native
+
+
 def lax_cnn(layout: str):
   """The shared CNN in plain lax, NHWC, kernels stored ``layout``."""
   convs, dense = _weights()
@@ -92,7 +114,7 @@ def lax_cnn(layout: str):
     x = jax.nn.relu(x.reshape(x.shape[0], -1) @ dense[0])
     return x @ dense[1]
 
-  return predict, _count(convs + dense)
+  return predict, _count(convs + dense), None
 
 
 def nchw_cnn():
@@ -115,7 +137,7 @@ def nchw_cnn():
     x = x.transpose(0, 2, 3, 1).reshape(x.shape[0], -1)
     return jax.nn.relu(x @ dense[0].T) @ dense[1].T
 
-  return predict, _count(convs + dense)
+  return predict, _count(convs + dense), None
 
 
 def linen_cnn():
@@ -138,7 +160,7 @@ def linen_cnn():
 
   module = CNN()
   params = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  return lambda images: module.apply(params, images), _count(params)
+  return lambda images: module.apply(params, images), _count(params), None
 
 
 def equinox_cnn():
@@ -163,13 +185,14 @@ def equinox_cnn():
         x = pool(x)
     return dense[1](jax.nn.relu(dense[0](x.reshape(-1))))
 
-  return jax.vmap(one), _count(eqx.filter((convs, dense), eqx.is_array))
+  params = _count(eqx.filter((convs, dense), eqx.is_array))
+  return jax.vmap(one), params, None
 
 
 def nnx_registry(name: str):
   """pixeljax's own Flax NNX model ``name``, random weights."""
   model = models.create_model(name, rngs=nnx.Rngs(0))
-  return models.make_predict(model), models.param_count(model)
+  return models.make_predict(model), models.param_count(model), None
 
 
 def _torch_smallcnn():
@@ -188,15 +211,16 @@ def _torch_smallcnn():
 def torch_adapter(backend: str = "translate"):
   """SmallCNN's PyTorch rebuild through ``adapters.from_torch``: translated
   into JAX operations, or through the host callback."""
-  _, module, params = _torch_smallcnn()
-  return adapters.from_torch(module, nchw=True, backend=backend), params
+  torch, module, params = _torch_smallcnn()
+  predict = adapters.from_torch(module, nchw=True, backend=backend)
+  return predict, params, _torch_native(torch, module)
 
 
 def onnx_adapter(folder: str):
   """SmallCNN's PyTorch rebuild exported to ONNX, through
   ``adapters.from_onnx`` (onnxruntime)."""
   try:
-    import onnxruntime  # noqa: F401
+    import onnxruntime
   except ImportError as error:
     raise Skip(f"onnxruntime: {error}") from None
   torch, module, params = _torch_smallcnn()
@@ -212,10 +236,21 @@ def onnx_adapter(folder: str):
       input_names=["pixels"],
       dynamic_axes={"pixels": {0: "batch"}},
     )
-  return adapters.from_onnx(path), params
+  session = onnxruntime.InferenceSession(
+    path, providers=onnxruntime.get_available_providers()
+  )
+
+  def native(images):
+    feed = {"pixels": np.ascontiguousarray(images.transpose(0, 3, 1, 2))}
+    return lambda: session.run(None, feed)
+
+  return adapters.from_onnx(path), params, native
 
 
-# key, framework, how the model is written, builder(folder).
+# key, framework, how the model is written, builder(folder) -> (predict,
+# parameter count, native): native(images float32 [B, H, W, C]) gives a
+# blocking call of the model's forward pass in its own framework, or is None
+# for a JAX model (its native speed is jax.jit(predict)'s).
 ZOO = (
   (
     "nnx-smallcnn",
@@ -297,10 +332,21 @@ def _versions() -> dict:
   return found
 
 
+def _native_times(run, args, repeats: int, warmup: bool = False) -> list:
+  """Seconds per call of the blocking ``run()``, ``repeats`` medians over
+  as many calls as one of ``measure_efficiency``'s attacks evaluates."""
+  images = max(1, 2 * args.batch // args.popsize)
+  calls = max(1, images * args.popsize * (args.generations + 1) // args.batch)
+  return [
+    common.time_call(run, min_seconds=0, min_repeats=calls, warmup=warmup)
+    for _ in range(repeats)
+  ]
+
+
 def measure(key, builder, folder, args) -> dict:
   """One entry's row: rates and efficiency, or why it was skipped."""
   try:
-    predict, params = builder(folder)
+    predict, params, native = builder(folder)
   except Skip as skip:
     print(f"  {key}: skipped ({skip})")
     return {"skipped": str(skip)}
@@ -309,24 +355,36 @@ def measure(key, builder, folder, args) -> dict:
     # 25x slower: one alternating pair of timings is enough to show it.
     repeats = 1
     switch = mock.patch.object(canonical, "for_loops", lambda p: p)
+  if native is not None:
+    images = throughput.random_images(args.batch, 0).astype(np.float32)
+    run_native = native(images)
+    native_times = _native_times(run_native, args, repeats, warmup=True)
   with switch:
     predict_rate, attack_rate, count, evaluations = (
       throughput.measure_efficiency(
         predict, args.batch, args.popsize, args.generations, repeats
       )
     )
+  if native is None:
+    native_rate = predict_rate
+  else:
+    native_times += _native_times(run_native, args, repeats)
+    native_rate = args.batch / float(np.median(native_times))
   row = {
     "parameters": params,
     "predict_images_per_second": predict_rate,
     "attack_evaluations_per_second": attack_rate,
     "efficiency": attack_rate / predict_rate,
+    "native_images_per_second": native_rate,
+    "of_native": attack_rate / native_rate,
     "images": count,
     "evaluations": evaluations,
     "repeats": repeats,
   }
   print(
     f"  {key}: predict {predict_rate:.0f} images/s, attack "
-    f"{attack_rate:.0f} evaluations/s: efficiency {row['efficiency']:.2f}"
+    f"{attack_rate:.0f} evaluations/s: efficiency {row['efficiency']:.2f}, "
+    f"{row['of_native']:.2f} of native ({native_rate:.0f} images/s)"
   )
   return row
 
@@ -347,6 +405,8 @@ def _markdown(payload) -> str:
           "",
           "",
           "",
+          "",
+          "",
           f"skipped: {entry['skipped']}",
         ]
       )
@@ -359,22 +419,30 @@ def _markdown(payload) -> str:
         f"{entry['predict_images_per_second']:.0f}",
         f"{entry['attack_evaluations_per_second']:.0f}",
         f"**{entry['efficiency']:.2f}**",
+        f"{entry['native_images_per_second']:.0f}",
+        f"**{entry['of_native']:.2f}**",
       ]
     )
   return (
     f"# Engine efficiency by model style, {stamp['device']} "
     f"({stamp['platform']}), {stamp['date']}\n\n"
     f"jax {stamp['jax']}, flax {stamp['flax']}{versions}, "
-    f"{stamp['cpu_count']} CPU cores. Chunk of {settings['batch']} "
+    f"{stamp['cpu_count']} CPU cores, load average "
+    f"{settings['load_average']['start']:.1f} at the start and "
+    f"{settings['load_average']['end']:.1f} at the end. Chunk of "
+    f"{settings['batch']} "
     f"candidates, popsize {settings['popsize']}, {generations} "
     f"generation{'s' if generations != 1 else ''} after the initial "
     "population, early stop off; plain `jax.jit(predict)` and the attack "
     f"timed in alternation, medians of {settings['repeats']}. Random "
     "weights. Efficiency = attack evaluations/s / predict images/s (1.0: "
-    "the attack costs exactly its forward passes). Rates differ between "
-    "rows by design (different networks; the adapters leave XLA for "
-    "PyTorch or onnxruntime) and move with the load of a shared machine; "
-    "compare each row's own ratio.\n\n"
+    "the attack costs exactly its forward passes). Native images/s: the "
+    "model's forward pass in its own framework at the same batch (PyTorch "
+    "for the torch module, onnxruntime for the ONNX file, `jax.jit` for a "
+    "JAX model), timed just before and after its attack; attack / native "
+    "is what a user of that framework gets inside the attack. Rates differ "
+    "between rows by design (different networks) and move with the load "
+    "of a shared machine; compare each row's own ratios.\n\n"
     + common.markdown_table(
       [
         "framework",
@@ -383,6 +451,8 @@ def _markdown(payload) -> str:
         "predict images/s",
         "attack evaluations/s",
         "efficiency",
+        "native images/s",
+        "attack / native",
       ],
       rows,
     )
@@ -420,6 +490,7 @@ def main(argv=None):
   if unknown:
     parser.error(f"--only: unknown entries {sorted(unknown)}")
   print(f"Model zoo on {jax.devices()[0].device_kind}")
+  load_before = os.getloadavg()[0]
   entries = []
   with tempfile.TemporaryDirectory() as folder:
     for key, framework, written, builder in ZOO:
@@ -443,6 +514,8 @@ def main(argv=None):
       "repeats": args.repeats,
       "pixels": 1,
       "weights": "random",
+      # Above the core count, other work shared the CPU with this run.
+      "load_average": {"start": load_before, "end": os.getloadavg()[0]},
     },
     "entries": entries,
   }

@@ -3,7 +3,8 @@
 One run, one victim, the same images, the same budget: each tool attacks the
 same correctly classified CIFAR-10 test images (from the packaged sample),
 non-targeted, with a population of 400 and 100 generations, for 1 and 3
-pixels. The victim is the shipped SmallCNN; the peers get it rebuilt in
+pixels. The victim is a shipped trained model (SmallCNN by default, or
+``--victim allconv``) or a weights card; the peers get it rebuilt in
 PyTorch with the same weights (``torch_victims``), checked to give the same
 logits (max |difference| <= 1e-4) on the images before any attack runs.
 Every tool's returned images are scored the same way (``peer_runs.verify``).
@@ -23,6 +24,9 @@ ART spends up to 40,400 evaluations on an image it cannot fool):
   python -m benchmarks.peers --images 2 --maxiter 5     # a quick look
   python -m benchmarks.peers --images 12 --pixels 1 \
       --tools pixeljax,pixeljax-torch,torchattacks --name peers_torch_cpu
+  python -m benchmarks.peers --victim allconv --images 8 --pixels 1 \
+      --tools pixeljax,pixeljax-torch,torchattacks \
+      --name peers_torch_allconv_cpu    # about 30 minutes: torchattacks 18
   python -m benchmarks.peers --weights DIR/allconv.json --images 16 \
       --torch-device cuda                                # a GPU, both sides
 Writes benchmarks/results/peers_<platform>.{json,md,png}.
@@ -108,10 +112,11 @@ def population(tool: str, popsize: int, pixels: int, channels: int) -> int:
   return max(1, (400 if tool == "art" else popsize) // genes) * genes
 
 
-def load_victim(card: str | None):
+def load_victim(card: str | None, name: str = "smallcnn"):
   """The victim model and a description of where it came from.
 
-  Takes ``card`` if given, else the shipped SmallCNN.
+  Takes ``card`` if given, else the shipped model ``name`` (its trained
+  weights from pixeljax/weights, e.g. "smallcnn" or "allconv").
   """
   if card:
     model, meta = weights.load_weights(card)
@@ -121,17 +126,17 @@ def load_victim(card: str | None):
       "architecture": meta["architecture"],
       "test_accuracy": meta.get("test_accuracy"),
     }
-  if "smallcnn" in weights.shipped_models():
-    meta = weights.shipped_card("smallcnn")
-    return weights.load_victim("smallcnn"), {
-      "weights": "shipped pixeljax/weights/smallcnn",
-      "architecture": "smallcnn",
+  if name in weights.shipped_models():
+    meta = weights.shipped_card(name)
+    return weights.load_victim(name), {
+      "weights": f"shipped pixeljax/weights/{name}",
+      "architecture": meta["architecture"],
       "test_accuracy": meta.get("test_accuracy"),
     }
   raise FileNotFoundError(
-    "no --weights card given and no shipped SmallCNN weights; train one "
-    "with `python -m pixeljax.train --model smallcnn --out runs/smallcnn` "
-    "and pass --weights runs/smallcnn/smallcnn.json"
+    f"no --weights card given and no shipped {name} weights; train one "
+    f"with `python -m pixeljax.train --model {name} --out runs/{name}` "
+    f"and pass --weights runs/{name}/{name}.json"
   )
 
 
@@ -519,7 +524,12 @@ def main(argv=None):
   parser.add_argument(
     "--weights",
     default=None,
-    help="a weights card (default: the shipped SmallCNN)",
+    help="a weights card (default: the shipped --victim)",
+  )
+  parser.add_argument(
+    "--victim",
+    default="smallcnn",
+    help="a shipped victim, without --weights (default smallcnn)",
   )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument(
@@ -543,7 +553,7 @@ def main(argv=None):
   import art
   import torchattacks
 
-  model, victim = load_victim(args.weights)
+  model, victim = load_victim(args.weights, args.victim)
   predict = models.make_predict(model)
   images, labels, indices = pick_images(predict, args.images)
   load_before = os.getloadavg()[0]

@@ -297,6 +297,24 @@ def test_batch_size_and_vmap():
   _assert_close(stacked.reshape(4, -1), want[[0, 1, 3, 4]])
 
 
+def test_the_door_runs_the_module_once_per_test_batch():
+  torch.manual_seed(0)
+  module = _randomize(vgg_bn())
+  batches = []
+  # Real tensors only: torch.export runs forward on fake ones.
+  module.register_forward_pre_hook(
+    lambda _, args: (
+      batches.append(len(args[0])) if type(args[0]) is torch.Tensor else None
+    )
+  )
+  images = _images(3)
+  got = jax.jit(adapters.from_torch(module, nchw=True))(jnp.asarray(images))
+  # The module's logits on the test images of 1 and 2 serve both the door
+  # and the translation's check; the attack itself runs translated.
+  assert batches == [1, 2]
+  _assert_close(got, _torch_logits(module, images))
+
+
 class _Cumulative(nn.Module):
   """A head with an operator outside the translated set."""
 

@@ -154,17 +154,29 @@ def _incremental_logits(
   return evaluator.logits(maps, position // popsize - first, perturbation)
 
 
+def in_chunks(forward, images, size: int):
+  """``forward`` on ``images`` [N, ...], ``size`` of them at a time.
+
+  A ``lax.map`` over chunks of ``size``, the last one padded with zero
+  images whose outputs are dropped: every call of ``forward`` sees exactly
+  ``size`` images. ``forward`` maps [size, ...] to [size, K]; returns its
+  outputs [N, K] in order.
+  """
+  count = images.shape[0]
+  padded = -(-count // size) * size
+  images = jnp.pad(images, [(0, padded - count)] + [(0, 0)] * (images.ndim - 1))
+  chunks = images.reshape(padded // size, size, *images.shape[1:])
+  return jax.lax.map(forward, chunks).reshape(padded, -1)[:count]
+
+
 def logits_in_chunks(predict, images, batch_size: int):
   """Logits float32 [N, K] of [N, H, W, C] images, ``batch_size`` at a time."""
-  num_images = images.shape[0]
   predict = canonical.for_loops(predict)  # runs in lax.map: see canonical.py
-  padded = -(-num_images // batch_size) * batch_size
-  images = jnp.pad(images, [(0, padded - num_images)] + [(0, 0)] * 3)
-  chunks = images.reshape(padded // batch_size, batch_size, *images.shape[1:])
-  logits = jax.lax.map(
-    lambda chunk: predict(chunk.astype(jnp.float32)).astype(jnp.float32), chunks
+  return in_chunks(
+    lambda chunk: predict(chunk.astype(jnp.float32)).astype(jnp.float32),
+    images,
+    batch_size,
   )
-  return logits.reshape(padded, -1)[:num_images]
 
 
 def recheck_logits(predict, images):
