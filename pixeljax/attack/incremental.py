@@ -18,12 +18,12 @@ held as d fixed-size windows, one around each changed pixel:
 
 Any other op (a dense layer, global pooling, a reshape, anything unknown),
 operands whose windows differ (a residual sum), or windows that would hold
-half the map (``WHOLE_SHARE``) turn the map back into a whole one: the clean
-map with the windows written in, or the window itself when it covers the
-map. From there the program
-runs as traced. The logits are those of the full pass up to float rounding
-(the same products, summed in another order). Whether an attack takes this
-path is decided in incremental_choice.py.
+nearly all of the map (``WHOLE_SHARE``) turn the map back into a whole one:
+the clean map with the windows written in, or the window itself when it
+covers the map. From there the program runs as traced. The logits are
+those of the full pass up to float rounding (the same products, summed in
+another order). Whether an attack takes this path is decided in
+incremental_choice.py.
 """
 
 import dataclasses
@@ -38,10 +38,12 @@ import numpy as np
 from pixeljax.attack import canonical
 
 # A map goes whole once its windows would hold this share of its cells:
-# assembling each window's patch costs gathers that a whole map does not,
-# and on CPU half the map in windows already ran slower than the whole
-# (benchmarks/incremental.py, AllConv and NiN at d = 3).
-WHOLE_SHARE = 0.5
+# assembling each window's patch costs gathers that a whole map does not.
+# Windows run at about the whole map's FLOP rate on CPU
+# (benchmarks/results/incremental_profile_cpu.md), so they pay until they
+# hold nearly all of it: at d = 3, 0.9 instead of 0.5 ran AllConv 1.12x and
+# NiN 1.2x faster (benchmarks/results/incremental_cpu.md).
+WHOLE_SHARE = 0.9
 
 # Shape-preserving elementwise primitives: on windows they compute exactly
 # what they compute on the window's cells of the full map.

@@ -5,7 +5,7 @@ cases where incremental evaluation cannot pay; an attack large enough to
 afford it then times both ways of scoring one chunk of candidates on this
 machine (``measured_speedup``) and takes the faster, because counted FLOPs
 alone mislead: on the 2-core CPU of benchmarks/results/incremental_cpu.md
-the measured speed-ups ran from 0.78x to 1.17x of the FLOP ratios. A small
+the measured speed-ups ran from 0.62x to 1.17x of the FLOP ratios. A small
 attack, which the trial would cost more than it saves, decides from counted
 FLOPs.
 
@@ -45,7 +45,7 @@ AUTO_MIN_TRIAL_EVALUATIONS = 200_000
 # The trial turns the incremental path on when it scores a chunk at least
 # this much faster, a margin over timing noise and its longer compile.
 AUTO_MIN_SPEEDUP = 1.05
-# Without a trial, the counted FLOP ratio that turns it on: the measured
+# Without a trial, the counted FLOP ratio that turns it on: most measured
 # speed-ups fell below their FLOP ratios by at most a fifth.
 AUTO_MIN_RATIO = 1.25
 # Timed runs of each path in a trial (after one that compiles and warms).
