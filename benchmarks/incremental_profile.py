@@ -165,7 +165,7 @@ def parse_hlo(text):
       "calls": re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", tail),
       "op_name": (re.search(r'op_name="([^"]*)"', tail) or [None, ""])[1],
       "functions": stacks.get(int(frame.group(1)), ()) if frame else (),
-      "dim_labels": (re.search(r"dim_labels=(\S+?),", tail) or [None, ""])[1],
+      "dim_labels": (re.search(r"dim_labels=([^,\s]+)", tail) or [None, ""])[1],
       "contracting": re.search(r"lhs_contracting_dims=\{([\d,]*)\}", tail),
     }
   return computations

@@ -20,12 +20,12 @@ numbers found in a source, with that source; the wall time.
 Each (model, mode, pixels) is one resumable run folder of `pixeljax attack`
 (``pixeljax.cli.run.run_attack``) under --out-dir: each attack's record is
 appended to its results.jsonl as it finishes, and rerunning the same command
-skips every finished attack. Runs go in order of pixel count, non-targeted
-before targeted, so a session cut short leaves the 1-pixel results done
-first. A
-run stopped by SIGTERM or Ctrl-C (exit code 130) still writes the table so
-far, runs cut short marked partial; sessions.jsonl in --out-dir adds up the
-wall time of every session. The tables and figures are rebuilt from all the
+skips every finished attack. The non-targeted runs go first (the paper's
+table), by pixel count, then the targeted ones, so a session cut short
+leaves every victim's 1-pixel result done first. A run stopped by SIGTERM
+or Ctrl-C (exit code 130) still writes the table so far, runs cut short
+marked partial; sessions.jsonl in --out-dir adds up the wall time of every
+session. The tables and figures are rebuilt from all the
 run folders each time.
 
 Cost: each attack evaluates the model at most popsize x (maxiter + 1) times
@@ -530,12 +530,13 @@ def _figure_one(path, entry, model, class_names):
 
 
 def make_plan(models, pixels, targeted_pixels) -> list:
-  """The (model, targeted, pixels) runs, cheapest and most wanted first:
-  by pixel count, then non-targeted before targeted (9 times the attacks),
-  then by model; a session cut short leaves the 1-pixel results complete."""
+  """The (model, targeted, pixels) runs, most wanted first: the
+  non-targeted ones (the paper's table) before the targeted ones (9 times
+  the attacks each), then by pixel count, then by model; a session cut short
+  leaves every victim's 1-pixel result complete before any 3-pixel one."""
   steps = [(m, False, p) for m in models for p in pixels]
   steps += [(m, True, p) for m in models for p in targeted_pixels]
-  return sorted(steps, key=lambda s: (s[2], s[1], models.index(s[0])))
+  return sorted(steps, key=lambda s: (s[1], s[2], models.index(s[0])))
 
 
 def _victims(args):

@@ -28,7 +28,8 @@ benchmarks/results/train_throughput_<platform>.json and .md.
 
 times clean and one-pixel adversarial steps (`pixeljax train --adversarial`)
 in alternation instead, and writes the cost of adversarial training as their
-ratio to train_throughput_<platform>_adversarial.json and .md.
+ratio to train_throughput_<platform>_adversarial.json and .md. `--name`
+replaces the stem train_throughput_<platform> of the result files.
 """
 
 import argparse
@@ -373,6 +374,11 @@ def main(argv=None) -> int:
   )
   p.add_argument("--adv-candidates", type=int, default=4)
   p.add_argument(
+    "--name",
+    help="stem of the result files (default train_throughput_<platform>, "
+    "with the suffixes below)",
+  )
+  p.add_argument(
     "--xla-defaults",
     action="store_true",
     help="keep XLA's default CPU options instead of those `pixeljax train` "
@@ -417,7 +423,7 @@ def main(argv=None) -> int:
     f"median of {args.rounds} rounds x {args.steps} steps, the steps taking "
     "turns; random images, augmentation on, float32.\n\n"
   )
-  name = f"train_throughput_{info['platform']}"
+  name = args.name or f"train_throughput_{info['platform']}"
   if args.xla_defaults:
     name += "_xla_defaults"
   if args.adversarial:

@@ -15,8 +15,9 @@ that epoch's checkpoint, so that the last one stays finite.
 trains with the model's defaults (`DEFAULTS`), CPU recipes meant to beat the
 paper's accuracies (AllConv 86.9%, NiN 87.4%, VGG16 83.4%): 16-20 epochs of
 cosine SGD with label smoothing 0.1, about 2.3-2.8 hours each on 2 CPU cores.
-AllConv's reached 87.05% (benchmarks/results/victims/allconv); NiN's and
-VGG16's have not been run to the end yet.
+AllConv's reached 87.05% and VGG16's 87.70% (their cards, in
+benchmarks/results/victims, hold the commands and histories); NiN's 20 epochs
+reached 86.50%, under the paper's figure.
 The final weights and their card go to `--out/<model>.json` + safetensors;
 the card's test accuracy is that of the network as stored (evaluated in
 float32 at full matmul precision, also after a `--bf16` run, and after the
@@ -72,10 +73,10 @@ from pixeljax.models.weights import save_weights
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
 
 # Per-model recipe; any TrainConfig field left as None takes its value here.
-# The paper's victims: recipes for a 2-core CPU (about 100 images/s, 8-9
-# minutes an epoch). AllConv's reached 87.05% (its card, in
-# benchmarks/results/victims/allconv, holds the command and history); NiN's and
-# VGG16's have not been run to the end yet.
+# The paper's victims: recipes for a 2-core CPU (about 140 images/s, 6
+# minutes an epoch). AllConv's reached 87.05%, VGG16's 87.70% (their cards, in
+# benchmarks/results/victims, hold the commands and histories); NiN's 86.50%,
+# under the paper's 87.4%.
 _CPU_RECIPE = dict(
   batch_size=128,
   lr=0.1,

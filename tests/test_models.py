@@ -104,18 +104,21 @@ def test_conv_paths_agree(hw):
     (6, 9, 3, 1, "SAME"),
     (4, 8, 3, 2, "SAME"),  # AllConv's strided stages
     (3, 7, 5, 2, "SAME"),  # odd map, wider kernel
+    (4, 9, 3, 2, "VALID"),
+    (3, 10, 3, 3, "SAME"),  # stride 3: nine phases
+    (2, 8, 1, 2, "SAME"),  # a kernel narrower than the stride
+    (2, 7, 2, 2, "SAME"),  # even kernel, padding on one side
     (5, 8, 3, 1, "VALID"),  # AllConv's head
     (2, 6, 1, 1, "SAME"),
     (7, 64, 3, 1, "SAME"),  # chunks of one image (rows < positions)
   ],
 )
-def test_matmul_kernel_gradient_matches_xla(
-  batch, size, kernel, stride, padding
-):
-  """The train-mode convolution has XLA's value and input gradient, and the
-  kernel gradient of XLA's own convolution, on shapes that exercise the
-  padding, the stride and the chunking of the images."""
-  from pixeljax.models.train_ops import conv_with_matmul_grad
+def test_train_conv_gradients_match_xla(batch, size, kernel, stride, padding):
+  """The train-mode convolution has XLA's value, and the input and kernel
+  gradients of XLA's own convolution, on shapes that exercise the padding,
+  the stride (the input gradient's phases) and the chunking of the
+  images."""
+  from pixeljax.models.train_ops import conv_train
 
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 4))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 4, 5))
@@ -130,7 +133,7 @@ def test_matmul_kernel_gradient_matches_xla(
     )
 
   def ours(x, w):
-    return conv_with_matmul_grad(x, w, stride, padding)
+    return conv_train(x, w, stride, padding)
 
   # A loss that weighs every output position differently.
   def loss(conv):
@@ -145,8 +148,8 @@ def test_matmul_kernel_gradient_matches_xla(
     np.testing.assert_allclose(ours_grad, xla_grad, rtol=0, atol=1e-5 * scale)
 
 
-def test_train_mode_uses_the_matmul_kernel_gradient():
-  """ConvBN takes the matmul-gradient path in train mode only: eval mode (what
+def test_train_mode_uses_the_train_convolution():
+  """ConvBN takes train_ops' gradients in train mode only: eval mode (what
   the attack runs, and the incremental evaluation reads) is XLA's plain
   convolution."""
   from pixeljax.models.layers import ConvBN
@@ -205,3 +208,54 @@ def test_train_mode_matches_nnx_layers(stride):
     np.testing.assert_allclose(
       a, b, rtol=0, atol=2e-5 * float(jnp.abs(b).max())
     )
+
+
+@pytest.mark.parametrize(
+  "size, window, stride",
+  [(8, 3, 2), (7, 3, 2), (9, 2, 2), (8, 3, 1), (10, 5, 3)],
+)
+def test_train_max_pool_matches_select_and_scatter(size, window, stride):
+  """max_pool_train (NiN's overlapping pool in train mode) has nnx.max_pool's
+  value and select-and-scatter's gradient, ties included: inputs on a
+  coarse grid after a ReLU, so that windows hold several equal maxima."""
+  from pixeljax.models.train_ops import max_pool_train
+
+  x = jax.random.normal(jax.random.key(0), (3, size, size, 4))
+  x = jax.nn.relu(jnp.round(2 * x) / 2)
+
+  def plain(x):
+    return nnx.max_pool(
+      x, (window, window), strides=(stride, stride), padding="SAME"
+    )
+
+  weights = jax.random.normal(jax.random.key(1), plain(x).shape)
+
+  def loss(pool):
+    return lambda x: jnp.sum(pool(x) * weights)
+
+  np.testing.assert_array_equal(max_pool_train(x, window, stride), plain(x))
+  got = jax.grad(loss(lambda x: max_pool_train(x, window, stride)))(x)
+  want = jax.grad(loss(plain))(x)
+  # An input that is the maximum of several windows sums their gradients,
+  # in either order.
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_nin_uses_the_train_pool_in_train_mode_only():
+  model = create_model("nin", rngs=nnx.Rngs(0))
+  images = _images(2)
+
+  def primitives():
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(
+      lambda state, x: nnx.merge(graphdef, state, copy=True)(
+        x, rngs=nnx.Rngs(0)
+      )
+    )(state, images)
+    return " ".join(str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns)
+
+  model.eval()
+  assert "custom_vjp" not in primitives()
+  model.train()
+  # Each of 8 ConvBN: its convolution and batch norm; then the max-pool.
+  assert primitives().count("custom_vjp") == 2 * 8 + 1

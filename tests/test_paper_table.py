@@ -239,15 +239,15 @@ def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
   assert payload["wall_time"]["sessions"] == 2
 
 
-def test_plan_puts_the_one_pixel_runs_first():
-  plan = paper_table.make_plan(["allconv", "vgg16"], [1, 3], [1])
+def test_plan_puts_the_one_pixel_runs_first_and_targeted_last():
+  plan = paper_table.make_plan(["allconv", "vgg16"], [3, 1], [1])
   assert plan == [
     ("allconv", False, 1),
     ("vgg16", False, 1),
-    ("allconv", True, 1),
-    ("vgg16", True, 1),
     ("allconv", False, 3),
     ("vgg16", False, 3),
+    ("allconv", True, 1),
+    ("vgg16", True, 1),
   ]
 
 

@@ -3,6 +3,8 @@
 Needs the optional extra: pip install -e ".[test,peers]" "torch==2.13.0".
 """
 
+import json
+
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +154,47 @@ def test_benchmark_runs_every_tool(tmp_path):
   assert markdown.count("\n| 1 |") == 3
   peers.plot(payload, str(tmp_path / "peers.png"))
   assert (tmp_path / "peers.png").stat().st_size > 0
+
+
+def test_victim_names_a_shipped_model():
+  model, victim = peers.load_victim(None, "allconv")
+  assert isinstance(model, models.AllConv)
+  assert victim["architecture"] == "allconv"
+  assert victim["weights"] == "shipped pixeljax/weights/allconv"
+  assert 0.5 < victim["test_accuracy"] <= 1.0
+  with pytest.raises(FileNotFoundError, match="--weights runs/no_such_net"):
+    peers.load_victim(None, "no_such_net")
+
+
+def test_main_attacks_the_shipped_victim_it_names(tmp_path):
+  peers.main(
+    [
+      "--victim",
+      "allconv",
+      "--images",
+      "1",
+      "--pixels",
+      "1",
+      "--popsize",
+      "4",
+      "--maxiter",
+      "1",
+      "--tools",
+      "pixeljax,pixeljax-torch",
+      "--forward-seconds",
+      "0.05",
+      "--name",
+      "peers_test",
+      "--results-dir",
+      str(tmp_path),
+    ]
+  )
+  payload = json.loads((tmp_path / "peers_test.json").read_text())
+  assert payload["settings"]["victim"]["architecture"] == "allconv"
+  assert payload["logit_gap"] <= peers.LOGIT_TOLERANCE
+  assert [row["tool"] for row in payload["rows"]] == [
+    "pixeljax",
+    "pixeljax-torch",
+  ]
+  # The same model, attacked with the same search, fools the same image.
+  assert payload["rows"][0]["success"] == payload["rows"][1]["success"]

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from pixeljax.models.train_ops import batch_norm_train
-from pixeljax.models.train_ops import conv_with_matmul_grad
+from pixeljax.models.train_ops import conv_train
 
 # Per-channel mean and standard deviation of the CIFAR-10 training images, in
 # 0..255 pixel units: the models take raw pixels and normalise inside.
@@ -67,7 +67,7 @@ class ConvBN(nnx.Module):
     else:
       # Train mode: the same functions, with gradients (and batch statistics)
       # computed in the forms XLA's CPU backend runs fast (`train_ops`).
-      y = conv_with_matmul_grad(x, kernel, self.conv.strides, self.conv.padding)
+      y = conv_train(x, kernel, self.conv.strides, self.conv.padding)
       return jax.nn.relu(self._batch_norm_train(y))
     return jax.nn.relu(self.bn(y))
 

@@ -10,6 +10,7 @@ from pixeljax.models.layers import ConvBN
 from pixeljax.models.layers import avg_pool
 from pixeljax.models.layers import max_pool
 from pixeljax.models.layers import normalize
+from pixeljax.models.train_ops import max_pool_train
 
 
 class NiN(nnx.Module):
@@ -53,7 +54,10 @@ class NiN(nnx.Module):
     x = normalize(images, self.dtype)
     for layer in self.block1:
       x = layer(x)
-    x = self.drop(max_pool(x, 3, 2), rngs=rngs)
+    # Train mode: the same pool, with a gradient XLA's CPU backend runs fast.
+    training = not self.block1[0].bn.use_running_average
+    pool = max_pool_train if training else max_pool
+    x = self.drop(pool(x, 3, 2), rngs=rngs)
     for layer in self.block2:
       x = layer(x)
     x = self.drop(avg_pool(x, 3, 2), rngs=rngs)

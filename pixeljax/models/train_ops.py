@@ -1,23 +1,28 @@
 """Train-mode operations of the victims, in forms XLA's CPU backend runs fast.
 
 A train step spends most of its time in the gradients, and XLA's CPU backend
-(jax 0.10) runs two of its parts far below the machine's speed, one under
-each of its convolution back ends: with YNNPACK (XLA's default) a
-convolution's kernel gradient, a convolution contracting over the batch, is
-2-3x slower than the same sums as matrix products; with XLA's own (Eigen)
-convolutions, which `pixeljax train` selects (`pixeljax.xla_options`), batch
-norm's per-channel reductions over [B, H, W] are some 15x slower than as row
-sums. The functions here compute the values and gradients of XLA's
-convolution and of nnx.BatchNorm with those parts written the fast way
-(`benchmarks/train_throughput.py` measures a whole step). Only train mode
-uses them: the eval-mode models that attacks and incremental evaluation trace
-are plain `lax` and nnx layers.
+(jax 0.10) runs several of their parts far below the machine's speed: with
+YNNPACK (XLA's default) a convolution's kernel gradient, a convolution
+contracting over the batch, is 2-3x slower than the same sums as matrix
+products; with XLA's own (Eigen) convolutions, which `pixeljax train`
+selects (`pixeljax.xla_options`), batch norm's per-channel reductions over
+[B, H, W] are some 15x slower than as row sums, a strided convolution's
+input gradient convolves an input dilated with zeros (s^2 times the
+multiply-adds), and an overlapping max-pool's gradient (select-and-scatter)
+runs 3.5x slower than as comparisons and shifted sums. The functions here
+compute the values and gradients of XLA's convolution, of nnx.BatchNorm and
+of nnx.max_pool with those parts written the fast way
+(`benchmarks/train_profile.py` shows where a step's time goes,
+`benchmarks/train_throughput.py` measures whole steps). Only train mode uses
+them: the eval-mode models that attacks and incremental evaluation trace are
+plain `lax` and nnx layers.
 """
 
 from __future__ import annotations
 
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 
@@ -42,37 +47,79 @@ def _explicit_pads(x, kernel, stride: int, padding: str):
   )
 
 
-def conv_with_matmul_grad(
+def conv_train(
   x: jax.Array, kernel: jax.Array, stride: int, padding: str
 ) -> jax.Array:
   """The convolution of nnx.Conv (NHWC, HWIO, no dilation or groups): x [B, H,
   W, Cin], kernel [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout], "SAME" or "VALID".
 
-  Its value and input gradient are XLA's; its kernel gradient is
+  Its value is XLA's; its input gradient is XLA's at stride 1 and
+  `conv_input_grad` at larger strides; its kernel gradient is
   `conv_kernel_grad`.
   """
   pads = _explicit_pads(x, kernel, stride, padding)
-  return _conv_matmul_grad(x, kernel, stride, pads)
+  return _conv_train(x, kernel, stride, pads)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_matmul_grad(x, kernel, stride, pads):
+def _conv_train(x, kernel, stride, pads):
   return _conv(x, kernel, stride, pads)
 
 
-def _conv_matmul_grad_fwd(x, kernel, stride, pads):
+def _conv_train_fwd(x, kernel, stride, pads):
   return _conv(x, kernel, stride, pads), (x, kernel)
 
 
-def _conv_matmul_grad_bwd(stride, pads, residuals, grad):
+def _conv_train_bwd(stride, pads, residuals, grad):
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, stride, pads), x)
-  (x_grad,) = input_vjp(grad)
+  if stride == 1:
+    _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, stride, pads), x)
+    (x_grad,) = input_vjp(grad)
+  else:
+    x_grad = conv_input_grad(grad, kernel, x.shape, stride, pads)
   kernel_grad = conv_kernel_grad(x, grad, kernel.shape[:2], stride, pads)
-  return x_grad, kernel_grad.astype(kernel.dtype)
+  return x_grad.astype(x.dtype), kernel_grad.astype(kernel.dtype)
 
 
-_conv_matmul_grad.defvjp(_conv_matmul_grad_fwd, _conv_matmul_grad_bwd)
+_conv_train.defvjp(_conv_train_fwd, _conv_train_bwd)
+
+
+def conv_input_grad(
+  grad: jax.Array, kernel: jax.Array, x_shape, stride: int, pads
+) -> jax.Array:
+  """The input gradient of a strided convolution, one stride-1 convolution
+  per output phase: grad [B, Ho, Wo, Cout], kernel [kh, kw, Cin, Cout] ->
+  [B, H, W, Cin] (x_shape [B, H, W, Cin]; pads as `_explicit_pads`).
+
+  Input position s * a + r (padded coordinates, 0 <= r < s) receives from the
+  kernel taps r, r + s, ...: a small convolution of grad with those taps.
+  XLA instead convolves grad dilated by s (zeros between its entries), s^2
+  times the multiply-adds: 1.2-1.3x slower on AllConv's stride-2 layers.
+  """
+  kh, kw, cin, _ = kernel.shape
+  b, h, w, _ = x_shape
+  (top, _), (left, _) = pads
+  ho, wo = grad.shape[1:3]
+  # Output positions per phase, covering the padded input's first top + h
+  # rows (left + w columns).
+  rows, cols = -(-(top + h) // stride), -(-(left + w) // stride)
+  phases = []
+  for r in range(stride):
+    row = []
+    for c in range(stride):
+      taps = kernel[r::stride, c::stride]  # [th, tw, Cin, Cout]
+      th, tw = taps.shape[:2]
+      if th == 0 or tw == 0:  # a kernel narrower than the stride
+        row.append(jnp.zeros((b, rows, cols, cin), grad.dtype))
+        continue
+      # Correlating with the flipped taps, Cin and Cout swapped.
+      flipped = jnp.swapaxes(taps[::-1, ::-1], 2, 3)
+      phase_pads = ((th - 1, rows - ho), (tw - 1, cols - wo))
+      row.append(_conv(grad, flipped, 1, phase_pads))
+    phases.append(jnp.stack(row, axis=3))  # [B, rows, cols, s, Cin]
+  full = jnp.stack(phases, axis=2)  # [B, rows, s, cols, s, Cin]
+  full = full.reshape(b, rows * stride, cols * stride, cin)
+  return full[:, top : top + h, left : left + w]
 
 
 def conv_kernel_grad(
@@ -82,40 +129,71 @@ def conv_kernel_grad(
   Cin] and the output's gradient [B, Ho, Wo, Cout] -> float32 [kh, kw, Cin,
   Cout].
 
-  A loop over chunks of a few images builds each chunk's patches [rows, kh *
-  kw * Cin] and adds one matrix product: the patches stay in cache, where
-  patches of the whole batch would stream through memory (1.7x slower on the
-  2-core Xeon, AllConv's widest layer; XLA's YNNPACK convolution 3x).
+  A loop over chunks of a few images pads each chunk, builds its patches
+  [rows, kh * kw * Cin] and adds one matrix product: the patches stay in
+  cache, where patches of the whole batch would stream through memory (1.7x
+  slower on the 2-core Xeon, AllConv's widest layer; XLA's YNNPACK
+  convolution 3x). Padding chunk by chunk, not x at once, and multiplying
+  grad^T @ patches, whose operands Eigen reads faster than patches^T @
+  grad's, make the loop 1.1-1.7x faster on AllConv's 3x3 layers (2-core
+  EPYC). A 1x1 kernel's patches are x itself (strided): one product over the
+  whole batch, 1.3-1.4x faster than the loop on NiN's 1x1 layers.
   """
   (kh, kw), (b, ho, wo, cout) = kernel_size, grad.shape
   cin = x.shape[-1]
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  if (kh, kw) == (1, 1):
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    patches = _patches(padded, (1, 1), stride, (ho, wo)).reshape(-1, cin)
+    product = jax.lax.dot_general(
+      patches,
+      grad.reshape(-1, cout),
+      (((0,), (0,)), ((), ())),
+      preferred_element_type=jnp.float32,
+    )
+    return product.reshape(1, 1, cin, cout)
   images = _chunk_images(b, ho * wo)
-  padded = padded.reshape(b // images, images, *padded.shape[1:])
+  x = x.reshape(b // images, images, *x.shape[1:])
   grad = grad.reshape(b // images, images * ho * wo, cout)
 
   def add_chunk(total, chunk):
     x_chunk, grad_chunk = chunk
-    patches = jnp.concatenate(
-      [
-        jax.lax.slice(
-          x_chunk,
-          (0, i, j, 0),
-          (images, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, cin),
-          (1, stride, stride, 1),
-        ).reshape(-1, cin)
-        for i in range(kh)
-        for j in range(kw)
-      ],
-      axis=-1,
+    padded = jnp.pad(x_chunk, ((0, 0), *pads, (0, 0)))
+    patches = _patches(padded, (kh, kw), stride, (ho, wo))
+    # [Cout, kh * kw * Cin], summed in float32 over the chunks, whatever the
+    # compute dtype.
+    product = jax.lax.dot_general(
+      grad_chunk,
+      patches.reshape(-1, kh * kw * cin),
+      (((0,), (0,)), ((), ())),
+      preferred_element_type=jnp.float32,
     )
-    # Summed in float32 over the chunks, whatever the compute dtype.
-    product = jnp.dot(patches.T, grad_chunk, preferred_element_type=jnp.float32)
     return total + product, None
 
-  total = jnp.zeros((kh * kw * cin, cout), jnp.float32)
-  total, _ = jax.lax.scan(add_chunk, total, (padded, grad))
-  return total.reshape(kh, kw, cin, cout)
+  total = jnp.zeros((cout, kh * kw * cin), jnp.float32)
+  total, _ = jax.lax.scan(add_chunk, total, (x, grad))
+  return total.T.reshape(kh, kw, cin, cout)
+
+
+def _patches(
+  padded: jax.Array, kernel_size, stride: int, out_size, offset=(0, 0)
+) -> jax.Array:
+  """The input patch of every output position: padded x [B, H', W', Cin] ->
+  [B, Ho, Wo, kh * kw * Cin], in the order of a kernel's [kh, kw, Cin]
+  (the kernel's first tap at `offset` in the window)."""
+  (kh, kw), (ho, wo), (b, _, _, cin) = kernel_size, out_size, padded.shape
+  return jnp.concatenate(
+    [
+      jax.lax.slice(
+        padded,
+        (0, i, j, 0),
+        (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, cin),
+        (1, stride, stride, 1),
+      )
+      for i in range(offset[0], offset[0] + kh)
+      for j in range(offset[1], offset[1] + kw)
+    ],
+    axis=-1,
+  )
 
 
 def _chunk_images(images: int, positions: int, rows: int = 2048) -> int:
@@ -188,3 +266,71 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+def max_pool_train(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """nnx.max_pool with SAME padding (x [B, H, W, C] -> [B, ceil(H / stride),
+  ceil(W / stride), C]), with a gradient written without XLA's
+  select-and-scatter, which its CPU backend runs 3.5x slower on NiN's
+  overlapping 3x3/2 pool.
+
+  Each output's gradient goes to the first maximum of its window in
+  row-major order, as select-and-scatter's does: ties (the zeros after a
+  ReLU) get it once.
+  """
+  return _max_pool_train(x, window, stride)
+
+
+def _max_pool(x, window, stride):
+  return nnx.max_pool(
+    x, (window, window), strides=(stride, stride), padding="SAME"
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_train(x, window, stride):
+  return _max_pool(x, window, stride)
+
+
+def _max_pool_train_fwd(x, window, stride):
+  y = _max_pool(x, window, stride)
+  return y, (x, y)
+
+
+def _max_pool_train_bwd(window, stride, residuals, grad):
+  x, y = residuals
+  b, h, w, c = x.shape
+  ho, wo = y.shape[1:3]
+  pads = jax.lax.padtype_to_pads((h, w), (window,) * 2, (stride,) * 2, "SAME")
+  (top, _), (left, _) = pads
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  # Each window's first maximum, as its tap's row-major index in the window.
+  first = jnp.full(y.shape, window * window, jnp.int32)
+  for tap in reversed(range(window * window)):
+    values = _patches(padded, (1, 1), stride, (ho, wo), divmod(tap, window))
+    first = jnp.where(values == y, tap, first)
+  # Padded input row stride * a + r gets the gradient of window a - t
+  # through tap r + stride * t (columns alike): a sum per phase (r, q) of
+  # shifted maps the size of y, then the phases interleaved.
+  rows, cols = -(-(top + h) // stride), -(-(left + w) // stride)
+  zero = jnp.zeros((), grad.dtype)
+  phases = []
+  for r in range(stride):
+    row = []
+    for q in range(stride):
+      total = jnp.zeros((b, rows, cols, c), grad.dtype)
+      for i in range(r, window, stride):
+        for j in range(q, window, stride):
+          part = jnp.where(first == i * window + j, grad, zero)
+          di, dj = (i - r) // stride, (j - q) // stride
+          shift = ((0, 0, 0), (di, rows - ho - di, 0))
+          shift += ((dj, cols - wo - dj, 0), (0, 0, 0))
+          total = total + jax.lax.pad(part, zero, shift)
+      row.append(total)
+    phases.append(jnp.stack(row, axis=3))  # [B, rows, cols, s, C]
+  full = jnp.stack(phases, axis=2)  # [B, rows, s, cols, s, C]
+  full = full.reshape(b, rows * stride, cols * stride, c)
+  return (full[:, top : top + h, left : left + w],)
+
+
+_max_pool_train.defvjp(_max_pool_train_fwd, _max_pool_train_bwd)
