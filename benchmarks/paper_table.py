@@ -280,6 +280,9 @@ def summarize_run(directory: pathlib.Path, model: str) -> dict:
     evaluations=sum(r["queries"] for r in records),
     summary={k: _finite(v) for k, v in row[0].items()} if row else None,
   )
+  if entry["complete"] and records:
+    low, high = plots.wilson_interval(row[0]["successes"], len(records))
+    entry["success_rate_wilson95"] = [float(low), float(high)]
   if settings["targeted"]:
     histogram, incomplete = metrics.targets_reached(records, num_classes)
     successes, attempts = metrics.class_pairs(records, num_classes)
@@ -327,6 +330,20 @@ def _percent(value) -> str:
   return "-" if value is None else f"{value:.1%}"
 
 
+def _success_cell(entry) -> str:
+  """A complete run's success rate with its Wilson 95% interval; a partial
+  run's lower bound (its early records lean to successes, which stop
+  early)."""
+  s = entry["summary"]
+  if s is None:
+    return "-"
+  if entry["complete"]:
+    low, high = entry["success_rate_wilson95"]
+    return f"{s['success_rate']:.1%} ({low:.1%}-{high:.1%})"
+  at_least = s["successes"] / entry["expected_attacks"]
+  return f"at least {at_least:.1%} ({s['successes']} of {s['attacks']} done)"
+
+
 def _results_table(entries) -> str:
   rows = []
   for e in entries:
@@ -345,7 +362,7 @@ def _results_table(entries) -> str:
         e["mode"],
         e["pixels"],
         done,
-        _percent(s.get("success_rate")),
+        _success_cell(e),
         _percent(s.get("mean_confidence")),
         reached,
         _percent(paper.get(e["model"])),
@@ -360,7 +377,7 @@ def _results_table(entries) -> str:
       "attack",
       "pixels",
       "attacks",
-      "success rate",
+      "success rate (Wilson 95%)",
       "mean confidence (successes)",
       "images reaching >= 1 target",
       "paper success rate",

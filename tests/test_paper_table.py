@@ -106,6 +106,21 @@ def test_numbers_are_those_of_the_records(table):
       pytest.approx(np.mean(confidence)) if confidence else None
     )
     assert {r["pixels"] for r in records} == {entry["pixels"]}
+    low, high = entry["success_rate_wilson95"]
+    assert low <= summary["success_rate"] <= high
+    assert 0 < high - low < 1
+
+
+def test_a_partial_run_shows_a_lower_bound_not_a_rate():
+  entry = dict(
+    complete=False,
+    expected_attacks=100,
+    summary=dict(successes=12, attacks=12, success_rate=1.0),
+  )
+  assert paper_table._success_cell(entry) == "at least 12.0% (12 of 12 done)"
+  entry.update(complete=True, success_rate_wilson95=[0.109, 0.256])
+  entry["summary"].update(attacks=100, success_rate=0.17)
+  assert paper_table._success_cell(entry) == "17.0% (10.9%-25.6%)"
 
 
 def test_targeted_counts_every_other_class(table):
