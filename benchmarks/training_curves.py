@@ -7,6 +7,8 @@ reads the per-epoch history that `pixeljax train` keeps (test accuracy after
 each epoch, the epoch's wall seconds) from each victim's weights card, or
 from its checkpoint while it still trains, in benchmarks/results/victims/
 <model>/, and writes benchmarks/results/training_curves_cpu.{json,md,png}.
+A run started from another run's card (`--init`) continues that run's
+curve: its epochs and hours count on from where the other ended.
 It measures nothing itself: the seconds are those the runs recorded, on a
 machine that other jobs sometimes shared (an epoch that took much longer
 than the run's median is marked).
@@ -45,11 +47,54 @@ def read_run(path: pathlib.Path) -> dict:
   training = meta["training"] if is_card else meta
   config = training["config"]
   return dict(
-    source=path.name,
+    source=f"{path.parent.name}/{path.name}",
     finished=is_card,
     epochs_planned=config["epochs"],
     history=training["history"],
     card_accuracy=meta.get("test_accuracy") if is_card else None,
+    init=config.get("init"),
+    model=config.get("model"),
+  )
+
+
+def _continuation(victims_dir: pathlib.Path, folder: str, model: str):
+  """(folder, run) of the run started from the card in `folder`, or None."""
+  for other in sorted(p for p in victims_dir.iterdir() if p.is_dir()):
+    path = find_run(other, model)
+    if path is None or other.name == folder:
+      continue
+    run = read_run(path)
+    init = pathlib.Path(run["init"] or "")
+    same_model = run["model"] in (None, model)
+    if same_model and (init.parent.name, init.stem) == (folder, model):
+      return other.name, run
+  return None
+
+
+def read_chain(victims_dir: pathlib.Path, model: str) -> dict | None:
+  """The run in victims_dir/<model> and the runs that went on from it
+  (--init), as one run: epochs numbered on, each tagged with its folder."""
+  if find_run(victims_dir / model, model) is None:
+    return None
+  parts = [(model, read_run(find_run(victims_dir / model, model)))]
+  while following := _continuation(victims_dir, parts[-1][0], model):
+    if following[0] in {folder for folder, _ in parts}:  # a cycle
+      break
+    parts.append(following)
+  history, done = [], 0
+  for folder, run in parts:
+    history += [
+      dict(entry, epoch=done + entry["epoch"], run=folder)
+      for entry in run["history"]
+    ]
+    done += len(run["history"])
+  last = parts[-1][1]
+  return dict(
+    source=", then ".join(run["source"] for _, run in parts),
+    finished=last["finished"],
+    epochs_planned=done - len(last["history"]) + last["epochs_planned"],
+    history=history,
+    card_accuracy=last["card_accuracy"],
   )
 
 
@@ -64,6 +109,7 @@ def curve(run: dict) -> list[dict]:
     rows.append(
       dict(
         epoch=entry["epoch"],
+        run=entry.get("run", ""),
         test_acc=entry["test_acc"],
         seconds=entry["seconds"],
         hours=hours,
@@ -105,11 +151,12 @@ def markdown(runs: dict, command: str) -> str:
     "# The paper's victims trained on CPU: test accuracy against epoch and "
     "wall time\n\n"
     f"`{command}`: the histories `pixeljax train` recorded (test accuracy "
-    "on the 10,000 test images after each epoch, in float32; the shipped "
+    "on the 10,000 test images after each epoch, in float32; a "
     "card's accuracy is that of the stored float16 network). Wall time is "
     "each epoch's as recorded, on the 2-core development CPU; epochs that "
     f"took over {SLOW_EPOCH}x the run's median ran beside other jobs "
-    "(marked *).\n\n"
+    "(marked *). A run started from another's card (`--init`, column "
+    "run) goes on with its epochs and hours.\n\n"
   )
   text += markdown_table(
     [
@@ -118,7 +165,7 @@ def markdown(runs: dict, command: str) -> str:
       "epochs",
       "last test acc",
       "best test acc",
-      "shipped card",
+      "last card",
       "paper",
       "hours",
       "shared epochs",
@@ -128,10 +175,11 @@ def markdown(runs: dict, command: str) -> str:
   for model, run in runs.items():
     text += f"\n\n## {model} ({run['source']})\n\n"
     text += markdown_table(
-      ["epoch", "test acc", "epoch s", "hours so far"],
+      ["epoch", "run", "test acc", "epoch s", "hours so far"],
       [
         [
           p["epoch"],
+          p["run"],
           f"{p['test_acc']:.2%}",
           f"{p['seconds']:.0f}{' *' if p['shared'] else ''}",
           f"{p['hours']:.2f}",
@@ -183,9 +231,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   runs = {}
   for model in VICTIMS:
-    path = find_run(args.victims_dir / model, model)
-    if path is not None:
-      runs[model] = read_run(path)
+    run = read_chain(args.victims_dir, model)
+    if run is not None:
+      runs[model] = run
   if not runs:
     print(f"error: no training run under {args.victims_dir}", file=sys.stderr)
     return 3
