@@ -1,8 +1,10 @@
 """The steps of a GPU session (issue 14), one command each, run as they are.
 
 Here (CPU), before and after the GPU calls:
-  prepare [--data PATH]  copy the CIFAR-10 archive into .gpu/data/ and download
-                         the peers' wheels into .gpu/wheels/; prints `carry`
+  prepare [--data PATH] [--splits test|all]
+                         put CIFAR-10's test split (default; 3 MiB) or the
+                         whole archive into .gpu/data/ and download the
+                         peers' wheels into .gpu/wheels/; prints `carry`
   carry                  the `carry` list for the next call, checked against
                          the 64 MiB that may travel
   restore DIR...         unpack what calls returned (their files_at folders):
@@ -32,28 +34,27 @@ machine stays warm 30 s after a call (make each call right after the last
 one's reply), and no machine starts with less than 4 minutes left. So: few
 calls, each with --minutes that leave a minute for the transfers, the sum
 within the session. Here, once: `bash scripts/gpu_session.sh prepare --data
-../shared/data/cifar10-jpeg.tar.gz` (then `carry` is [".gpu/data",
-".gpu/wheels"], 22 MiB with the tree). After each session, here: `bash
+../shared/data/cifar10-jpeg.tar.gz` (the test split: the working tree, with
+the shipped victims' weights, is over 50 MiB, and the whole archive, 18.5
+MiB, would not travel with it). After each session, here: `bash
 scripts/gpu_session.sh restore DIR...` with every reply's files_at, then
-commit the weights and results; `carry` prints the next carry list.
-  Session 1, the victims (each `victims` call resumes a cut run):
-  1. run(command="bash scripts/gpu_session.sh victims allconv --minutes 5",
-         carry=[".gpu/data", ".gpu/wheels"], timeout_s=420)
-  2. run(command="bash scripts/gpu_session.sh victims nin --minutes 5",
-         same carry, timeout_s=420)
-  Session 2, with the carry list `restore` prints:
-  3. run(command="bash scripts/gpu_session.sh victims vgg16 --minutes 5")
-  4. run(command="bash scripts/gpu_session.sh paper --minutes 5"): the
-     paper's table, 1-pixel non-targeted first, until 5 minutes
-  Later sessions: `throughput` and `peers` (--minutes 6 each), then `paper`
-  again until the table is complete (it resumes its run folders).
-The weights are stored as float16 (VGG16: 38 MiB instead of 76; the card's
-accuracy is that of the rounded network), so that the three victims, 24 MiB,
-come back in one call each and travel with the data in later calls.
-AllConv's and NiN's checkpoints come back and travel; VGG16's (152 MiB)
-stays on the machine, so a cut VGG16 run resumes only while the machine is
-warm. Every duration is an estimate: nothing here has run on a GPU yet, and
-no accuracy has been measured there (the recipes aim at 90%+; see RECIPES).
+commit the results; `carry` prints the next carry list.
+  The victims train on CPU and ship (pixeljax/weights/); the GPU's work is
+  the paper's table at the paper's 500 images and the GPU benchmarks:
+  1. run(command="bash scripts/gpu_session.sh paper --minutes 9",
+         carry=[".gpu/data", ".gpu/wheels"], timeout_s=600): the paper's
+     table on the shipped victims, 1-pixel non-targeted first
+  2. run(command="bash scripts/gpu_session.sh throughput --minutes 4",
+         same carry, timeout_s=300)
+  Later sessions: `peers` (--minutes 6), then `paper` again until the table
+  is complete (it resumes its run folders, which `carry` lists).
+`victims MODEL` still trains a victim on the GPU (it needs `prepare --splits
+all`, and room beside the tree for the 18.5 MiB archive). Its weights are
+stored as float16 (VGG16: 38 MiB instead of 76; the card's accuracy is that
+of the rounded network). AllConv's and NiN's checkpoints come back and
+travel; VGG16's (152 MiB) stays on the machine, so a cut VGG16 run resumes
+only while the machine is warm. Every duration is an estimate: nothing here
+has run on a GPU yet.
 
 PIXELJAX_GPU_TOY=1 selects a toy configuration (SmallCNN, a few images, no
 GPU needed) for the tests; PIXELJAX_GPU_DIR and PIXELJAX_GPU_RESULTS move
@@ -78,6 +79,9 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MIB = 2**20
 DATA_FILE = "cifar10-jpeg.tar.gz"
+# Its test split alone (10,000 JPEGs, about 3 MiB): what the attacks and the
+# benchmarks read, small enough to travel beside the tree.
+TEST_DATA_FILE = "cifar10-jpeg-test.tar.gz"
 # The sha256 that ../shared/data/README.md gives for the archive (18.5 MiB).
 DATA_SHA256 = "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4"
 # The versions the CPU CI tests; pure-Python wheels whose needs (torch,
@@ -180,7 +184,11 @@ def tree_bytes(path: pathlib.Path) -> int:
 
 
 def data_path() -> pathlib.Path:
-  return gpu_dir() / "data" / DATA_FILE
+  """The data the device steps read: the whole archive if `prepare` put it
+  there, else its test split."""
+  folder = gpu_dir() / "data"
+  test_only = folder / TEST_DATA_FILE
+  return test_only if test_only.is_file() else folder / DATA_FILE
 
 
 def _write_atomic(target: pathlib.Path, content):
@@ -203,8 +211,9 @@ def _copy_atomic(source: pathlib.Path, target: pathlib.Path):
 # Here: prepare, carry
 
 
-def prepare(data, wheels: bool):
-  """Copies the data archive into .gpu/data/, downloads the wheels."""
+def prepare(data, wheels: bool, splits: str = "test"):
+  """Puts the data archive, or its test split ("test"), into .gpu/data/;
+  downloads the wheels."""
   source = data or os.environ.get("PIXELJAX_DATA")
   if not source or not pathlib.Path(source).is_file():
     raise StepError(
@@ -217,8 +226,20 @@ def prepare(data, wheels: bool):
       f"--data: {source} has sha256 {digest}, not the "
       f"{DATA_SHA256} of {DATA_FILE}"
     )
-  target = data_path()
-  if target.is_file() and sha256(target) == digest:
+  folder = gpu_dir() / "data"
+  target = folder / (TEST_DATA_FILE if splits == "test" else DATA_FILE)
+  # One archive in the folder, the one carried.
+  for other in (DATA_FILE, TEST_DATA_FILE):
+    if other != target.name:
+      (folder / other).unlink(missing_ok=True)
+  if splits == "test":
+    _write_atomic(target, lambda file: _test_split(source, file))
+    print(
+      f"wrote the test split of {source} to {shown(target)} "
+      f"({target.stat().st_size / MIB:.1f} MiB)"
+    )
+    digest = sha256(target)
+  elif target.is_file() and sha256(target) == digest:
     print(f"{shown(target)}: already there")
   else:
     _copy_atomic(pathlib.Path(source), target)
@@ -226,10 +247,22 @@ def prepare(data, wheels: bool):
       f"copied {source} to {shown(target)} "
       f"({target.stat().st_size / MIB:.1f} MiB)"
     )
-  (target.parent / "SHA256").write_text(f"{digest}  {DATA_FILE}\n")
+  (folder / "SHA256").write_text(f"{digest}  {target.name}\n")
   if wheels:
     download_wheels(gpu_dir() / "wheels")
   carry()
+
+
+def _test_split(source, file):
+  """Writes the members of archive ``source`` under a test/ folder (and the
+  folders above them), in order, as a .tar.gz into ``file``."""
+  with tarfile.open(source) as archive:
+    with tarfile.open(fileobj=file, mode="w:gz") as split:
+      for member in archive:
+        parts = member.name.split("/")
+        if "test" in parts or (member.isdir() and "train" not in parts):
+          extracted = archive.extractfile(member) if member.isfile() else None
+          split.addfile(member, extracted)
 
 
 def _wheel_names(folder: pathlib.Path) -> set:
@@ -729,6 +762,12 @@ def train_victim(model: str, clock: Clock):
       f"{card['test_accuracy']:.4f}); nothing to do"
     )
     return
+  if data_path().name == TEST_DATA_FILE:
+    raise StepError(
+      f"victims: {shown(data_path())} holds the test split only; training "
+      "needs the whole archive: `prepare --splits all` here, and carry "
+      f"{shown(data_path().parent)}"
+    )
   from pixeljax import train
 
   run = gpu_dir() / "train" / model
@@ -952,6 +991,13 @@ def main(argv=None) -> int:
   steps = parser.add_subparsers(dest="step", required=True)
   p = steps.add_parser("prepare", help="here: data and wheels into .gpu/")
   p.add_argument("--data", help="the CIFAR-10 archive (default PIXELJAX_DATA)")
+  p.add_argument(
+    "--splits",
+    choices=("test", "all"),
+    default="test",
+    help="test: the test split only, all the attacks and benchmarks read "
+    "(default); all: the whole archive, which `victims` needs",
+  )
   p.add_argument("--no-wheels", dest="wheels", action="store_false")
   steps.add_parser("carry", help="here: the carry list for the next call")
   p = steps.add_parser("restore", help="here: unpack returned files")
@@ -1002,7 +1048,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     if args.step == "prepare":
-      prepare(args.data, args.wheels)
+      prepare(args.data, args.wheels, args.splits)
     elif args.step == "carry":
       carry()
     elif args.step == "restore":

@@ -94,7 +94,13 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   tmp = toy_env
   device = tmp / "device"
   toy_archive(tmp / "toy.tar.gz")
+  # The toy session trains a victim: it needs the whole archive.
   call(["prepare", "--data", str(tmp / "toy.tar.gz"), "--no-wheels"])
+  call(
+    ["prepare", "--data", str(tmp / "toy.tar.gz"), "--no-wheels"]
+    + ["--splits", "all"]
+  )
+  assert not (device / "data" / gs.TEST_DATA_FILE).exists()
   assert (device / "data" / gs.DATA_FILE).read_bytes() == (
     tmp / "toy.tar.gz"
   ).read_bytes()
@@ -168,6 +174,27 @@ def test_a_session_end_to_end(toy_env, monkeypatch, capsys):
   assert (device / "paper" / "matmul_precision").read_text() == "highest\n"
   assert gs.main(["paper", "--tf32"]) == 2
   assert "made at matmul precision 'highest'" in capsys.readouterr().err
+
+
+def test_prepare_packs_the_test_split_that_victims_cannot_train_on(
+  toy_env, capsys
+):
+  tmp = toy_env
+  toy_archive(tmp / "toy.tar.gz")
+  call(["prepare", "--data", str(tmp / "toy.tar.gz"), "--no-wheels"])
+  packed = tmp / "device" / "data" / gs.TEST_DATA_FILE
+  assert gs.data_path() == packed
+  assert not (tmp / "device" / "data" / gs.DATA_FILE).exists()
+  with tarfile.open(packed) as tar:
+    names = tar.getnames()
+  assert len(names) == 60 and all("/test/" in n for n in names)
+  test = data_lib.load_cifar10("test", source=packed, download=False)
+  assert test.images.shape == (60, 32, 32, 3)
+  recorded = (packed.parent / "SHA256").read_text().split()
+  assert recorded == [gs.sha256(packed), gs.TEST_DATA_FILE]
+  with pytest.raises(gs.StepError, match="--splits all"):
+    gs.train_victim("smallcnn", gs.Clock(1))
+  assert "carry=[" in capsys.readouterr().out
 
 
 def test_throughput_sweep_skips_what_its_budget_cannot_hold(monkeypatch):
@@ -402,4 +429,4 @@ def test_wrapper_logs_into_out_and_help_gives_the_plan(tmp_path):
     text=True,
     check=True,
   ).stdout
-  assert "victims allconv" in help_text and "carry=" in help_text
+  assert "paper --minutes 9" in help_text and "carry=" in help_text
