@@ -1098,7 +1098,10 @@ def _parser() -> argparse.ArgumentParser:
     "load_cifar10 order)",
   )
   p.add_argument(
-    "--quiet", dest="progress", action="store_false", help="no progress bar"
+    "--quiet",
+    dest="progress",
+    action="store_false",
+    help="no progress bar and no line per epoch (the card keeps the history)",
   )
   return p
 
