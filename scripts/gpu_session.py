@@ -114,8 +114,7 @@ THROUGHPUT = (
 PEERS = "--images 16 --pixels 1,3 --torch-device cuda"
 PAPER = "--slots 256 --batch-size 4000 --quiet"
 # The toy configuration (PIXELJAX_GPU_TOY=1): the same code paths in seconds.
-# nin: never trained, a victim without weights here.
-TOY_VICTIMS = ("smallcnn", "nin")
+TOY_VICTIMS = ("smallcnn",)
 TOY_RECIPE = (
   "--epochs 1 --batch-size 32 --lr 0.05 --limit-train 96 "
   "--limit-test 64 --schedule onecycle --label-smoothing 0.1 "

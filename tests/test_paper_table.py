@@ -8,6 +8,7 @@ folders' results.jsonl, and a rerun must redo nothing.
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,6 +194,36 @@ def test_model_without_weights_fails_clearly(tmp_path, monkeypatch, capsys):
   assert paper_table.main(argv + ["--results-dir", str(tmp_path)]) == 3
   assert "pixeljax train --model nin" in capsys.readouterr().err
   assert not (tmp_path / "runs").exists()
+
+
+def test_a_victim_without_weights_keeps_its_earlier_rows(
+  table, tmp_path, monkeypatch
+):
+  """As on a machine where NiN's weights are missing (not trained yet, or
+  left behind) but its run folders came along: its rows stay in the table,
+  and nothing runs for it."""
+  out, _ = table
+  runs = tmp_path / "runs"
+  shutil.copytree(out / "runs", runs)
+  shutil.copytree(runs / "smallcnn_untargeted_1px", runs / "nin_untargeted_1px")
+  monkeypatch.setattr(
+    paper_table.weights_lib, "shipped_models", lambda: ["smallcnn"]
+  )
+  monkeypatch.delenv("PIXELJAX_DATA", raising=False)
+  monkeypatch.setenv("PIXELJAX_CACHE", str(tmp_path / "cache"))
+  argv = ["--models", "smallcnn", "nin", *TINY, "--out-dir", str(runs)]
+  assert paper_table.main(argv + ["--results-dir", str(tmp_path)]) == 0
+  payload = json.loads((tmp_path / "paper_table.json").read_text())
+  assert payload["shown_from_earlier_sessions"] == ["nin"]
+  assert {(e["model"], e["mode"]) for e in payload["runs"]} == {
+    ("smallcnn", "non-targeted"),
+    ("smallcnn", "targeted"),
+    ("nin", "non-targeted"),
+  }
+  assert read_records(runs / "nin_untargeted_1px") == read_records(
+    out / "runs" / "smallcnn_untargeted_1px"
+  )
+  assert "nin" in (tmp_path / "paper_table.md").read_text()
 
 
 def test_killed_run_logs_its_session_and_resumes(env, tmp_path):
