@@ -74,9 +74,10 @@ def _continuation(victims_dir: pathlib.Path, folder: str, model: str):
 def read_chain(victims_dir: pathlib.Path, model: str) -> dict | None:
   """The run in victims_dir/<model> and the runs that went on from it
   (--init), as one run: epochs numbered on, each tagged with its folder."""
-  if find_run(victims_dir / model, model) is None:
+  first = find_run(victims_dir / model, model)
+  if first is None:
     return None
-  parts = [(model, read_run(find_run(victims_dir / model, model)))]
+  parts = [(model, read_run(first))]
   while following := _continuation(victims_dir, parts[-1][0], model):
     if following[0] in {folder for folder, _ in parts}:  # a cycle
       break
