@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from pixeljax.huge_pages import restart_with_huge_pages
+
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 # name -> (function, keyword options); early stop off: a fixed amount of
@@ -189,4 +191,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # its subprocesses inherit the setting
   main()

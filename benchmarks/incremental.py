@@ -39,6 +39,7 @@ from pixeljax.attack import driver
 from pixeljax.attack import incremental
 from pixeljax.attack import incremental_choice
 from pixeljax.data import load_cifar10_sample
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import create_model
 from pixeljax.models import make_predict
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
@@ -290,4 +291,5 @@ def _describe_small_cnns() -> str:
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

@@ -49,6 +49,7 @@ from pixeljax.attack import driver
 from pixeljax.attack import incremental
 from pixeljax.attack import pixels as pixels_lib
 from pixeljax.data import load_cifar10_sample
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.xla_options import attack_program_options
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
 
@@ -614,4 +615,5 @@ def main():
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

@@ -46,6 +46,7 @@ from benchmarks import throughput
 from pixeljax import adapters
 from pixeljax import models
 from pixeljax.attack import canonical
+from pixeljax.huge_pages import restart_with_huge_pages
 
 # The shared CNN: (in, out) channels of each 3x3 convolution, a 2x2 max-pool
 # after the 2nd and 4th, then dense 8 * 8 * 64 -> 256 -> 10.
@@ -525,4 +526,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

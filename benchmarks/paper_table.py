@@ -71,6 +71,7 @@ from pixeljax import plots
 from pixeljax import runs
 from pixeljax.cli import run as run_lib
 from pixeljax.cli.settings import AttackSettings
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import weights as weights_lib
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
 
@@ -740,7 +741,9 @@ def write_table(args, payload):
 
 
 if __name__ == "__main__":
-  # As the `pixeljax` program does: XLA's CPU use of YNNPACK makes the attacks
-  # 2-3x slower on the CPUs measured (pixeljax.xla_options).
+  # As the `pixeljax` program does: huge pages for malloc
+  # (pixeljax.huge_pages), and YNNPACK off: XLA's CPU use of it makes the
+  # attacks 2-3x slower on the CPUs measured (pixeljax.xla_options).
+  restart_with_huge_pages()
   prefer_xla_cpu_convolutions()
   sys.exit(main())

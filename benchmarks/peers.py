@@ -49,6 +49,7 @@ from benchmarks import torch_victims
 from pixeljax import adapters
 from pixeljax import data
 from pixeljax import models
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import weights
 
 # run_benchmark's default tools; the command line adds TORCH_TOOL.
@@ -621,4 +622,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

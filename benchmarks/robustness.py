@@ -27,6 +27,7 @@ from pixeljax import defences
 from pixeljax import plots
 from pixeljax.attack import defaults
 from pixeljax.cli import robustness as eval_lib
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import weights as weights_lib
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -205,4 +206,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

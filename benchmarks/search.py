@@ -50,6 +50,7 @@ from pixeljax import data
 from pixeljax.attack.corner import corner_attack
 from pixeljax.attack.corner_search import corner_search
 from pixeljax.attack.seeded_de import seeded_attack
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import weights
 
 PAPER_BUDGET = 400 * 101
@@ -350,4 +351,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

@@ -43,6 +43,7 @@ import numpy as np
 from benchmarks import common
 import pixeljax
 from pixeljax import models
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import weights as weights_lib
 
 # Dense peak FLOP/s by device kind, from NVIDIA's H100 and H200 SXM data
@@ -766,4 +767,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

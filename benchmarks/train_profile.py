@@ -57,6 +57,7 @@ from benchmarks.incremental_profile import parse_hlo
 from benchmarks.incremental_profile import shared_time
 from benchmarks.incremental_profile import thunk_spans
 from pixeljax import train as T
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import MODELS
 from pixeljax.models import create_model
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
@@ -477,4 +478,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   main()

@@ -46,6 +46,7 @@ from benchmarks.common import markdown_table
 from benchmarks.common import stamp
 from benchmarks.common import write_results
 from pixeljax import train as T
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models import MODELS
 from pixeljax.models import create_model
 from pixeljax.models import param_count
@@ -419,7 +420,8 @@ def main(argv=None) -> int:
     f"# Training throughput ({info['platform']}: {info['cpu']}, "
     f"{info['cpu_count']} cores)\n\n{info['date']}; jax {info['jax']}, "
     f"flax {info['flax']}, optax {optax.__version__}; XLA_FLAGS "
-    f"`{info['xla_flags']}`; `{command.strip()}`; "
+    f"`{info['xla_flags']}`; GLIBC_TUNABLES `{info['glibc_tunables']}`; "
+    f"`{command.strip()}`; "
     f"median of {args.rounds} rounds x {args.steps} steps, the steps taking "
     "turns; random images, augmentation on, float32.\n\n"
   )
@@ -451,4 +453,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  restart_with_huge_pages()  # as the `pixeljax` program runs
   sys.exit(main())

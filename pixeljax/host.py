@@ -19,10 +19,12 @@ def cpu_name() -> str:
 
 
 def describe() -> dict:
-  """CPU model, logical cores and XLA_FLAGS: what the CPU timings depend on
-  besides the code."""
+  """CPU model, logical cores, XLA_FLAGS and GLIBC_TUNABLES (huge pages for
+  malloc: `pixeljax.huge_pages`): what the CPU timings depend on besides the
+  code."""
   return dict(
     cpu=cpu_name(),
     cpu_count=os.cpu_count(),
     xla_flags=os.environ.get("XLA_FLAGS", ""),
+    glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
   )

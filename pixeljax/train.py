@@ -65,6 +65,7 @@ from pixeljax import host
 from pixeljax.adversarial import one_pixel_examples
 from pixeljax.data import load_cifar10
 from pixeljax.files import write_atomic
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.models.registry import MODELS
 from pixeljax.models.registry import create_model
 from pixeljax.models.weights import STORAGE_DTYPES
@@ -1135,9 +1136,11 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-  # Before JAX starts: XLA's CPU use of YNNPACK trains the victims slower on
-  # the CPUs measured (pixeljax.xla_options). Set here, not in main(), so that
-  # a call from Python leaves the process's options alone.
+  # Before JAX starts: huge pages for malloc (pixeljax.huge_pages; a
+  # restart), and XLA's CPU use of YNNPACK off: it trains the victims slower
+  # on the CPUs measured (pixeljax.xla_options). Set here, not in main(), so
+  # that a call from Python leaves the process alone.
+  restart_with_huge_pages()
   prefer_xla_cpu_convolutions()
   try:
     main()

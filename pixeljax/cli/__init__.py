@@ -23,6 +23,7 @@ from pixeljax.cli.settings import METHOD_OPTIONS
 from pixeljax.cli.settings import PAPER
 from pixeljax.cli.settings import QUICK
 from pixeljax.cli.settings import AttackSettings
+from pixeljax.huge_pages import restart_with_huge_pages
 from pixeljax.xla_options import prefer_xla_cpu_convolutions
 
 _EPILOG = """exit codes:
@@ -852,13 +853,17 @@ def main(argv=None) -> int:
 
 
 def program() -> None:
-  """The `pixeljax` program: XLA's options for it, then main's exit code.
+  """The `pixeljax` program: the process's options for it, then main's exit
+  code.
 
-  XLA's CPU use of YNNPACK runs the victims' attacks 2-3x slower on the CPUs
-  measured (`pixeljax.xla_options`); the option is set here, before JAX
-  starts, rather than in main(), so that a call of main() from Python leaves
-  the process's options alone.
+  Huge pages for malloc make training faster (`pixeljax.huge_pages`: a
+  restart, a no-op when `pixeljax.launch` did it before importing JAX), and
+  XLA's CPU use of YNNPACK runs the attacks 2-3x slower on the CPUs measured
+  (`pixeljax.xla_options`). Both are set here, before JAX starts, rather
+  than in main(), so that a call of main() from Python leaves the process
+  alone.
   """
+  restart_with_huge_pages()
   prefer_xla_cpu_convolutions()
   sys.exit(main())
 
