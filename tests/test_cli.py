@@ -124,21 +124,30 @@ def pixeljax(*args, env):
   )
 
 
-def test_program_turns_ynnpack_off_before_main(monkeypatch):
-  """The `pixeljax` program (console script and python -m pixeljax.cli) sets
-  XLA's CPU option before main runs, and exits with main's code."""
+def test_program_sets_the_process_up_before_main(monkeypatch):
+  """The `pixeljax` program (console script and python -m pixeljax.cli)
+  restarts with huge pages where they pay (here only recorded: a restart
+  would replace the test's process) and sets XLA's CPU option before main
+  runs, and exits with main's code."""
   from pixeljax import cli
   from pixeljax.xla_options import NO_YNNPACK
 
-  flags_main_saw = []
+  calls = []
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setattr(
-    cli, "main", lambda: flags_main_saw.append(os.environ.get("XLA_FLAGS")) or 3
+    cli,
+    "restart_with_huge_pages",
+    lambda: calls.append(("restart", os.environ.get("XLA_FLAGS"))),
+  )
+  monkeypatch.setattr(
+    cli,
+    "main",
+    lambda: calls.append(("main", os.environ.get("XLA_FLAGS"))) or 3,
   )
   with pytest.raises(SystemExit) as exited:
     cli.program()
   assert exited.value.code == 3
-  assert flags_main_saw == [NO_YNNPACK]
+  assert calls == [("restart", None), ("main", NO_YNNPACK)]
 
 
 def read_records(folder):
