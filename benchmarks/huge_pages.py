@@ -30,6 +30,7 @@ import tempfile
 import time
 
 from benchmarks import common
+from pixeljax import runs
 from pixeljax.huge_pages import TUNABLE
 from pixeljax.huge_pages import glibc_version
 from pixeljax.huge_pages import transparent_huge_pages
@@ -77,10 +78,7 @@ def run_attack(model: str, tunable: str, args, out: pathlib.Path) -> dict:
     command += ["--data", args.data, "--no-download"]
   _, seconds, usage, others, load = run_child(command, tunable, out.parent)
   summary = json.loads((out / "summary.json").read_text())
-  records = [
-    json.loads(line)
-    for line in (out / "results.jsonl").read_text().splitlines()
-  ]
+  records = runs.RunStore.existing(out).records()
   for record in records:
     record.pop("seconds_share", None)
   return dict(

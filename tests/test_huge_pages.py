@@ -13,6 +13,20 @@ from pixeljax import huge_pages
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def _python(script: str, env, *args: str) -> subprocess.CompletedProcess:
+  """`python -c script *args` from the repository root; it must succeed."""
+  done = subprocess.run(
+    [sys.executable, "-c", script, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert done.returncode == 0, done.stderr
+  return done
+
+
 @pytest.fixture
 def able(monkeypatch):
   """A machine where huge pages pay: glibc 2.36, THP on madvise."""
@@ -72,15 +86,7 @@ def test_the_restart_keeps_the_command_pid_and_output(env):
       restart_with_huge_pages()
       print("work", os.getpid())
   """)
-  done = subprocess.run(
-    [sys.executable, "-c", script, "an argument", "-x"],
-    cwd=ROOT,
-    env=environ,
-    capture_output=True,
-    text=True,
-    timeout=60,
-  )
-  assert done.returncode == 0, done.stderr
+  done = _python(script, environ, "an argument", "-x")
   first, second, work = done.stdout.splitlines()
   pid = first.split()[1]
   argv = "['-c', 'an argument', '-x']"
@@ -96,15 +102,7 @@ def test_the_program_restarts_before_importing_jax(env):
     "import sys, pixeljax.launch, pixeljax; print('jax' in sys.modules); "
     "pixeljax.batched_attack; print('jax' in sys.modules)"
   )
-  done = subprocess.run(
-    [sys.executable, "-c", script],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert done.returncode == 0, done.stderr
+  done = _python(script, env)
   assert done.stdout.split() == ["False", "True"]
 
 
