@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 # XLA's CPU backend hands convolutions, matrix products and reductions to
 # YNNPACK by default (jax 0.10). On the 2-core Xeon development machine (AVX-512
@@ -28,6 +29,15 @@ def prefer_xla_cpu_convolutions() -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {NO_YNNPACK}".strip()
+
+
+def ynnpack_runs_cpu_convolutions() -> bool:
+  """Whether XLA's CPU backend hands convolutions to YNNPACK in this process,
+  as XLA_FLAGS sets it (XLA's default: it does)."""
+  match = re.search(
+    rf"--{_YNN_FUSION_TYPE}=(\S*)", os.environ.get("XLA_FLAGS", "")
+  )
+  return match is None or "conv" in match.group(1)
 
 
 def attack_program_options(incremental: bool) -> tuple:

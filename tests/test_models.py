@@ -98,30 +98,38 @@ def test_conv_paths_agree(hw):
   assert block(x).shape == (2, hw, hw, 6)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize(
-  "batch, size, kernel, stride, padding",
+  "batch, size, kernel, stride, padding, channels",
   [
-    (6, 9, 3, 1, "SAME"),
-    (4, 8, 3, 2, "SAME"),  # AllConv's strided stages
-    (3, 7, 5, 2, "SAME"),  # odd map, wider kernel
-    (4, 9, 3, 2, "VALID"),
-    (3, 10, 3, 3, "SAME"),  # stride 3: nine phases
-    (2, 8, 1, 2, "SAME"),  # a kernel narrower than the stride
-    (2, 7, 2, 2, "SAME"),  # even kernel, padding on one side
-    (5, 8, 3, 1, "VALID"),  # AllConv's head
-    (2, 6, 1, 1, "SAME"),
-    (7, 64, 3, 1, "SAME"),  # chunks of one image (rows < positions)
+    (6, 9, 3, 1, "SAME", 16),
+    (4, 8, 3, 2, "SAME", 16),  # AllConv's strided stages
+    (3, 7, 5, 2, "SAME", 16),  # odd map, wider kernel
+    (4, 9, 3, 2, "VALID", 16),
+    (3, 10, 3, 3, "SAME", 16),  # stride 3: nine phases
+    (2, 8, 1, 2, "SAME", 16),  # a kernel narrower than the stride
+    (2, 7, 2, 2, "SAME", 48),  # even kernel, padding on one side
+    (5, 8, 3, 1, "VALID", 16),  # AllConv's head
+    (3, 7, 1, 1, "SAME", 16),  # 1x1, odd rows: one block
+    (7, 64, 3, 1, "SAME", 16),  # chunks of one image (rows < positions)
+    (3, 9, 5, 1, "SAME", 3),  # an image layer's narrow patches
+    (4, 8, 3, 2, "SAME", 3),
   ],
 )
-def test_train_conv_gradients_match_xla(batch, size, kernel, stride, padding):
+def test_train_conv_gradients_match_xla(
+  batch, size, kernel, stride, padding, channels, native, monkeypatch
+):
   """The train-mode convolution has XLA's value, and the input and kernel
   gradients of XLA's own convolution, on shapes that exercise the padding,
-  the stride (the input gradient's phases) and the chunking of the
-  images."""
+  the stride (the input gradient's phases) and each way of the kernel
+  gradient (narrow patches, XLA's own where it is fast, chunked patches),
+  with XLA's kernel gradient allowed or not."""
+  from pixeljax.models import train_ops
   from pixeljax.models.train_ops import conv_train
 
-  x = jax.random.normal(jax.random.key(0), (batch, size, size, 4))
-  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 4, 5))
+  monkeypatch.setattr(train_ops, "_native_kernel_grad_is_fast", lambda: native)
+  x = jax.random.normal(jax.random.key(0), (batch, size, size, channels))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, channels, 5))
 
   def xla(x, w):
     return jax.lax.conv_general_dilated(

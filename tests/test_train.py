@@ -381,6 +381,27 @@ def test_train_program_turns_ynnpack_off_unless_told(monkeypatch):
   assert os.environ["XLA_FLAGS"] == mine
 
 
+@pytest.mark.parametrize(
+  "flags, ynnpack",
+  [
+    ("", True),  # XLA's default
+    ("--xla_force_host_platform_device_count=2", True),
+    ("--xla_cpu_experimental_ynn_fusion_type=", False),
+    ("--xla_cpu_experimental_ynn_fusion_type=individual_dot", False),
+    ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution", True),
+  ],
+)
+def test_reads_whether_ynnpack_runs_the_convolutions(
+  flags, ynnpack, monkeypatch
+):
+  """train_ops takes XLA's own kernel gradient only where YNNPACK does not
+  run the convolutions: the process's XLA_FLAGS say."""
+  from pixeljax.xla_options import ynnpack_runs_cpu_convolutions
+
+  monkeypatch.setenv("XLA_FLAGS", flags)
+  assert ynnpack_runs_cpu_convolutions() is ynnpack
+
+
 def test_resume_reads_options_a_checkpoint_lacks_as_the_recipe_defaults():
   """A checkpoint written before an option existed resumes when the option
   keeps the model's recipe value, and is refused when it does not."""

@@ -21,10 +21,13 @@ plain `lax` and nnx layers.
 from __future__ import annotations
 
 import functools
+import os
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
+
+from pixeljax import xla_options
 
 
 def _conv(x, kernel, stride: int, pads) -> jax.Array:
@@ -125,32 +128,48 @@ def conv_input_grad(
 def conv_kernel_grad(
   x: jax.Array, grad: jax.Array, kernel_size, stride: int, pads
 ) -> jax.Array:
-  """The kernel gradient of a convolution as patches^T @ grad: x [B, H, W,
-  Cin] and the output's gradient [B, Ho, Wo, Cout] -> float32 [kh, kw, Cin,
-  Cout].
+  """The kernel gradient of a convolution: x [B, H, W, Cin] and the output's
+  gradient [B, Ho, Wo, Cout] -> float32 [kh, kw, Cin, Cout].
 
-  A loop over chunks of a few images pads each chunk, builds its patches
-  [rows, kh * kw * Cin] and adds one matrix product: the patches stay in
-  cache, where patches of the whole batch would stream through memory (1.7x
-  slower on the 2-core Xeon, AllConv's widest layer; XLA's YNNPACK
-  convolution 3x). Padding chunk by chunk, not x at once, and multiplying
-  grad^T @ patches, whose operands Eigen reads faster than patches^T @
-  grad's, make the loop 1.1-1.7x faster on AllConv's 3x3 layers (2-core
-  EPYC). A 1x1 kernel's patches are x itself (strided): one product over the
-  whole batch, 1.3-1.4x faster than the loop on NiN's 1x1 layers.
+  Three ways, by what runs fastest (2-core EPYC, batch 128, the victims'
+  layers):
+  - narrow patches (a 1x1 kernel's, which are x itself, strided, or an
+    image layer's few channels: at most `_WHOLE_BATCH_COLUMNS`) as patches^T
+    @ grad for the whole batch (`contract_rows`);
+  - float32 stride-1 convolutions with at most `_NATIVE_POSITIONS` output
+    positions by XLA's own kernel-gradient convolution (Eigen): 1.2-1.7x
+    faster than patches on the 16x16 and smaller maps of AllConv, NiN and
+    VGG16. Not where YNNPACK runs the convolutions (`xla_options`), 2-3x
+    slower than patches there;
+  - the rest (larger maps, strided, bfloat16) as patches^T @ grad, in a loop
+    over chunks of a few images that pads each chunk, builds its patches
+    [rows, kh * kw * Cin] and adds one matrix product: the patches stay in
+    cache, where patches of the whole batch would stream through memory (1.7x
+    slower on the 2-core Xeon, AllConv's widest layer). Padding chunk by
+    chunk, not x at once, and multiplying grad^T @ patches, whose operands
+    Eigen reads faster than patches^T @ grad's, make the loop 1.1-1.7x faster
+    on AllConv's 3x3 layers.
   """
   (kh, kw), (b, ho, wo, cout) = kernel_size, grad.shape
   cin = x.shape[-1]
-  if (kh, kw) == (1, 1):
+  if kh * kw * cin <= _WHOLE_BATCH_COLUMNS or (kh, kw) == (1, 1):
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    patches = _patches(padded, (1, 1), stride, (ho, wo)).reshape(-1, cin)
-    product = jax.lax.dot_general(
-      patches,
-      grad.reshape(-1, cout),
-      (((0,), (0,)), ((), ())),
-      preferred_element_type=jnp.float32,
+    patches = _patches(padded, (kh, kw), stride, (ho, wo))
+    product = contract_rows(
+      patches.reshape(-1, kh * kw * cin), grad.reshape(-1, cout)
     )
-    return product.reshape(1, 1, cin, cout)
+    return product.reshape(kh, kw, cin, cout)
+  if (
+    stride == 1
+    and ho * wo <= _NATIVE_POSITIONS
+    and x.dtype == jnp.float32
+    and _native_kernel_grad_is_fast()
+  ):
+    kernel = jax.ShapeDtypeStruct((kh, kw, cin, cout), x.dtype)
+    (kernel_grad,) = jax.linear_transpose(
+      lambda kernel: _conv(x, kernel, 1, pads), kernel
+    )(grad.astype(x.dtype))
+    return kernel_grad
   images = _chunk_images(b, ho * wo)
   x = x.reshape(b // images, images, *x.shape[1:])
   grad = grad.reshape(b // images, images * ho * wo, cout)
@@ -172,6 +191,50 @@ def conv_kernel_grad(
   total = jnp.zeros((cout, kh * kw * cin), jnp.float32)
   total, _ = jax.lax.scan(add_chunk, total, (x, grad))
   return total.T.reshape(kh, kw, cin, cout)
+
+
+# Patches this narrow are built for the whole batch: NiN's 5x5 image layer
+# (75 columns) takes 18 ms so, patches included, against the chunk loop's 28
+# (2-core EPYC, batch 128); AllConv's and VGG16's 3x3 (27) 4 ms against 5.5.
+_WHOLE_BATCH_COLUMNS = 128
+# On larger maps XLA's kernel-gradient convolution is no faster than the
+# chunk loop (AllConv's 32x32 96->96 layer: 79 ms against 75).
+_NATIVE_POSITIONS = 16 * 16
+
+
+def contract_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [N, P], b [N, Q] -> a^T @ b, float32 [P, Q].
+
+  As one product per block of rows, a block per CPU thread, summed: XLA's
+  CPU backend runs a single product over a long N at 200-260 GF/s on NiN's
+  1x1 layers (2-core EPYC) and a batch of two at 340-350.
+  """
+  rows = a.shape[0]
+  most = max(1, min(_cpu_threads(), rows))
+  blocks = max(d for d in range(1, most + 1) if rows % d == 0)
+  product = jax.lax.dot_general(
+    a.reshape(blocks, rows // blocks, a.shape[1]),
+    b.reshape(blocks, rows // blocks, b.shape[1]),
+    (((1,), (1,)), ((0,), (0,))),
+    preferred_element_type=jnp.float32,
+  )
+  return product.sum(0)
+
+
+def _native_kernel_grad_is_fast() -> bool:
+  """XLA's own kernel-gradient convolution is the fast one except where
+  YNNPACK runs a CPU's convolutions."""
+  return not (
+    jax.default_backend() == "cpu"
+    and xla_options.ynnpack_runs_cpu_convolutions()
+  )
+
+
+def _cpu_threads() -> int:
+  """The CPU cores this process may run on."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def _patches(
