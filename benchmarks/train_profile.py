@@ -102,7 +102,7 @@ _PASS_THROUGH_OPCODES = {
 _CONTROL_OPCODES = {"while", "call", "conditional"}
 _BATCH_NORM_FUNCTIONS = {
   "batch_norm_train",
-  "ConvBN._batch_norm_train",
+  "ConvBN._batch_norm_relu_train",
   "channel_sums",
   "BatchNorm.__call__",
 }

@@ -68,15 +68,16 @@ class ConvBN(nnx.Module):
       # Train mode: the same functions, with gradients (and batch statistics)
       # computed in the forms XLA's CPU backend runs fast (`train_ops`).
       y = conv_train(x, kernel, self.conv.strides, self.conv.padding)
-      return jax.nn.relu(self._batch_norm_train(y))
+      return self._batch_norm_relu_train(y)
     return jax.nn.relu(self.bn(y))
 
-  def _batch_norm_train(self, y: jax.Array) -> jax.Array:
-    """`self.bn` in train mode: normalises by the batch statistics and moves
-    the running ones towards them, as nnx.BatchNorm does."""
+  def _batch_norm_relu_train(self, y: jax.Array) -> jax.Array:
+    """`self.bn` in train mode, then ReLU: normalises by the batch
+    statistics and moves the running ones towards them, as nnx.BatchNorm
+    does."""
     bn = self.bn
     out, mean, var = batch_norm_train(
-      y, bn.scale[...], bn.bias[...], bn.epsilon
+      y, bn.scale[...], bn.bias[...], bn.epsilon, relu=True
     )
     for running, batch in ((bn.mean, mean), (bn.var, var)):
       running[...] = jax.lax.stop_gradient(
