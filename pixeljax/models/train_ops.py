@@ -6,8 +6,9 @@ YNNPACK (XLA's default) a convolution's kernel gradient, a convolution
 contracting over the batch, is 2-3x slower than the same sums as matrix
 products; with XLA's own (Eigen) convolutions, which `pixeljax train`
 selects (`pixeljax.xla_options`), batch norm's per-channel reductions over
-[B, H, W] are some 15x slower than as row sums, a strided convolution's
-input gradient convolves an input dilated with zeros (s^2 times the
+[B, H, W] are some 15x slower than as row sums, and slower again where they
+sum products that XLA writes out first, a strided convolution's input
+gradient convolves an input dilated with zeros (s^2 times the
 multiply-adds), and an overlapping max-pool's gradient (select-and-scatter)
 runs 3.5x slower than as comparisons and shifted sums. The functions here
 compute the values and gradients of XLA's convolution, of nnx.BatchNorm and
