@@ -179,13 +179,20 @@ def test_train_mode_uses_the_train_convolution():
   assert not any("custom_vjp" in p for p in primitives("eval"))
 
 
+@pytest.mark.parametrize("block_bytes", [None, 1024])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_train_mode_matches_nnx_layers(stride):
+def test_train_mode_matches_nnx_layers(stride, block_bytes, monkeypatch):
   """ConvBN in train mode (train_ops: matmul kernel gradient, batch norm by
-  row sums and its closed-form gradient) gives nnx.Conv + nnx.BatchNorm's
-  output, gradients and running statistics."""
+  blocked sums, its closed-form gradient and the ReLU's mask inside it) gives
+  nnx.Conv + nnx.BatchNorm + ReLU's output, gradients and running statistics,
+  whether batch norm sums its rows in one block or in several."""
+  from pixeljax.models import train_ops
   from pixeljax.models.layers import ConvBN
 
+  if block_bytes:
+    monkeypatch.setattr(train_ops, "_BLOCK_BYTES", block_bytes)
+    # 6 x 10 rows of 10 x 7 float32 (stride 1): blocks of a few rows.
+    assert train_ops._row_blocks(60, 60 * 70 * 4) == 15
   block = ConvBN(5, 7, 3, stride=stride, rngs=nnx.Rngs(0))
   block.bn.scale[...] = jax.random.uniform(jax.random.key(2), (7,)) + 0.5
   block.bn.bias[...] = jax.random.normal(jax.random.key(3), (7,))
