@@ -232,7 +232,10 @@ def _native_kernel_grad_is_fast() -> bool:
 
 
 def _cpu_threads() -> int:
-  """The CPU cores this process may run on."""
+  """The CPU cores this process may run on; 1 on other backends, which
+  spread one product over the device themselves."""
+  if jax.default_backend() != "cpu":
+    return 1
   if hasattr(os, "sched_getaffinity"):
     return len(os.sched_getaffinity(0))
   return os.cpu_count() or 1
@@ -299,7 +302,10 @@ _BLOCK_BYTES = 2 << 20
 
 def _row_blocks(rows: int, nbytes: int) -> int:
   """The number of blocks, dividing `rows`, nearest to nbytes /
-  `_BLOCK_BYTES` (at least 1)."""
+  `_BLOCK_BYTES` (at least 1); 1 on backends other than the CPU, whose
+  reductions take the terms in without writing them out."""
+  if jax.default_backend() != "cpu":
+    return 1
   want = max(1.0, nbytes / _BLOCK_BYTES)
   divisors = [d for d in range(1, rows + 1) if rows % d == 0]
   return min(divisors, key=lambda d: abs(d - want))
