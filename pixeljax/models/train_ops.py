@@ -211,8 +211,7 @@ def contract_rows(a: jax.Array, b: jax.Array) -> jax.Array:
   1x1 layers (2-core EPYC) and a batch of two at 340-350.
   """
   rows = a.shape[0]
-  most = max(1, min(_cpu_threads(), rows))
-  blocks = max(d for d in range(1, most + 1) if rows % d == 0)
+  blocks = _largest_divisor(rows, _cpu_threads())
   product = jax.lax.dot_general(
     a.reshape(blocks, rows // blocks, a.shape[1]),
     b.reshape(blocks, rows // blocks, b.shape[1]),
@@ -266,8 +265,12 @@ def _patches(
 def _chunk_images(images: int, positions: int, rows: int = 2048) -> int:
   """The most images, dividing `images`, whose output positions together fit
   in `rows` (at least 1)."""
-  fits = [n for n in range(1, images + 1) if n * positions <= rows]
-  return max([n for n in fits if images % n == 0], default=1)
+  return _largest_divisor(images, rows // positions)
+
+
+def _largest_divisor(n: int, most: int) -> int:
+  """The largest divisor of `n` that is at most `most` (at least 1)."""
+  return max(d for d in range(1, min(n, max(most, 1)) + 1) if n % d == 0)
 
 
 def channel_sums(terms, *arrays: jax.Array) -> tuple[jax.Array, ...]:
