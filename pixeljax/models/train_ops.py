@@ -208,7 +208,9 @@ def contract_rows(a: jax.Array, b: jax.Array) -> jax.Array:
 
   As one product per block of rows, a block per CPU thread, summed: XLA's
   CPU backend runs a single product over a long N at 200-260 GF/s on NiN's
-  1x1 layers (2-core EPYC) and a batch of two at 340-350.
+  1x1 layers (2-core EPYC) and a batch of two at 340-350. The blocks'
+  count, and so the sum's rounding, follows the core count: a run resumed
+  on a machine with another count rounds differently from there on.
   """
   rows = a.shape[0]
   blocks = _largest_divisor(rows, _cpu_threads())
@@ -224,16 +226,19 @@ def contract_rows(a: jax.Array, b: jax.Array) -> jax.Array:
 def _native_kernel_grad_is_fast() -> bool:
   """XLA's own kernel-gradient convolution is the fast one except where
   YNNPACK runs a CPU's convolutions."""
-  return not (
-    jax.default_backend() == "cpu"
-    and xla_options.ynnpack_runs_cpu_convolutions()
-  )
+  return not (_on_cpu() and xla_options.ynnpack_runs_cpu_convolutions())
+
+
+def _on_cpu() -> bool:
+  """Whether the train step runs on the CPU (JAX's default backend), where
+  the forms that run fast differ from other backends'."""
+  return jax.default_backend() == "cpu"
 
 
 def _cpu_threads() -> int:
   """The CPU cores this process may run on; 1 on other backends, which
   spread one product over the device themselves."""
-  if jax.default_backend() != "cpu":
+  if not _on_cpu():
     return 1
   if hasattr(os, "sched_getaffinity"):
     return len(os.sched_getaffinity(0))
@@ -307,7 +312,7 @@ def _row_blocks(rows: int, nbytes: int) -> int:
   """The number of blocks, dividing `rows`, nearest to nbytes /
   `_BLOCK_BYTES` (at least 1); 1 on backends other than the CPU, whose
   reductions take the terms in without writing them out."""
-  if jax.default_backend() != "cpu":
+  if not _on_cpu():
     return 1
   want = max(1.0, nbytes / _BLOCK_BYTES)
   divisors = [d for d in range(1, rows + 1) if rows % d == 0]
