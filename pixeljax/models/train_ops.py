@@ -275,7 +275,12 @@ def _chunk_images(images: int, positions: int, rows: int = 2048) -> int:
 
 def _largest_divisor(n: int, most: int) -> int:
   """The largest divisor of `n` that is at most `most` (at least 1)."""
-  return max(d for d in range(1, min(n, max(most, 1)) + 1) if n % d == 0)
+  return max(d for d in _divisors(n) if d <= max(most, 1))
+
+
+def _divisors(n: int) -> list[int]:
+  """The divisors of `n`, ascending."""
+  return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def channel_sums(terms, *arrays: jax.Array) -> tuple[jax.Array, ...]:
@@ -315,8 +320,7 @@ def _row_blocks(rows: int, nbytes: int) -> int:
   if not _on_cpu():
     return 1
   want = max(1.0, nbytes / _BLOCK_BYTES)
-  divisors = [d for d in range(1, rows + 1) if rows % d == 0]
-  return min(divisors, key=lambda d: abs(d - want))
+  return min(_divisors(rows), key=lambda d: abs(d - want))
 
 
 def batch_norm_train(
