@@ -445,13 +445,18 @@ def markdown(payload) -> str:
     "of the other 9 classes. Confidence: the adversarial label's "
     "probability, averaged over successes.\n\n"
   )
-  chosen = {e["model"]: e for e in entries}.values()
+  # The targeted runs take the first of the non-targeted runs' images, so a
+  # model's largest selection is the one to describe.
+  chosen = {}
+  for e in entries:
+    if e["images"] > chosen.get(e["model"], {"images": -1})["images"]:
+      chosen[e["model"]] = e
   text += (
     "Images attacked: "
     + "; ".join(
       f"{e['model']} {e['images']} (skipped {e['looked'] - e['images']} "
       f"misclassified of the first {e['looked']})"
-      for e in chosen
+      for e in chosen.values()
     )
     + ".\n\n"
   )

@@ -325,6 +325,10 @@ def test_targeted_attacks_take_the_first_images(tmp_path, env):
   assert (
     "targeted attacks on 1 images (paper: 500)" in (payload["not_the_protocol"])
   )
+  # The images line describes the larger, non-targeted selection.
+  text = (tmp_path / "results" / "paper_table.md").read_text()
+  looked = untargeted["looked"]
+  assert f"Images attacked: smallcnn 2 (skipped {looked - 2} " in text
 
 
 def test_more_targeted_images_than_images_is_refused(tmp_path, env):
