@@ -447,16 +447,16 @@ def markdown(payload) -> str:
   )
   # The targeted runs take the first of the non-targeted runs' images, so a
   # model's largest selection is the one to describe.
-  chosen = {}
-  for e in entries:
-    if e["images"] > chosen.get(e["model"], {"images": -1})["images"]:
-      chosen[e["model"]] = e
+  chosen = [
+    max((e for e in entries if e["model"] == model), key=lambda e: e["images"])
+    for model in dict.fromkeys(e["model"] for e in entries)
+  ]
   text += (
     "Images attacked: "
     + "; ".join(
       f"{e['model']} {e['images']} (skipped {e['looked'] - e['images']} "
       f"misclassified of the first {e['looked']})"
-      for e in chosen.values()
+      for e in chosen
     )
     + ".\n\n"
   )
